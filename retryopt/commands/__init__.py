@@ -1,0 +1,1 @@
+"""One module per `retryopt` subcommand; each keeps heavy imports inside its function."""
