@@ -11,7 +11,7 @@ After :func:`features.validation.validate_attempts` a *canonical* frame has ever
 - timestamps (``attempted_at``, ``card_added_at``): ``datetime64[ns, UTC]``
 - integers (``amount``, ``card_exp_month``, ``card_exp_year``): ``int64``
 - ``retry_propensity``: ``float64`` (NaN when absent)
-- every other column: ``object`` holding ``str`` or ``None`` (missing)
+- every other column: strings in pandas' default string dtype, missing values NA (use ``pd.isna``)
 """
 
 from __future__ import annotations
