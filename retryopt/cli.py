@@ -14,6 +14,8 @@ from retryopt import __version__
 
 # (subcommand name, module under retryopt.commands). Each module defines ``command``.
 COMMANDS: tuple[tuple[str, str], ...] = (
+    ("import-stripe", "import_stripe"),
+    ("demo", "demo"),
 )
 
 app = typer.Typer(

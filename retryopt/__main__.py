@@ -1,0 +1,5 @@
+"""Allow ``python -m retryopt``."""
+
+from retryopt.cli import main
+
+main()
