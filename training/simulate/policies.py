@@ -1,0 +1,300 @@
+"""Reference retry policies for the synthetic world (all implement ``RetryPolicy``).
+
+- :class:`FixedSchedulePolicy`: retries at fixed hours after the first failure.
+- :class:`RandomPolicy`: a uniformly random hour within the allowed window.
+- :class:`LoggingPolicy`: the world's logging policy (schedule mixed with exploration).
+- :class:`OraclePolicy`: knows the ground truth and picks the best times under the budget.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from features import contract as C  # noqa: N812
+from features.decisions import Constraints, DecisionBatch, PolicyDecisions
+from training.simulate.config import LoggingPolicyConfig
+from training.simulate.logging_policy import logging_retry_offsets
+from training.simulate.truth import (
+    HistoryFeatures,
+    crn_uniforms,
+    failure_probabilities,
+    history_features,
+    success_from_failures,
+)
+from training.simulate.world import SimulatedWorld
+
+__all__ = [
+    "FixedSchedulePolicy",
+    "LoggingPolicy",
+    "OraclePolicy",
+    "RandomPolicy",
+    "charge_progress",
+]
+
+HOUR_NS = 3_600_000_000_000
+NAT = np.datetime64("NaT", "ns")
+
+
+def _ns(values: pd.Series) -> np.ndarray:
+    idx = pd.DatetimeIndex(values)
+    if idx.tz is not None:
+        idx = idx.tz_convert("UTC").tz_localize(None)
+    return idx.to_numpy(dtype="datetime64[ns]").astype(np.int64)
+
+
+def charge_progress(batch: DecisionBatch) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """First-attempt time (ns), attempts so far and ``now`` (ns) per charge of ``batch``.
+
+    Only rows with ``attempted_at <= now`` of their charge count. A charge without rows is
+    treated as first attempted at ``now``.
+    """
+    now = np.asarray(batch.now).astype("datetime64[ns]").astype(np.int64)
+    ids = pd.Index(np.asarray(batch.charge_ids, dtype=object))
+    a = batch.attempts
+    n = len(ids)
+    if a is None or len(a) == 0:
+        return now.copy(), np.zeros(n, dtype=np.int64), now
+    where = ids.get_indexer(a[C.CHARGE_ID].to_numpy(dtype=object))
+    t = _ns(a[C.ATTEMPTED_AT])
+    keep = where >= 0
+    where, t = where[keep], t[keep]
+    keep = t <= now[where]
+    where, t = where[keep], t[keep]
+    first = np.full(n, np.iinfo(np.int64).max)
+    np.minimum.at(first, where, t)
+    first = np.where(first == np.iinfo(np.int64).max, now, first)
+    count = np.bincount(where, minlength=n).astype(np.int64)
+    return first, count, now
+
+
+def _charge_keys(charge_ids: np.ndarray) -> np.ndarray:
+    """Stable 64-bit keys of charge ids (for per-charge random streams)."""
+    return pd.util.hash_array(np.asarray(charge_ids, dtype=object)).astype(np.uint64)
+
+
+class FixedSchedulePolicy:
+    """Retry at fixed hours after the first failure (e.g. 3, 5, 7, 9 days).
+
+    Parameters
+    ----------
+    hours
+        Offsets from the first failed attempt of retries 1, 2, ...; a retry whose offset has
+        already passed (or is closer than ``min_gap_hours``) is made at ``now + min_gap``.
+    name
+        Policy name.
+    """
+
+    def __init__(
+        self, hours: tuple[float, ...] = (72.0, 120.0, 168.0, 216.0), *, name: str = "fixed"
+    ) -> None:
+        if not hours or any(h <= 0 for h in hours) or list(hours) != sorted(hours):
+            raise ValueError(f"hours must be increasing and > 0, got {hours}")
+        self.hours = tuple(float(h) for h in hours)
+        self.name = name
+
+    def decide(self, batch: DecisionBatch) -> PolicyDecisions:
+        """Retry ``k`` at ``first failure + hours[k-1]``; stop after the schedule or window."""
+        first, count, now = charge_progress(batch)
+        cons = batch.constraints
+        k = count  # retries so far + 1 == attempts so far
+        sched = np.array((*self.hours, np.nan))
+        offset = sched[np.minimum(np.maximum(k, 1) - 1, len(self.hours))]
+        t = first + np.nan_to_num(offset) * HOUR_NS
+        t = np.maximum(t, now + int(cons.min_gap_hours * HOUR_NS))
+        over_budget = (k - 1) >= cons.max_retries
+        late = t > first + int(cons.window_hours * HOUR_NS)
+        stop = np.isnan(offset) | over_budget | late
+        retry_at = np.where(stop, NAT, t.astype("datetime64[ns]"))
+        reason = np.where(stop, "schedule_done", "fixed_schedule").astype(object)
+        return PolicyDecisions(retry_at=retry_at, propensity=np.ones(len(t)), reason=reason)
+
+
+class RandomPolicy:
+    """A uniformly random hour in ``[now + min_gap, first failure + window]``.
+
+    The draw for a charge's ``k``-th retry depends only on (seed, charge id, k), so results do
+    not depend on batching. ``propensity`` = 1 / number of grid hours.
+    """
+
+    def __init__(self, seed: int, *, name: str = "random") -> None:
+        self.seed = seed
+        self.name = name
+
+    def decide(self, batch: DecisionBatch) -> PolicyDecisions:
+        """Draw one grid hour per charge (stop when the budget or window is exhausted)."""
+        first, count, now = charge_progress(batch)
+        cons = batch.constraints
+        lo = np.ceil((now - first) / HOUR_NS + cons.min_gap_hours - 1e-9)
+        hi = np.floor(cons.window_hours)
+        size = hi - lo + 1
+        u = crn_uniforms(self.seed, _charge_keys(batch.charge_ids), count, 1)[:, 0]
+        safe = np.maximum(size, 1)
+        offset = lo + np.minimum(np.floor(u * safe), safe - 1)
+        stop = (size < 1) | ((count - 1) >= cons.max_retries)
+        t = first + (offset * HOUR_NS).astype(np.int64)
+        retry_at = np.where(stop, NAT, t.astype("datetime64[ns]"))
+        reason = np.where(stop, "window_exhausted", "random").astype(object)
+        return PolicyDecisions(retry_at=retry_at, propensity=1.0 / safe, reason=reason)
+
+
+class LoggingPolicy:
+    """The world's logging policy (see :mod:`training.simulate.logging_policy`) as a policy.
+
+    It ignores decline codes (stopping on hard declines is the world's history rule only).
+    """
+
+    def __init__(self, config: LoggingPolicyConfig, *, seed: int, name: str = "logging") -> None:
+        self.config = config
+        self.seed = seed
+        self.name = name
+
+    def decide(self, batch: DecisionBatch) -> PolicyDecisions:
+        """Schedule time with probability ``1 - eps``, else a uniform grid hour."""
+        first, count, now = charge_progress(batch)
+        keys = _charge_keys(batch.charge_ids)
+        u = crn_uniforms(self.seed, keys, count, 2)
+        prev_offset = (now - first) / HOUR_NS
+        offset, prop = logging_retry_offsets(self.config, 1, prev_offset, u[:, 0], u[:, 1])
+        # Retry number differs per charge: compute per distinct k.
+        for k in np.unique(count):
+            rows = count == k
+            o, p = logging_retry_offsets(
+                self.config, int(k), prev_offset[rows], u[rows, 0], u[rows, 1]
+            )
+            offset[rows], prop[rows] = o, p
+        stop = np.isnan(offset) | ((count - 1) >= batch.constraints.max_retries)
+        t = first + (np.nan_to_num(offset) * HOUR_NS).astype(np.int64)
+        retry_at = np.where(stop, NAT, t.astype("datetime64[ns]"))
+        reason = np.where(stop, "schedule_done", "logging").astype(object)
+        return PolicyDecisions(
+            retry_at=retry_at, propensity=np.where(stop, 1.0, prop), reason=reason
+        )
+
+
+class OraclePolicy:
+    """Knows the ground truth; picks retry times maximising the expected recovery.
+
+    For each charge it evaluates the true success probability on an hourly grid from
+    ``now + min_gap`` to the end of the window. The next retry's time maximises
+
+        ``p(t) + (1 - p(t)) * V_1(t)``
+
+    where ``p`` is exact (given the real attempt history: failures, gap, velocity) and ``V_1``
+    is the value of the remaining budget computed by dynamic programming backwards over the
+    grid, ``V_j(t) = max_{t' >= t + safe_gap} [q_j(t') + (1 - q_j(t')) V_{j+1}(t')]``, with
+    ``q_j`` the true probability after ``j`` more failures and no recent attempt (the oracle
+    keeps ``safe_gap_hours`` between its own retries so the gap and velocity effects vanish).
+    It re-plans every round (receding horizon) and stops when no time has a positive chance
+    (hard declines, authentication required, an expired card never updated in the window).
+    Costs and discounting in :class:`Constraints` are ignored.
+    """
+
+    def __init__(
+        self,
+        world: SimulatedWorld,
+        *,
+        safe_gap_hours: int = 24,
+        chunk: int = 1024,
+        name: str = "oracle",
+    ) -> None:
+        self.world = world
+        self.safe_gap_hours = int(safe_gap_hours)
+        self.chunk = int(chunk)
+        self.name = name
+
+    def decide(self, batch: DecisionBatch) -> PolicyDecisions:
+        """Best time per charge under the remaining budget (``NaT`` = no chance left)."""
+        world = self.world
+        ids = np.asarray(batch.charge_ids, dtype=object)
+        n = ids.size
+        pos = world.positions(ids)
+        cons = batch.constraints
+        now_h = world.to_hours(np.asarray(batch.now).astype("datetime64[ns]"))
+        prev = _attempt_matrix(world, batch, ids, now_h)
+        first_h = np.where(np.isnan(prev).all(axis=1), now_h, np.nanmin(prev, axis=1))
+        n_prev = (~np.isnan(prev)).sum(axis=1)
+        remaining = cons.max_retries - (np.maximum(n_prev, 1) - 1)
+        retry_h = np.full(n, np.nan)
+        best = np.zeros(n)
+        for lo in range(0, n, self.chunk):
+            sl = slice(lo, min(n, lo + self.chunk))
+            retry_h[sl], best[sl] = self._plan(
+                pos[sl], prev[sl], now_h[sl], first_h[sl], remaining[sl], cons
+            )
+        stop = np.isnan(retry_h) | (remaining <= 0) | (best <= 1e-9)
+        retry_at = np.where(stop, NAT, world.from_hours(np.where(stop, 0.0, retry_h)))
+        reason = np.where(stop, "no_chance", "oracle_optimum").astype(object)
+        return PolicyDecisions(retry_at=retry_at, propensity=np.ones(n), reason=reason)
+
+    def _plan(
+        self,
+        pos: np.ndarray,
+        prev: np.ndarray,
+        now_h: np.ndarray,
+        first_h: np.ndarray,
+        remaining: np.ndarray,
+        cons: Constraints,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        world = self.world
+        n = pos.size
+        g = int(np.floor(cons.window_hours)) + 1
+        start = np.ceil(now_h + cons.min_gap_hours - 1e-9)
+        times = start[:, None] + np.arange(g)[None, :]
+        valid = times <= (first_h + cons.window_hours)[:, None] + 1e-9
+        if cons.quiet_hours is not None:
+            hod = world.local_hour_of_day(pos, times)
+            a, b = cons.quiet_hours
+            valid &= ~(np.mod(hod - a, 24.0) < (b - a) % 24)
+        state = world.state.take(pos)
+        p_now = success_from_failures(
+            failure_probabilities(
+                world.config, world.tables, state, times, history_features(prev, times)
+            )
+        )
+        n_prev = (~np.isnan(prev)).sum(axis=1)
+        cont = np.zeros((n, g))  # value of the budget left after a failure at each grid time
+        s = self.safe_gap_hours
+        max_left = int(max(remaining.max(initial=0) - 1, 0))
+        for j in range(max_left, 0, -1):
+            hist = HistoryFeatures(
+                n_failed=np.broadcast_to((n_prev + j)[:, None], times.shape).astype(np.float64),
+                gap_hours=np.full(times.shape, np.inf),
+                recent_24h=np.zeros(times.shape),
+            )
+            q = success_from_failures(
+                failure_probabilities(world.config, world.tables, state, times, hist)
+            )
+            w = np.where(valid, q + (1.0 - q) * cont, 0.0)
+            w = np.where((remaining - 1 >= j)[:, None], w, 0.0)
+            suffix = np.maximum.accumulate(w[:, ::-1], axis=1)[:, ::-1]
+            cont = np.zeros((n, g))
+            if s < g:
+                cont[:, : g - s] = suffix[:, s:]
+        score = np.where(valid, p_now + (1.0 - p_now) * cont, -1.0)
+        k = np.argmax(score, axis=1)
+        best = score[np.arange(n), k]
+        chosen = times[np.arange(n), k]
+        return np.where(best > 0, chosen, np.nan), np.maximum(best, 0.0)
+
+
+def _attempt_matrix(
+    world: SimulatedWorld, batch: DecisionBatch, ids: np.ndarray, now_h: np.ndarray
+) -> np.ndarray:
+    """``(n, k)`` NaN-padded hours of each charge's attempts at or before ``now``."""
+    a = batch.attempts
+    n = ids.size
+    if a is None or len(a) == 0:
+        return np.full((n, 1), np.nan)
+    where = pd.Index(ids).get_indexer(a[C.CHARGE_ID].to_numpy(dtype=object))
+    t = world.to_hours(a[C.ATTEMPTED_AT])
+    keep = (where >= 0) & (t <= now_h[np.maximum(where, 0)] + 1e-9)
+    where, t = where[keep], t[keep]
+    order = np.lexsort((t, where))
+    where, t = where[order], t[order]
+    counts = np.bincount(where, minlength=n)
+    width = max(int(counts.max(initial=0)), 1)
+    rank = np.arange(where.size) - np.repeat(np.cumsum(counts) - counts, counts)
+    out = np.full((n, width), np.nan)
+    out[where, rank] = t
+    return out
