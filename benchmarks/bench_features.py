@@ -1,0 +1,159 @@
+"""Benchmark of the point-in-time features: batch (training) and online (serving).
+
+Usage::
+
+    .venv/bin/python benchmarks/bench_features.py --rows 1000000
+    .venv/bin/python benchmarks/bench_features.py --rows 10000000 --online-calls 0
+    .venv/bin/python benchmarks/bench_features.py --rows 200000 --online-calls 1000
+
+Batch: ``build_training_examples`` on a synthetic canonical frame of ``--rows`` attempts
+(generated with numpy by ``features._fe_synth``; generation time is not counted), then
+``fit_feature_spec`` + ``encode_features``. Peak RSS is the whole process (generation
+included), read from ``resource.getrusage``.
+
+Online: ``build_candidate_features`` + ``encode_features`` for one charge x 336 hourly candidate
+times (two weeks), with the customer's full history, over ``--online-calls`` calls cycling
+through random decisions; wall-clock and CPU medians and p99.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import resource
+import time
+
+import numpy as np
+import pandas as pd
+
+from features._fe_synth import synthetic_attempts
+from features.build import (
+    build_candidate_features,
+    build_training_examples,
+    encode_candidate_features,
+    encode_features,
+    fit_feature_spec,
+)
+from features.decisions import DecisionBatch
+
+MONTHS = 12
+ATTEMPTS_PER_CHARGE = 1.29  # measured mean of the generator
+
+
+def _peak_rss_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+
+
+def bench_batch(rows: int, seed: int) -> pd.DataFrame:
+    customers = max(1, round(rows / (MONTHS * ATTEMPTS_PER_CHARGE)))
+    t0 = time.perf_counter()
+    df = synthetic_attempts(customers=customers, months=MONTHS, seed=seed)
+    t_gen = time.perf_counter() - t0
+    print(
+        f"generated {len(df):,} attempts ({customers:,} customers x {MONTHS} months) "
+        f"in {t_gen:.1f} s; peak RSS so far {_peak_rss_gib():.2f} GiB"
+    )
+    t0 = time.perf_counter()
+    c0 = time.process_time()
+    ex = build_training_examples(df)
+    t_build = time.perf_counter() - t0
+    c_build = time.process_time() - c0
+    print(
+        f"build_training_examples: {len(ex.label):,} examples from {len(df):,} attempts in "
+        f"{t_build:.1f} s wall ({c_build:.1f} s CPU); peak RSS {_peak_rss_gib():.2f} GiB"
+    )
+    t0 = time.perf_counter()
+    spec = fit_feature_spec(ex.features)
+    X = encode_features(ex.features, spec)
+    t_enc = time.perf_counter() - t0
+    print(
+        f"fit_feature_spec + encode_features: {X.shape} in {t_enc:.1f} s; "
+        f"peak RSS {_peak_rss_gib():.2f} GiB"
+    )
+    return df
+
+
+def bench_online(df: pd.DataFrame, calls: int, seed: int) -> None:
+    ex = build_training_examples(df)
+    spec = fit_feature_spec(ex.features, min_level_count=5)
+    rng = np.random.default_rng(seed)
+    picks = rng.choice(len(ex.label), size=min(100, len(ex.label)), replace=False)
+    groups = df.groupby("customer_id", sort=False)
+    cases = []
+    for i in picks.tolist():
+        m = ex.meta.iloc[i]
+        g = groups.get_group(m["customer_id"])
+        now = m["decision_time"]
+        own = g[(g["charge_id"] == m["charge_id"]) & (g["attempted_at"] <= now)]
+        hist = g[g["charge_id"] != m["charge_id"]]
+        now64 = now.tz_localize(None).to_datetime64()
+        batch = DecisionBatch(
+            charge_ids=np.array([m["charge_id"]], dtype=object),
+            now=np.array([now64]),
+            attempts=own,
+            history=hist,
+        )
+        cand = (now64 + np.arange(1, 337) * np.timedelta64(1, "h")).reshape(1, -1)
+        cases.append((batch, cand))
+    for batch, cand in cases[:10]:  # warm caches (zone tables, decline classification)
+        encode_features(build_candidate_features(batch, cand), spec)
+    hist_rows = np.mean([len(b.history) for b, _ in cases if b.history is not None])
+    variants = {
+        "build_candidate_features + encode_features": lambda b, c: encode_features(
+            build_candidate_features(b, c), spec
+        ),
+        "encode_candidate_features (fused)": lambda b, c: encode_candidate_features(b, c, spec),
+    }
+    for label, fn in variants.items():
+        wall = np.empty(calls)
+        cpu = np.empty(calls)
+        for k in range(calls):
+            batch, cand = cases[k % len(cases)]
+            t0 = time.perf_counter()
+            c0 = time.process_time()
+            fn(batch, cand)
+            cpu[k] = time.process_time() - c0
+            wall[k] = time.perf_counter() - t0
+        print(
+            f"online {label} (1 charge x 336 candidates, mean history {hist_rows:.0f} rows, "
+            f"{calls} calls): wall median {np.median(wall) * 1e3:.2f} ms, p99 "
+            f"{np.percentile(wall, 99) * 1e3:.2f} ms; CPU median {np.median(cpu) * 1e3:.2f} ms, "
+            f"p99 {np.percentile(cpu, 99) * 1e3:.2f} ms"
+        )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rows", type=int, default=1_000_000, help="attempts for the batch run")
+    parser.add_argument("--online-calls", type=int, default=1000)
+    parser.add_argument("--skip-batch", action="store_true")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    print(
+        f"python {platform.python_version()}, pandas {pd.__version__}, numpy {np.__version__},"
+        f" {platform.machine()}; load average {' '.join(f'{x:.1f}' for x in _loadavg())}"
+    )
+    if args.skip_batch:
+        df = synthetic_attempts(customers=2000, months=MONTHS, seed=args.seed)
+    else:
+        df = bench_batch(args.rows, args.seed)
+    if args.online_calls > 0:
+        small = df if len(df) <= 300_000 else _customers_subset(df, 20_000)
+        bench_online(small, args.online_calls, args.seed)
+
+
+def _customers_subset(df: pd.DataFrame, customers: int) -> pd.DataFrame:
+    ids = df["customer_id"].drop_duplicates().iloc[:customers]
+    return df[df["customer_id"].isin(ids)].reset_index(drop=True)
+
+
+def _loadavg() -> tuple[float, float, float]:
+    try:
+        return os.getloadavg()
+    except OSError:
+        return (float("nan"),) * 3
+
+
+if __name__ == "__main__":
+    main()

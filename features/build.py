@@ -1,0 +1,1478 @@
+"""Point-in-time features for retry decisions: one code path for training and serving.
+
+A *decision* is "this charge has failed so far; if we retry at ``t``, will it succeed?". It is
+made at a time ``now`` from what is known at ``now``:
+
+- every attempt of the charge so far (the previous attempt's outcome is what triggers the
+  decision; for training examples ``now`` is exactly the previous attempt's time, so the known
+  state is "the history strictly before ``now`` plus the previous attempt itself", i.e.
+  ``now`` = previous attempt + epsilon);
+- rows of the customer's *other* charges (and of the card) only when ``attempted_at < now``
+  strictly: no leakage from the future, including later charges and later card updates.
+
+Training examples are the logged retries (every attempt of a charge after its failed first
+attempt while the charge is still unpaid); :func:`build_training_examples` builds them for a
+whole log at once. :func:`build_candidate_features` builds features for a
+:class:`~features.decisions.DecisionBatch` and a grid of candidate retry times. Both go through
+the same internals: :class:`_Log` (sorted contract rows), :func:`_decision_state` (per-decision
+history state computed point-in-time with sorted-array/cumulative tricks) and
+:func:`_candidate_features` (everything that depends on the candidate time ``t``).
+
+Customer aggregates are integer sums (counts, amounts in minor units, seconds, quantised
+cosines), so batch and online values are bit-identical whatever the summation order.
+See ``docs/features.md`` for the feature table.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import cached_property, lru_cache
+from typing import Any, Final
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from features import contract as ct
+from features._fe_time import (
+    NAT_INT,
+    NS_PER_DAY,
+    NS_PER_HOUR,
+    NS_PER_SECOND,
+    civil_from_days,
+    days_from_civil,
+    days_in_month,
+    last_business_day,
+    shift_month,
+    to_local_ns,
+    weekday_of_days,
+)
+from features.decisions import DecisionBatch
+from features.taxonomy import classify_decline, mastercard_advice
+from features.timezones import resolve_timezones
+
+__all__ = [
+    "CATEGORICAL_FEATURES",
+    "FEATURES_VERSION",
+    "MISSING_LEVEL",
+    "NUMERIC_FEATURES",
+    "OTHER_LEVEL",
+    "FeatureSpec",
+    "TrainingExamples",
+    "build_candidate_features",
+    "build_training_examples",
+    "encode_candidate_features",
+    "encode_features",
+    "fit_feature_spec",
+]
+
+FEATURES_VERSION: Final = "retryopt-features-1"
+OTHER_LEVEL: Final = "other"
+MISSING_LEVEL: Final = "missing"
+
+# Windows of the per-card attempt counters, after the network limits they mirror:
+# Mastercard allows at most 10 declines per card per merchant in 24 h and 35 in 30 days; Visa at
+# most 20 reattempts in 30 days (Visa Core Rules, April 2026; see shared/domain-facts.md).
+WINDOW_24H_NS: Final = 24 * NS_PER_HOUR
+WINDOW_30D_NS: Final = 30 * NS_PER_DAY
+
+# Quantisation of cos/sin sums (integers keep batch and online sums bit-identical).
+_Q: Final = 1 << 20
+_TWO_PI: Final = 2.0 * math.pi
+_NO_PREVIOUS_CODE: Final = "none"
+
+NUMERIC_FEATURES: Final[tuple[str, ...]] = (
+    # attempt context
+    "retry_number",
+    "hours_since_first_failure",
+    "hours_since_prev_attempt",
+    "hours_from_now",
+    "card_attempts_24h",
+    "card_attempts_30d",
+    # decline
+    "last_decline_hard",
+    "first_decline_hard",
+    "last_visa_category",
+    "advice_never_retry",
+    "advice_min_wait_hours",
+    "distinct_codes",
+    # candidate time in the customer's zone
+    "local_hour",
+    "local_weekday",
+    "local_day_of_month",
+    "days_to_month_end",
+    "is_business_day",
+    # pay-cycle signals
+    "days_since_1st",
+    "days_until_1st",
+    "days_since_15th",
+    "days_until_15th",
+    "days_since_last_business_day",
+    "days_until_last_business_day",
+    "days_since_friday",
+    "days_until_friday",
+    # the customer's own payment pattern
+    "prior_successes",
+    "success_dom_distance",
+    "success_dom_concentration",
+    "success_weekday_distance",
+    "success_weekday_concentration",
+    "prior_recoveries",
+    "mean_recovery_hours",
+    # card
+    "card_age_days",
+    "days_to_expiry",
+    "card_expired",
+    "card_changed",
+    # amount
+    "log_amount",
+    "amount_vs_customer_mean",
+    # customer history
+    "prior_charges",
+    "prior_first_failures",
+    "prior_recovery_rate",
+    "tenure_days",
+)
+
+CATEGORICAL_FEATURES: Final[tuple[str, ...]] = (
+    "last_decline_code",
+    "first_decline_code",
+    "last_decline_family",
+    "first_decline_family",
+    "decline_sequence",
+    "network_advice_code",
+    "card_brand",
+    "card_funding",
+    "card_country",
+    "issuer",
+    "currency",
+)
+
+_META_COLUMNS: Final[tuple[str, ...]] = (
+    "attempt_id",
+    "charge_id",
+    "customer_id",
+    "decision_time",
+    "retry_time",
+    "retry_number",
+    "decline_family",
+    "card_country",
+    "card_funding",
+    "card_brand",
+    "amount",
+    "currency",
+)
+
+
+# --------------------------------------------------------------------------------------------
+# Feature spec and encoding
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """Feature names and categorical levels fixed at training time (stored with the model).
+
+    Attributes
+    ----------
+    numeric
+        Numeric feature names, in model-matrix order.
+    categorical
+        Categorical feature names, after the numeric ones in the model matrix.
+    levels
+        Levels per categorical feature; always end with ``"other"`` and ``"missing"``.
+    version
+        Feature-code version the spec was fitted with.
+    """
+
+    numeric: tuple[str, ...]
+    categorical: tuple[str, ...]
+    levels: dict[str, tuple[str, ...]]
+    version: str
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """All feature names in model-matrix order (numeric, then categorical)."""
+        return self.numeric + self.categorical
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready representation (see :meth:`from_dict`)."""
+        return {
+            "version": self.version,
+            "numeric": list(self.numeric),
+            "categorical": list(self.categorical),
+            "levels": {k: list(v) for k, v in self.levels.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> FeatureSpec:
+        """Rebuild a spec from :meth:`to_dict` output.
+
+        Raises
+        ------
+        ValueError
+            If a field is missing or malformed (the message names it).
+        """
+        if not isinstance(d, dict):
+            raise ValueError(f"feature spec must be a mapping, got {type(d).__name__}")
+        for key in ("version", "numeric", "categorical", "levels"):
+            if key not in d:
+                raise ValueError(f"feature spec: missing field {key!r}")
+        numeric = _str_tuple(d["numeric"], "numeric")
+        categorical = _str_tuple(d["categorical"], "categorical")
+        raw_levels = d["levels"]
+        if not isinstance(raw_levels, dict):
+            raise ValueError("feature spec: field 'levels' must be a mapping")
+        levels: dict[str, tuple[str, ...]] = {}
+        for name in categorical:
+            if name not in raw_levels:
+                raise ValueError(f"feature spec: no levels for categorical feature {name!r}")
+            lv = _str_tuple(raw_levels[name], f"levels.{name}")
+            if OTHER_LEVEL not in lv or MISSING_LEVEL not in lv:
+                raise ValueError(
+                    f"feature spec: levels.{name} must contain {OTHER_LEVEL!r} and "
+                    f"{MISSING_LEVEL!r}"
+                )
+            if len(set(lv)) != len(lv):
+                raise ValueError(f"feature spec: levels.{name} has duplicate levels")
+            levels[name] = lv
+        overlap = set(numeric) & set(categorical)
+        if overlap:
+            raise ValueError(f"feature spec: features both numeric and categorical: {overlap}")
+        if not isinstance(d["version"], str):
+            raise ValueError("feature spec: field 'version' must be a string")
+        return cls(numeric=numeric, categorical=categorical, levels=levels, version=d["version"])
+
+
+def _str_tuple(value: object, field: str) -> tuple[str, ...]:
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"feature spec: field {field!r} must be a list of strings")
+    return tuple(value)
+
+
+def _is_categorical_column(s: pd.Series) -> bool:
+    return bool(
+        isinstance(s.dtype, pd.CategoricalDtype)
+        or pd.api.types.is_string_dtype(s.dtype)
+        or s.dtype == object
+    )
+
+
+def fit_feature_spec(features: pd.DataFrame, *, min_level_count: int = 20) -> FeatureSpec:
+    """Fix feature names and categorical levels from training features.
+
+    Parameters
+    ----------
+    features
+        Raw features (:attr:`TrainingExamples.features`): numeric columns and string
+        categoricals.
+    min_level_count
+        Levels seen fewer times than this are not kept: at encoding time they (and levels never
+        seen) map to ``"other"``; missing values map to ``"missing"``.
+
+    Returns
+    -------
+    FeatureSpec
+        Numeric and categorical names in column order; levels per categorical sorted by
+        decreasing frequency (ties by name), followed by ``"other"`` and ``"missing"``.
+    """
+    if min_level_count < 1:
+        raise ValueError(f"min_level_count must be >= 1, got {min_level_count}")
+    numeric: list[str] = []
+    categorical: list[str] = []
+    levels: dict[str, tuple[str, ...]] = {}
+    for name in features.columns:
+        col = features[name]
+        if _is_categorical_column(col):
+            categorical.append(str(name))
+            counts = col.dropna().astype(str).value_counts()
+            kept = counts[counts >= min_level_count]
+            kept = kept[~kept.index.isin([OTHER_LEVEL, MISSING_LEVEL])]
+            ordered = sorted(kept.items(), key=lambda kv: (-int(kv[1]), str(kv[0])))
+            levels[str(name)] = (*(str(k) for k, _ in ordered), OTHER_LEVEL, MISSING_LEVEL)
+        elif pd.api.types.is_numeric_dtype(col.dtype) or pd.api.types.is_bool_dtype(col.dtype):
+            numeric.append(str(name))
+        else:
+            raise ValueError(f"feature {name!r}: unsupported dtype {col.dtype}")
+    return FeatureSpec(
+        numeric=tuple(numeric),
+        categorical=tuple(categorical),
+        levels=levels,
+        version=FEATURES_VERSION,
+    )
+
+
+@lru_cache(maxsize=256)
+def _level_lookup(levels: tuple[str, ...]) -> tuple[pd.CategoricalDtype, pd.Index, dict[str, int]]:
+    dtype = pd.CategoricalDtype(categories=list(levels), ordered=False)
+    index = pd.Index(list(levels), dtype=object)
+    return dtype, index, {v: i for i, v in enumerate(levels)}
+
+
+def _encode_categorical(col: pd.Series, levels: tuple[str, ...]) -> pd.Categorical:
+    dtype, index, lookup = _level_lookup(levels)
+    other = lookup[OTHER_LEVEL]
+    missing = lookup[MISSING_LEVEL]
+    arr = col.array
+    if hasattr(arr, "__arrow_array__") and pd.api.types.is_string_dtype(col.dtype):
+        # Arrow-backed strings (pandas' default str): dictionary-encode in C++, then map the
+        # few distinct values through the level lookup.
+        values = pa.chunked_array(arr.__arrow_array__()).combine_chunks()
+        enc = pc.dictionary_encode(values)
+        uniq = enc.dictionary.to_pylist()
+        mapped = np.asarray(
+            [other if u == MISSING_LEVEL else lookup.get(u, other) for u in uniq] + [missing],
+            dtype=np.int64,
+        )
+        idx = enc.indices.fill_null(len(uniq)).to_numpy(zero_copy_only=False)
+        codes = mapped[idx]
+    else:
+        fac, uniques = pd.factorize(col, use_na_sentinel=True)
+        uniq = pd.Index(np.asarray(uniques, dtype=object).astype(str), dtype=object)
+        mapped = index.get_indexer(uniq)
+        mapped = np.where((mapped < 0) | (mapped == missing), other, mapped)
+        # The last slot stands for missing values, so an all-missing column (no uniques) works.
+        mapped = np.append(mapped, missing).astype(np.int64)
+        codes = mapped[np.where(fac < 0, len(mapped) - 1, fac)]
+    return pd.Categorical.from_codes(codes, dtype=dtype, validate=False)
+
+
+def encode_features(features: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
+    """Model matrix for raw features.
+
+    Parameters
+    ----------
+    features
+        Raw features (from :func:`build_training_examples` or :func:`build_candidate_features`).
+    spec
+        The spec fixed at training time.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns in ``spec.names`` order: numeric as float64, categoricals as pandas
+        ``Categorical`` with exactly ``spec.levels`` (unseen or rare values -> ``"other"``,
+        missing -> ``"missing"``). The index of ``features`` is kept.
+
+    Raises
+    ------
+    ValueError
+        If a feature of the spec is missing from ``features``.
+    """
+    absent = [n for n in spec.names if n not in features.columns]
+    if absent:
+        raise ValueError(f"features lack columns required by the feature spec: {absent}")
+    k = len(spec.numeric)
+    numeric: np.ndarray | None = None
+    leading = features.iloc[:, :k]
+    if tuple(leading.columns) == spec.numeric and all(
+        isinstance(d, np.dtype) and d.kind in "fiub" for d in leading.dtypes
+    ):
+        # Frames from this module: the numeric features come first, as one float block.
+        numeric = leading.to_numpy(dtype=np.float64)
+    else:
+        numeric = np.empty((len(features), k), dtype=np.float64)
+        for j, name in enumerate(spec.numeric):
+            col = features[name]
+            try:
+                numeric[:, j] = col.to_numpy(dtype=np.float64, na_value=np.nan)
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"feature {name!r} is not numeric ({col.dtype})") from exc
+    cats = {
+        name: _encode_categorical(features[name], spec.levels[name]) for name in spec.categorical
+    }
+    return _join_blocks(numeric, spec.numeric, cats, features.index)
+
+
+def _join_blocks(
+    numeric: np.ndarray, names: tuple[str, ...], others: dict[str, Any], index: pd.Index
+) -> pd.DataFrame:
+    """A frame with the numeric columns as one float64 block followed by ``others``."""
+    left = pd.DataFrame(numeric, columns=list(names), index=index, copy=False)
+    if not others:
+        return left
+    right = pd.DataFrame(others, index=index, copy=False)
+    return pd.concat([left, right], axis=1)
+
+
+# --------------------------------------------------------------------------------------------
+# The sorted attempt log
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Codes:
+    """A factorised string column: ``uniques[codes]`` with ``codes == -1`` for missing."""
+
+    codes: np.ndarray
+    uniques: np.ndarray  # object array of str
+
+    def take(self, idx: np.ndarray) -> _Codes:
+        return _Codes(self.codes[idx], self.uniques)
+
+
+def _factorize(values: pd.Series | None, n: int) -> _Codes:
+    if values is None:
+        return _Codes(np.full(n, -1, dtype=np.int64), np.empty(0, dtype=object))
+    codes, uniques = pd.factorize(values, use_na_sentinel=True)
+    uniq = np.asarray(uniques, dtype=object)
+    # int32 codes halve the memory of the 10 M-row path; arithmetic on codes casts to int64.
+    return _Codes(codes.astype(np.int32 if uniq.size < 2**31 - 1 else np.int64), uniq)
+
+
+def _ns(values: pd.Series, name: str) -> np.ndarray:
+    """int64 UTC nanoseconds of a timestamp column (NaT -> int64 minimum)."""
+    dtype = values.dtype
+    # tz-aware arrays store UTC epoch values, naive ones are taken as UTC: asi8 is UTC either way.
+    if isinstance(dtype, pd.DatetimeTZDtype):
+        unit = str(dtype.unit)
+    elif isinstance(dtype, np.dtype) and dtype.kind == "M":
+        unit = np.datetime_data(dtype.str)[0]
+    else:
+        raise ValueError(
+            f"column {name!r} must hold timestamps (datetime64[ns, UTC], canonical frame), "
+            f"got dtype {dtype}"
+        )
+    arr: Any = values.array
+    if unit != "ns":
+        arr = arr.as_unit("ns")
+    return np.asarray(arr.asi8, dtype=np.int64)
+
+
+@lru_cache(maxsize=65536)
+def _decline_info(code: str, advice: str) -> tuple[str, bool, float, bool, float]:
+    """(family, hard, visa category or NaN, advice never-retry, advice min wait hours or NaN)."""
+    info = classify_decline(code or None, network_advice_code=advice or None)
+    # Mastercard merchant advice codes (MAC): 03/21 never retry, 24-30 minimum waits
+    # (shared/domain-facts.md, "Mastercard merchant advice codes").
+    adv = mastercard_advice(advice) if advice else None
+    return (
+        str(info.family),
+        bool(info.hard),
+        math.nan if info.visa_category is None else float(info.visa_category),
+        bool(adv is not None and adv.never_retry),
+        math.nan if adv is None or adv.min_wait_hours is None else float(adv.min_wait_hours),
+    )
+
+
+_ZONE_CACHE: dict[tuple[str | None, str | None], str] = {}
+
+
+def _resolve_zone_pairs(pairs: list[tuple[str | None, str | None]]) -> list[str]:
+    missing = [p for p in pairs if p not in _ZONE_CACHE]
+    if missing:
+        tz = pd.Series([p[0] for p in missing], dtype="str")
+        cc = pd.Series([p[1] for p in missing], dtype="str")
+        resolved = resolve_timezones(tz, cc).tolist()
+        for p, z in zip(missing, resolved, strict=True):
+            _ZONE_CACHE[p] = str(z)
+    return [_ZONE_CACHE[p] for p in pairs]
+
+
+def _none_if_na(value: object) -> str | None:
+    if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA:
+        return None
+    return str(value)
+
+
+def _normalized_codes(raw: _Codes, normalize: Any) -> _Codes:
+    """Normalise the uniques of a code column ("" -> missing)."""
+    norm = [normalize(u) for u in raw.uniques.tolist()]
+    uniq = np.asarray([v if v else None for v in norm] + [None], dtype=object)
+    codes = np.where(raw.codes < 0, len(uniq) - 1, raw.codes)
+    return _Codes(codes.astype(raw.codes.dtype), uniq)
+
+
+_REQUIRED_FOR_FEATURES: Final[tuple[str, ...]] = (
+    ct.ATTEMPT_ID,
+    ct.CHARGE_ID,
+    ct.CUSTOMER_ID,
+    ct.ATTEMPTED_AT,
+    ct.AMOUNT,
+    ct.CURRENCY,
+    ct.OUTCOME,
+    ct.DECLINE_CODE,
+    ct.CARD_BRAND,
+    ct.CARD_FUNDING,
+    ct.CARD_COUNTRY,
+    ct.CARD_ADDED_AT,
+    ct.CARD_EXP_MONTH,
+    ct.CARD_EXP_YEAR,
+)
+
+
+_SMALL_ROWS: Final = 2048
+# Columns never read from other charges' rows (only from the decision's own charge).
+_HISTORY_UNUSED: Final[frozenset[str]] = frozenset(
+    {
+        ct.DECLINE_CODE,
+        ct.NETWORK_ADVICE_CODE,
+        ct.CARD_FUNDING,
+        ct.ISSUER,
+        ct.CURRENCY,
+        ct.CARD_ADDED_AT,
+        ct.RETRY_PROPENSITY,
+    }
+)
+
+
+def _is_missing_scalar(value: object) -> bool:
+    return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))
+
+
+def _py_list(series: pd.Series) -> list[Any]:
+    arr = series.array
+    if hasattr(arr, "__arrow_array__"):
+        return list(arr.__arrow_array__().to_pylist())
+    return series.tolist()
+
+
+class _Columns:
+    """Column access over one or more contract frames (rows of all frames, in order).
+
+    Large inputs go through pandas (factorize); small ones (online scoring) through plain
+    Python lists, which avoids pandas' per-call overhead. Both give the same codes semantics.
+    """
+
+    def __init__(self, frames: list[pd.DataFrame], *, history_frames: int = 0) -> None:
+        for i, frame in enumerate(frames):
+            absent = [c for c in _REQUIRED_FOR_FEATURES if c not in frame.columns]
+            if absent:
+                which = "attempts" if i == 0 else "history"
+                raise ValueError(f"{which} frame lacks required contract columns: {absent}")
+        self.n = sum(len(f) for f in frames)
+        self.small = self.n <= _SMALL_ROWS
+        if not self.small and len(frames) > 1:
+            frames = [pd.concat(frames, ignore_index=True)]
+            history_frames = 0
+        self.frames = frames
+        # The last `history_frames` frames hold other charges' rows: only the columns that
+        # feed history aggregates are read from them (the rest is never used for a decision).
+        self._names = [
+            set(f.columns) - (_HISTORY_UNUSED if i >= len(frames) - history_frames else set())
+            for i, f in enumerate(frames)
+        ]
+
+    def has(self, name: str) -> bool:
+        return any(name in names for names in self._names)
+
+    def strings(self, name: str) -> _Codes:
+        if not self.has(name):
+            return _Codes(np.full(self.n, -1, dtype=np.int64), np.empty(0, dtype=object))
+        if not self.small:
+            return _factorize(self.frames[0][name], self.n)
+        lookup: dict[str, int] = {}
+        codes = np.empty(self.n, dtype=np.int64)
+        i = 0
+        for frame, names in zip(self.frames, self._names, strict=True):
+            values = _py_list(frame[name]) if name in names else [None] * len(frame)
+            for v in values:
+                if _is_missing_scalar(v):
+                    codes[i] = -1
+                else:
+                    key = v if isinstance(v, str) else str(v)
+                    code = lookup.get(key)
+                    if code is None:
+                        code = lookup[key] = len(lookup)
+                    codes[i] = code
+                i += 1
+        return _Codes(codes, np.asarray(list(lookup), dtype=object))
+
+    def timestamps(self, name: str) -> np.ndarray:
+        parts = [
+            _ns(f[name], name) if name in names else np.full(len(f), NAT_INT, dtype=np.int64)
+            for f, names in zip(self.frames, self._names, strict=True)
+        ]
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    def ints(self, name: str) -> np.ndarray:
+        parts = []
+        for f in self.frames:
+            try:
+                parts.append(f[name].to_numpy(dtype=np.int64))
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"column {name!r} must hold integers ({exc})") from exc
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    def floats(self, name: str) -> np.ndarray:
+        parts = [
+            f[name].to_numpy(dtype=np.float64, na_value=np.nan)
+            if name in names
+            else np.full(len(f), np.nan)
+            for f, names in zip(self.frames, self._names, strict=True)
+        ]
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    def objects(self, name: str) -> np.ndarray:
+        parts = [f[name].to_numpy(dtype=object, na_value="") for f in self.frames]
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
+@dataclass
+class _Log:
+    """Contract rows sorted by (charge, attempted_at, failed-before-succeeded, attempt_id)."""
+
+    n: int
+    order: np.ndarray  # log row -> row of the source frame
+    charge: np.ndarray
+    charge_uniques: np.ndarray
+    customer: np.ndarray
+    t: np.ndarray
+    succ: np.ndarray
+    start: np.ndarray  # first log row of the row's charge
+    run_start: np.ndarray  # first log row of the row's (charge, attempted_at) run
+    tie_rank: np.ndarray  # earlier rows of the same (charge, attempted_at, card) group (int32)
+    card_key: np.ndarray
+    code: _Codes
+    advice: _Codes
+    family: _Codes  # codes = (decline code, advice code) pair index, uniques = families
+    pair_hard: np.ndarray  # per pair: hard decline
+    pair_visa: np.ndarray  # per pair: Visa category or NaN
+    pair_never: np.ndarray  # per pair: advice forbids retries
+    pair_wait: np.ndarray  # per pair: advice minimum wait hours or NaN
+    brand: _Codes
+    funding: _Codes
+    country: _Codes
+    issuer: _Codes
+    currency: _Codes
+    zone: _Codes
+    amount: np.ndarray
+    card_added: np.ndarray
+    exp_end: np.ndarray
+    propensity: np.ndarray
+
+    @classmethod
+    def from_frames(cls, frames: list[pd.DataFrame], *, history_frames: int = 0) -> _Log:
+        cols = _Columns(frames, history_frames=history_frames)
+        n = cols.n
+        t_raw = cols.timestamps(ct.ATTEMPTED_AT)
+        if n and (t_raw == NAT_INT).any():
+            rows = (np.flatnonzero(t_raw == NAT_INT)[:5] + 1).tolist()
+            raise ValueError(f"column 'attempted_at' has missing timestamps (rows {rows})")
+        charge_raw = cols.strings(ct.CHARGE_ID)
+        if n and (charge_raw.codes < 0).any():
+            rows = (np.flatnonzero(charge_raw.codes < 0)[:5] + 1).tolist()
+            raise ValueError(f"column 'charge_id' has missing values (rows {rows})")
+        outcome = cols.strings(ct.OUTCOME)
+        succ_u = np.asarray([u == ct.SUCCEEDED for u in outcome.uniques.tolist()], dtype=bool)
+        succ_raw = np.append(succ_u, False)[outcome.codes]
+
+        order = np.lexsort((succ_raw, t_raw, charge_raw.codes))
+        ch = charge_raw.codes[order].astype(np.int64)
+        t = t_raw[order]
+        succ = succ_raw[order]
+        same_ct = np.zeros(n, dtype=bool)
+        if n > 1:
+            same_ct[1:] = (ch[1:] == ch[:-1]) & (t[1:] == t[:-1])
+        if same_ct.any():
+            # Simultaneous attempts of one charge: break ties by attempt_id (then stable).
+            tied = np.zeros(n, dtype=bool)
+            tied[1:] |= same_ct[1:]
+            tied[:-1] |= same_ct[1:]
+            ids = cols.objects(ct.ATTEMPT_ID)[order[tied]]
+            rank = np.zeros(n, dtype=np.int64)
+            rank[tied] = pd.Series(ids.astype(str)).rank(method="dense").to_numpy(np.int64)
+            rank_raw = np.empty(n, dtype=np.int64)
+            rank_raw[order] = rank
+            order = np.lexsort((rank_raw, succ_raw, t_raw, charge_raw.codes))
+            ch = charge_raw.codes[order].astype(np.int64)
+            t = t_raw[order]
+            succ = succ_raw[order]
+        idx = np.arange(n, dtype=np.int64)
+        new_charge = np.ones(n, dtype=bool)
+        new_run = np.ones(n, dtype=bool)
+        if n > 1:
+            new_charge[1:] = ch[1:] != ch[:-1]
+            new_run[1:] = new_charge[1:] | (t[1:] != t[:-1])
+        start = np.maximum.accumulate(np.where(new_charge, idx, 0)) if n else idx
+        run_start = np.maximum.accumulate(np.where(new_run, idx, 0)) if n else idx
+
+        customer_raw = cols.strings(ct.CUSTOMER_ID)
+        if n and (customer_raw.codes < 0).any():
+            rows = (np.flatnonzero(customer_raw.codes < 0)[:5] + 1).tolist()
+            raise ValueError(f"column 'customer_id' has missing values (rows {rows})")
+        customer = customer_raw.codes[order].astype(np.int64)
+
+        brand = cols.strings(ct.CARD_BRAND).take(order)
+        exp_month = cols.ints(ct.CARD_EXP_MONTH)[order]
+        exp_year = cols.ints(ct.CARD_EXP_YEAR)[order]
+        bad = (exp_month < 1) | (exp_month > 12)
+        if bad.any():
+            rows = (np.sort(order[bad])[:5] + 1).tolist()
+            raise ValueError(f"column 'card_exp_month' must be 1-12 (rows {rows})")
+        # The card: card_id when given, else a surrogate (customer, brand, expiry). Always
+        # scoped by the customer, so the online path (one customer's history) sees the same.
+        card_id = cols.strings(ct.CARD_ID).codes[order].astype(np.int64)
+        exp_key = exp_year * 13 + exp_month
+        surrogate = (brand.codes.astype(np.int64) + 1) * 1_000_000 + exp_key
+        card_part = np.where(card_id >= 0, card_id, -1 - surrogate)
+        if n <= _SMALL_ROWS:
+            card_part_codes = np.unique(card_part, return_inverse=True)[1].reshape(-1)
+        else:
+            card_part_codes = pd.factorize(card_part)[0].astype(np.int64)
+        card_key = customer * (int(card_part_codes.max(initial=0)) + 1) + card_part_codes
+        del card_id, exp_key, surrogate, card_part, card_part_codes
+
+        tie_rank = np.zeros(n, dtype=np.int32)
+        if same_ct.any():
+            tied_rows = np.flatnonzero(~new_run | np.append(~new_run[1:], False))
+            grp = pd.DataFrame({"r": run_start[tied_rows], "k": card_key[tied_rows]})
+            tie_rank[tied_rows] = grp.groupby(["r", "k"], sort=False).cumcount().to_numpy()
+
+        code = _normalized_codes(cols.strings(ct.DECLINE_CODE), _normalize_code).take(order)
+        advice = _normalized_codes(cols.strings(ct.NETWORK_ADVICE_CODE), _normalize_advice)
+        advice = advice.take(order)
+        pair = code.codes.astype(np.int64) * (len(advice.uniques) + 1) + advice.codes
+        pair_u, pair_inv = np.unique(pair, return_inverse=True)
+        del pair
+        infos = [
+            _decline_info(
+                code.uniques[p // (len(advice.uniques) + 1)] or "",
+                advice.uniques[p % (len(advice.uniques) + 1)] or "",
+            )
+            for p in pair_u.tolist()
+        ]
+        fam_u = np.asarray([i[0] for i in infos], dtype=object)
+        family = _Codes(pair_inv.reshape(-1).astype(np.int32), fam_u)
+        del pair_inv
+
+        tz = cols.strings(ct.CUSTOMER_TIMEZONE)
+        cc = cols.strings(ct.CARD_COUNTRY)
+        zpair = (tz.codes.astype(np.int64) + 1) * (len(cc.uniques) + 1) + (cc.codes + 1)
+        zp_u, zp_inv = np.unique(zpair, return_inverse=True)
+        del zpair
+        tz_ext = np.asarray([*tz.uniques.tolist(), None], dtype=object)
+        cc_ext = np.asarray([*cc.uniques.tolist(), None], dtype=object)
+        pairs = [
+            (
+                _none_if_na(tz_ext[p // (len(cc.uniques) + 1) - 1]),
+                _none_if_na(cc_ext[p % (len(cc.uniques) + 1) - 1]),
+            )
+            for p in zp_u.tolist()
+        ]
+        zones = np.asarray(_resolve_zone_pairs(pairs), dtype=object)
+        zone = _Codes(zp_inv.reshape(-1).astype(np.int32), zones).take(order)
+
+        amount = cols.ints(ct.AMOUNT)[order]
+        card_added = cols.timestamps(ct.CARD_ADDED_AT)[order]
+        ny, nm = shift_month(exp_year, exp_month, 1)
+        # A card is valid through the last day of its expiry month (UTC here).
+        exp_end = days_from_civil(ny, nm, np.ones_like(nm)) * NS_PER_DAY
+        propensity = cols.floats(ct.RETRY_PROPENSITY)[order]
+        return cls(
+            n=n,
+            order=order,
+            charge=ch,
+            charge_uniques=charge_raw.uniques,
+            customer=customer,
+            t=t,
+            succ=succ,
+            start=start,
+            run_start=run_start,
+            tie_rank=tie_rank,
+            card_key=card_key,
+            code=code,
+            advice=advice,
+            family=family,
+            pair_hard=np.asarray([i[1] for i in infos], dtype=bool),
+            pair_visa=np.asarray([i[2] for i in infos], dtype=np.float64),
+            pair_never=np.asarray([i[3] for i in infos], dtype=bool),
+            pair_wait=np.asarray([i[4] for i in infos], dtype=np.float64),
+            brand=brand,
+            funding=cols.strings(ct.CARD_FUNDING).take(order),
+            country=cc.take(order),
+            issuer=cols.strings(ct.ISSUER).take(order),
+            currency=cols.strings(ct.CURRENCY).take(order),
+            zone=zone,
+            amount=amount,
+            card_added=card_added,
+            exp_end=exp_end,
+            propensity=propensity,
+        )
+
+    @property
+    def pos(self) -> np.ndarray:
+        """Position of each row within its charge (0 = first attempt)."""
+        return np.arange(self.n, dtype=np.int64) - self.start
+
+    def succ_before(self) -> np.ndarray:
+        """Successful attempts of the row's charge strictly before the row."""
+        cs = np.cumsum(self.succ, dtype=np.int64)
+        excl = cs - self.succ
+        return excl - excl[self.start]
+
+    def customer_event(self, name: str) -> np.ndarray:
+        """Integer event value per row for one customer aggregate (see _CUSTOMER_EVENTS).
+
+        Events happen at the row's ``attempted_at``: a charge starts (its first attempt), a
+        first attempt fails, a payment succeeds (with its local day-of-month and weekday as
+        quantised unit-circle coordinates), a failed charge is recovered (with its duration).
+        """
+        if name == "charges":
+            return (self.pos == 0).astype(np.int64)
+        if name == "first_failures":
+            return ((self.pos == 0) & ~self.succ).astype(np.int64)
+        if name == "amount_sum":
+            return np.where(self.pos == 0, self.amount, 0)
+        if name == "successes":
+            return self.succ.astype(np.int64)
+        if name in ("recoveries", "recovery_seconds"):
+            recovery = self.succ & (self.succ_before() == 0) & (self.pos > 0)
+            if name == "recoveries":
+                return recovery.astype(np.int64)
+            return np.where(recovery, (self.t - self.t[self.start]) // NS_PER_SECOND, 0)
+        rows, y, m, d, wd = self._success_calendar
+        out = np.zeros(self.n, dtype=np.int64)
+        if rows.size:
+            if name.startswith("dom"):
+                angle = _TWO_PI * (d - 1) / days_in_month(y, m)
+            else:
+                angle = _TWO_PI * wd / 7.0
+            trig = np.cos(angle) if name.endswith("cos") else np.sin(angle)
+            out[rows] = np.rint(trig * _Q).astype(np.int64)
+        return out
+
+    @cached_property
+    def _success_calendar(
+        self,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Successful rows and their local (year, month, day, weekday) in the row's zone."""
+        rows = np.flatnonzero(self.succ)
+        local = to_local_ns(self.t[rows], self.zone.codes[rows], self.zone.uniques)
+        days = np.floor_divide(local, NS_PER_DAY)
+        y, m, d = civil_from_days(days)
+        wd = weekday_of_days(days)
+        # Small integer types: this cache lives through the customer aggregates (memory).
+        return rows, y.astype(np.int16), m.astype(np.int8), d.astype(np.int8), wd.astype(np.int8)
+
+
+_CUSTOMER_EVENTS: Final[tuple[str, ...]] = (
+    "charges",
+    "first_failures",
+    "amount_sum",
+    "successes",
+    "dom_cos",
+    "dom_sin",
+    "wd_cos",
+    "wd_sin",
+    "recoveries",
+    "recovery_seconds",
+)
+
+
+def _normalize_code(code: object) -> str:
+    from features.taxonomy import normalize_code
+
+    return normalize_code(code)
+
+
+def _normalize_advice(code: object) -> str:
+    from features.taxonomy import normalize_advice_code
+
+    return normalize_advice_code(code)
+
+
+# --------------------------------------------------------------------------------------------
+# Point-in-time sums
+# --------------------------------------------------------------------------------------------
+
+
+class _PitIndex:
+    """Point-in-time lookups: per query, events of its group with time < the query time.
+
+    Events and queries are merged and sorted by (group, time, queries-first-at-ties); exclusive
+    cumulative sums read at the query positions minus the group's start give counts and sums.
+    Integer sums are exact, so results do not depend on summation order.
+    """
+
+    def __init__(
+        self, ev_group: np.ndarray, ev_time: np.ndarray, q_group: np.ndarray, q_time: np.ndarray
+    ) -> None:
+        n_e = ev_group.size
+        n_q = q_group.size
+        self.n_e = n_e
+        g = np.concatenate([ev_group, q_group])
+        tt = np.concatenate([ev_time, q_time])
+        kind = np.concatenate([np.ones(n_e, dtype=np.int8), np.zeros(n_q, dtype=np.int8)])
+        order = np.lexsort((kind, tt, g))
+        del tt, kind
+        m = order.size
+        g_sorted = g[order]
+        del g
+        new_group = np.ones(m, dtype=bool)
+        new_group[1:] = g_sorted[1:] != g_sorted[:-1]
+        del g_sorted
+        group_start = np.maximum.accumulate(np.where(new_group, np.arange(m), 0))
+        del new_group
+        is_query = order >= n_e
+        q_pos = np.empty(n_q, dtype=np.int64)
+        q_pos[order[is_query] - n_e] = np.flatnonzero(is_query)
+        del is_query
+        self.order = order
+        self.q_pos = q_pos
+        self.q_start = group_start[q_pos]
+
+    def sums(self, values: np.ndarray | None = None) -> np.ndarray:
+        """Per query: sum of ``values`` (int64 per event; None = count) over its known events."""
+        if self.q_pos.size == 0:
+            return np.zeros(0, dtype=np.int64)
+        merged = np.zeros(self.order.size, dtype=np.int64)
+        merged[: self.n_e] = 1 if values is None else values
+        seq = merged[self.order]
+        del merged
+        cs = np.cumsum(seq)
+        cs -= seq  # exclusive
+        return cs[self.q_pos] - cs[self.q_start]
+
+
+def _pit_counts(
+    ev_group: np.ndarray, ev_time: np.ndarray, q_group: np.ndarray, q_time: np.ndarray
+) -> np.ndarray:
+    """Per query: number of events of its group with time < query time."""
+    return _PitIndex(ev_group, ev_time, q_group, q_time).sums()
+
+
+# --------------------------------------------------------------------------------------------
+# Decision state (everything known at `now`, independent of the candidate time)
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _State:
+    li: np.ndarray  # last known attempt of the charge (log row)
+    now: np.ndarray
+    first_t: np.ndarray
+    last_t: np.ndarray
+    card_key: np.ndarray
+    card_known_now: np.ndarray  # known attempts of the card before now (F(key, now))
+    card_at_now: np.ndarray  # own attempts of the card at exactly `now`
+    tenure_start: np.ndarray
+    numeric: dict[str, np.ndarray]  # candidate-independent numeric features
+    categorical: dict[str, _Codes]
+    dom_mean: np.ndarray  # circular mean angle of past success day-of-month (NaN if none)
+    wd_mean: np.ndarray
+
+
+def _sequence_codes(log: _Log, li: np.ndarray, has_prev: np.ndarray) -> _Codes:
+    prev_codes = np.where(has_prev, log.code.codes[np.maximum(li - 1, 0)], -2).astype(np.int64)
+    last_codes = log.code.codes[li].astype(np.int64)
+    n_u = len(log.code.uniques) + 2
+    pair = (prev_codes + 2) * n_u + last_codes
+    pair_u, inv = np.unique(pair, return_inverse=True)
+    names = []
+    for p in pair_u.tolist():
+        a = p // n_u - 2
+        b = p % n_u
+        left = _NO_PREVIOUS_CODE if a == -2 else (log.code.uniques[a] or MISSING_LEVEL)
+        right = log.code.uniques[b] or MISSING_LEVEL
+        names.append(f"{left}>{right}")
+    return _Codes(inv.reshape(-1).astype(np.int64), np.asarray(names, dtype=object))
+
+
+def _decision_state(log: _Log, li: np.ndarray, now: np.ndarray) -> _State:
+    """Point-in-time state of each decision (last known row ``li`` of the charge, time ``now``).
+
+    Known: the charge's rows up to ``li`` (all at or before ``now``) and every other row with
+    ``attempted_at < now``.
+    """
+    s = log.start[li]
+    pos = li - s
+    last_t = log.t[li]
+    first_t = log.t[s]
+    cust = log.customer[li]
+
+    # Own rows with attempted_at < now end at `end` (exclusive); customer aggregates are the
+    # customer's events before now minus the charge's own.
+    end = np.where(last_t < now, li + 1, log.run_start[li])
+    pit = _PitIndex(log.customer, log.t, cust, now)
+    agg: dict[str, np.ndarray] = {}
+    for name in _CUSTOMER_EVENTS:
+        ev = log.customer_event(name)
+        total = pit.sums(ev)
+        cs = np.concatenate([[0], np.cumsum(ev)])
+        del ev
+        agg[name] = total - (cs[end] - cs[s])
+        del cs
+    del pit
+    vars(log).pop("_success_calendar", None)  # drop the cached success calendar
+
+    key = log.card_key[li]
+    card_known_now = _pit_counts(log.card_key, log.t, key, now)
+    card_at_now = np.where(last_t == now, log.tie_rank[li] + 1, 0)
+
+    cust_min = np.full(int(log.customer.max(initial=0)) + 1, np.iinfo(np.int64).max)
+    np.minimum.at(cust_min, log.customer, log.t)
+    tenure_start = cust_min[cust]
+
+    charges = agg["charges"].astype(np.float64)
+    first_fail = agg["first_failures"].astype(np.float64)
+    recov = agg["recoveries"].astype(np.float64)
+    succ_n = agg["successes"].astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        recovery_rate = np.where(first_fail > 0, recov / first_fail, np.nan)
+        mean_rec_h = np.where(recov > 0, agg["recovery_seconds"] / recov / 3600.0, np.nan)
+        mean_amount = np.where(charges > 0, agg["amount_sum"] / charges, np.nan)
+        amount = log.amount[li].astype(np.float64)
+        amount_rel = np.where(mean_amount > 0, amount / mean_amount, np.nan)
+        # Mean resultant length (0 = no preferred day, 1 = always the same day); the
+        # quantisation can push it a hair above 1.
+        dom_conc = np.where(
+            succ_n > 0,
+            np.minimum(np.hypot(agg["dom_cos"], agg["dom_sin"]) / (succ_n * _Q), 1.0),
+            np.nan,
+        )
+        wd_conc = np.where(
+            succ_n > 0,
+            np.minimum(np.hypot(agg["wd_cos"], agg["wd_sin"]) / (succ_n * _Q), 1.0),
+            np.nan,
+        )
+    dom_mean = np.where(
+        succ_n > 0, np.arctan2(agg["dom_sin"].astype(float), agg["dom_cos"].astype(float)), np.nan
+    )
+    wd_mean = np.where(
+        succ_n > 0, np.arctan2(agg["wd_sin"].astype(float), agg["wd_cos"].astype(float)), np.nan
+    )
+
+    # Distinct decline codes of the charge so far (rows s..li): small per charge, so count
+    # first occurrences with a sort on (charge, code).
+    distinct = _distinct_codes(log, s, li)
+
+    has_prev = pos >= 1
+    last_pair = log.family.codes[li]
+    numeric = {
+        "retry_number": (pos + 1).astype(np.float64),
+        "last_decline_hard": log.pair_hard[last_pair].astype(np.float64),
+        "first_decline_hard": log.pair_hard[log.family.codes[s]].astype(np.float64),
+        "last_visa_category": log.pair_visa[last_pair],
+        "advice_never_retry": log.pair_never[last_pair].astype(np.float64),
+        "advice_min_wait_hours": log.pair_wait[last_pair],
+        "distinct_codes": distinct.astype(np.float64),
+        "prior_successes": succ_n,
+        "success_dom_concentration": dom_conc,
+        "success_weekday_concentration": wd_conc,
+        "prior_recoveries": recov,
+        "mean_recovery_hours": mean_rec_h,
+        "card_changed": (log.card_key[s] != key).astype(np.float64),
+        "log_amount": np.log1p(np.maximum(amount, 0.0)),
+        "amount_vs_customer_mean": amount_rel,
+        "prior_charges": charges,
+        "prior_first_failures": first_fail,
+        "prior_recovery_rate": recovery_rate,
+    }
+    categorical = {
+        "last_decline_code": log.code.take(li),
+        "first_decline_code": log.code.take(s),
+        "last_decline_family": log.family.take(li),
+        "first_decline_family": log.family.take(s),
+        "decline_sequence": _sequence_codes(log, li, has_prev),
+        "network_advice_code": log.advice.take(li),
+        "card_brand": log.brand.take(li),
+        "card_funding": log.funding.take(li),
+        "card_country": log.country.take(li),
+        "issuer": log.issuer.take(li),
+        "currency": log.currency.take(li),
+    }
+    return _State(
+        li=li,
+        now=now,
+        first_t=first_t,
+        last_t=last_t,
+        card_key=key,
+        card_known_now=card_known_now,
+        card_at_now=card_at_now,
+        tenure_start=tenure_start,
+        numeric=numeric,
+        categorical=categorical,
+        dom_mean=dom_mean,
+        wd_mean=wd_mean,
+    )
+
+
+def _distinct_codes(log: _Log, s: np.ndarray, li: np.ndarray) -> np.ndarray:
+    """Distinct non-missing decline codes among rows s..li of each decision's charge."""
+    codes = log.code.codes
+    # Mark, per log row, whether its code value first appears at this row within its charge.
+    first_seen: dict[str, int] = {}
+    dense = np.asarray(  # equal strings share a code
+        [first_seen.setdefault(u or "", len(first_seen)) for u in log.code.uniques.tolist()],
+        dtype=np.int64,
+    )
+    value = dense[codes]
+    missing = np.asarray([u is None for u in log.code.uniques], dtype=bool)[codes]
+    order = np.lexsort((np.arange(log.n), value, log.charge))
+    first = np.ones(log.n, dtype=bool)
+    if log.n > 1:
+        same = (log.charge[order][1:] == log.charge[order][:-1]) & (
+            value[order][1:] == value[order][:-1]
+        )
+        first[order[1:]] = ~same
+    first &= ~missing
+    cs = np.concatenate([[0], np.cumsum(first)])
+    return cs[li + 1] - cs[s]
+
+
+# --------------------------------------------------------------------------------------------
+# The shared core: features at candidate times
+# --------------------------------------------------------------------------------------------
+
+
+def _circular_distance(angle: np.ndarray, mean: np.ndarray, period: np.ndarray) -> np.ndarray:
+    diff = np.abs(np.mod(angle - mean + math.pi, _TWO_PI) - math.pi)
+    return diff * period / _TWO_PI
+
+
+def _candidate_features(
+    log: _Log, st: _State, dec: np.ndarray, t_cand: np.ndarray
+) -> dict[str, Any]:
+    """All features for candidate times ``t_cand`` of decisions ``dec`` (indices into ``st``).
+
+    Returns numeric columns as float64 arrays and categoricals as :class:`_Codes`, in
+    :data:`NUMERIC_FEATURES` / :data:`CATEGORICAL_FEATURES` order.
+    """
+    valid = t_cand != NAT_INT
+    all_valid = bool(valid.all())
+    now = st.now[dec]
+    tt = t_cand if all_valid else np.where(valid, t_cand, now)
+    out: dict[str, Any] = {}
+    h = float(NS_PER_HOUR)
+    day = float(NS_PER_DAY)
+    out["hours_since_first_failure"] = (tt - st.first_t[dec]) / h
+    out["hours_since_prev_attempt"] = (tt - st.last_t[dec]) / h
+    out["hours_from_now"] = (tt - now) / h
+
+    # Known attempts of the card in [t - W, t): other rows strictly before now, plus the
+    # charge's own attempts at exactly now (the previous attempt).
+    key = st.card_key[dec]
+    lo24 = np.minimum(tt - WINDOW_24H_NS, now)
+    lo30 = np.minimum(tt - WINDOW_30D_NS, now)
+    counts = _pit_counts(
+        log.card_key, log.t, np.concatenate([key, key]), np.concatenate([lo24, lo30])
+    )
+    n = tt.size
+    known_now = st.card_known_now[dec]
+    at_now = st.card_at_now[dec]
+    out["card_attempts_24h"] = (
+        known_now - counts[:n] + np.where(tt - WINDOW_24H_NS <= now, at_now, 0)
+    ).astype(np.float64)
+    out["card_attempts_30d"] = (
+        known_now - counts[n:] + np.where(tt - WINDOW_30D_NS <= now, at_now, 0)
+    ).astype(np.float64)
+
+    # Local civil time in the customer's zone (DST-correct offset tables).
+    local = to_local_ns(tt, log.zone.codes[st.li[dec]], log.zone.uniques)
+    days = np.floor_divide(local, NS_PER_DAY)
+    y, m, d = civil_from_days(days)
+    wd = weekday_of_days(days)
+    dim = days_in_month(y, m)
+    out["local_hour"] = (local - days * NS_PER_DAY) / h
+    out["local_weekday"] = wd.astype(np.float64)
+    out["local_day_of_month"] = d.astype(np.float64)
+    out["days_to_month_end"] = (dim - d).astype(np.float64)
+    out["is_business_day"] = (wd < 5).astype(np.float64)
+
+    # Pay-cycle signals (calendar days; public holidays are not modelled).
+    py, pm = shift_month(y, m, -1)
+    ny, nm = shift_month(y, m, 1)
+    dim_prev = days_in_month(py, pm)
+    lbd = last_business_day(y, m)
+    lbd_prev = last_business_day(py, pm)
+    lbd_next = last_business_day(ny, nm)
+    out["days_since_1st"] = (d - 1).astype(np.float64)
+    out["days_until_1st"] = (dim - d + 1).astype(np.float64)
+    out["days_since_15th"] = np.where(d >= 15, d - 15, d + dim_prev - 15).astype(np.float64)
+    out["days_until_15th"] = np.where(d <= 15, 15 - d, dim - d + 15).astype(np.float64)
+    out["days_since_last_business_day"] = np.where(
+        d >= lbd, d - lbd, d + dim_prev - lbd_prev
+    ).astype(np.float64)
+    out["days_until_last_business_day"] = np.where(d <= lbd, lbd - d, dim - d + lbd_next).astype(
+        np.float64
+    )
+    out["days_since_friday"] = ((wd - 4) % 7).astype(np.float64)
+    out["days_until_friday"] = ((4 - wd) % 7).astype(np.float64)
+
+    a_dom = _TWO_PI * (d - 1) / dim
+    a_wd = _TWO_PI * wd / 7.0
+    out["success_dom_distance"] = _circular_distance(a_dom, st.dom_mean[dec], dim)
+    out["success_weekday_distance"] = _circular_distance(a_wd, st.wd_mean[dec], np.full(n, 7.0))
+
+    li = st.li[dec]
+    added = log.card_added[li]
+    out["card_age_days"] = np.where(added == NAT_INT, np.nan, (tt - added) / day)
+    exp_end = log.exp_end[li]
+    out["days_to_expiry"] = (exp_end - tt) / day
+    out["card_expired"] = (tt >= exp_end).astype(np.float64)
+    out["tenure_days"] = (tt - st.tenure_start[dec]) / day
+
+    if not all_valid:
+        for name in list(out):
+            out[name] = np.where(valid, out[name], np.nan)
+    for name, values in st.numeric.items():
+        out[name] = values[dec]
+    for name, cat in st.categorical.items():
+        out[name] = cat.take(dec)
+    return out
+
+
+_STR_DTYPE: Final = pd.StringDtype("pyarrow", na_value=np.nan)  # pandas' default ``str``
+
+
+def _str_array(cat: _Codes) -> pd.api.extensions.ExtensionArray:
+    """A pandas ``str`` array from codes (-1, None or "" uniques -> missing)."""
+    uniq = [None if u is None or u == "" else str(u) for u in cat.uniques.tolist()]
+    table = pa.array([*uniq, None], type=pa.large_string())
+    codes = np.where(cat.codes < 0, len(uniq), cat.codes)
+    return pd.arrays.ArrowStringArray(table.take(codes), dtype=_STR_DTYPE)  # type: ignore[call-arg]
+
+
+def _frame(columns: dict[str, Any], n: int) -> pd.DataFrame:
+    numeric = np.empty((n, len(NUMERIC_FEATURES)), dtype=np.float64)
+    for j, name in enumerate(NUMERIC_FEATURES):
+        numeric[:, j] = columns.pop(name)  # pop: free each column once copied (memory)
+    cats = {name: _str_array(columns[name]) for name in CATEGORICAL_FEATURES}
+    return _join_blocks(numeric, NUMERIC_FEATURES, cats, pd.RangeIndex(n))
+
+
+# --------------------------------------------------------------------------------------------
+# Public API
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainingExamples:
+    """One example per logged retry.
+
+    Attributes
+    ----------
+    features
+        Raw features (numeric float64, categoricals as ``str``), columns
+        :data:`NUMERIC_FEATURES` then :data:`CATEGORICAL_FEATURES`.
+    label
+        int8, 1 when the retry succeeded.
+    propensity
+        float64 ``retry_propensity`` of the retry (NaN when absent).
+    meta
+        attempt_id, charge_id, customer_id, decision_time, retry_time, retry_number,
+        decline_family, card_country, card_funding, card_brand, amount, currency.
+    """
+
+    features: pd.DataFrame
+    label: np.ndarray
+    propensity: np.ndarray
+    meta: pd.DataFrame
+
+
+def build_training_examples(attempts: pd.DataFrame) -> TrainingExamples:
+    """Point-in-time training examples for every logged retry.
+
+    Parameters
+    ----------
+    attempts
+        Canonical contract frame (:func:`features.validation.validate_attempts`).
+
+    Returns
+    -------
+    TrainingExamples
+        One example per attempt that follows a failed first attempt of its charge while the
+        charge was still unpaid (attempts after a success are not retry decisions). The
+        decision time ``now`` is the previous attempt of the charge, the candidate time its
+        retry; rows are ordered by retry time (then charge). Features use only the charge's
+        attempts up to ``now`` and other rows with ``attempted_at < now``.
+
+    Raises
+    ------
+    ValueError
+        If a required column is missing or a key column has missing values.
+    """
+    log = _Log.from_frames([attempts])
+    rows = np.flatnonzero((log.pos >= 1) & (log.succ_before() == 0))
+    rows = rows[np.lexsort((log.charge[rows], log.t[rows]))]
+    li = rows - 1
+    now = log.t[li]
+    st = _decision_state(log, li, now)
+    dec = np.arange(rows.size, dtype=np.int64)
+    columns = _candidate_features(log, st, dec, log.t[rows])
+    features = _frame(columns, rows.size)
+
+    src = log.order[rows]
+
+    def src_col(name: str) -> np.ndarray | pd.api.extensions.ExtensionArray:
+        return attempts[name].iloc[src].array
+
+    def ts(values: np.ndarray) -> pd.DatetimeIndex:
+        return pd.DatetimeIndex(values.view("datetime64[ns]")).tz_localize("UTC")
+
+    meta = pd.DataFrame(
+        {
+            "attempt_id": src_col(ct.ATTEMPT_ID),
+            "charge_id": src_col(ct.CHARGE_ID),
+            "customer_id": src_col(ct.CUSTOMER_ID),
+            "decision_time": ts(now),
+            "retry_time": ts(log.t[rows]),
+            "retry_number": log.pos[rows].astype(np.int64),
+            "decline_family": features["last_decline_family"].array,
+            "card_country": features["card_country"].array,
+            "card_funding": features["card_funding"].array,
+            "card_brand": features["card_brand"].array,
+            "amount": log.amount[li],
+            "currency": features["currency"].array,
+        },
+        index=pd.RangeIndex(rows.size),
+    )
+    return TrainingExamples(
+        features=features,
+        label=log.succ[rows].astype(np.int8),
+        propensity=log.propensity[rows].astype(np.float64),
+        meta=meta,
+    )
+
+
+def _candidate_ns(candidate_times: np.ndarray, n_charges: int) -> np.ndarray:
+    arr = np.asarray(candidate_times)
+    if arr.ndim == 1 and n_charges == 1:
+        arr = arr.reshape(1, -1)
+    if arr.ndim != 2 or arr.shape[0] != n_charges:
+        raise ValueError(
+            f"candidate_times must have shape (n_charges={n_charges}, n_candidates), "
+            f"got {arr.shape}"
+        )
+    if arr.dtype.kind != "M":
+        raise ValueError(f"candidate_times must be datetime64 (UTC, naive), got {arr.dtype}")
+    return np.ascontiguousarray(arr.astype("datetime64[ns]")).view(np.int64)
+
+
+def build_candidate_features(batch: DecisionBatch, candidate_times: np.ndarray) -> pd.DataFrame:
+    """Features of each charge of ``batch`` at each of its candidate retry times.
+
+    Parameters
+    ----------
+    batch
+        The failed charges awaiting a decision; ``batch.attempts`` holds each charge's attempts
+        so far (all at or before its ``now``), ``batch.history`` the customers' other rows
+        (any time: only rows with ``attempted_at < now`` are used; rows repeating an attempt
+        of ``batch.attempts`` are dropped; the charge's own rows after ``now`` are ignored).
+    candidate_times
+        ``datetime64[ns]`` (UTC, naive), shape ``(n_charges, n_candidates)``; ``NaT`` pads.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Raw features, one row per (charge, candidate) in row-major order, same columns as
+        :attr:`TrainingExamples.features`. Padding rows keep the charge's candidate-independent
+        features; candidate-dependent ones are NaN.
+
+    Raises
+    ------
+    ValueError
+        On shape/dtype errors, a charge without attempts, or attempts after ``now``.
+    """
+    columns, n = _online_columns(batch, candidate_times)
+    return _frame(columns, n)
+
+
+def encode_candidate_features(
+    batch: DecisionBatch, candidate_times: np.ndarray, spec: FeatureSpec
+) -> pd.DataFrame:
+    """Model matrix for a decision batch: ``encode_features(build_candidate_features(...))``.
+
+    Same values as the two-step call, but categoricals are mapped to the spec's levels from
+    their per-decision codes, without materialising string columns (the serving hot path).
+
+    Parameters
+    ----------
+    batch, candidate_times
+        As for :func:`build_candidate_features`.
+    spec
+        The spec fixed at training time.
+
+    Returns
+    -------
+    pandas.DataFrame
+        As :func:`encode_features`.
+    """
+    columns, n = _online_columns(batch, candidate_times)
+    known = set(NUMERIC_FEATURES) | set(CATEGORICAL_FEATURES)
+    if not set(spec.names) <= known or set(spec.categorical) - set(CATEGORICAL_FEATURES):
+        return encode_features(_frame(columns, n), spec)
+    numeric = np.empty((n, len(spec.numeric)), dtype=np.float64)
+    for j, name in enumerate(spec.numeric):
+        values = columns[name]
+        if isinstance(values, _Codes):  # a categorical used as numeric: not encodable
+            return encode_features(_frame(columns, n), spec)
+        numeric[:, j] = values
+    cats: dict[str, Any] = {}
+    for name in spec.categorical:
+        dtype, _, lookup = _level_lookup(spec.levels[name])
+        other = lookup[OTHER_LEVEL]
+        missing = lookup[MISSING_LEVEL]
+        cat: _Codes = columns[name]
+        mapped = np.asarray(
+            [
+                missing
+                if u is None or u == ""
+                else (other if u == MISSING_LEVEL else lookup.get(str(u), other))
+                for u in cat.uniques.tolist()
+            ]
+            + [missing],
+            dtype=np.int64,
+        )
+        codes = mapped[np.where(cat.codes < 0, len(cat.uniques), cat.codes)]
+        cats[name] = pd.Categorical.from_codes(codes, dtype=dtype, validate=False)
+    return _join_blocks(numeric, spec.numeric, cats, pd.RangeIndex(n))
+
+
+def _online_columns(
+    batch: DecisionBatch, candidate_times: np.ndarray
+) -> tuple[dict[str, Any], int]:
+    """Feature columns (numeric arrays, categorical codes) for a decision batch."""
+    charge_ids = np.asarray(batch.charge_ids, dtype=object)
+    n_charges = charge_ids.size
+    cand = _candidate_ns(candidate_times, n_charges)
+    now = np.asarray(batch.now).astype("datetime64[ns]").view(np.int64).reshape(-1)
+    if now.size != n_charges:
+        raise ValueError(f"batch.now has {now.size} values for {n_charges} charges")
+    frames = [batch.attempts]
+    if batch.history is not None and len(batch.history):
+        # History rows repeating an attempt of batch.attempts are dropped (same attempt_id).
+        hist = batch.history
+        if len(hist) <= _SMALL_ROWS and len(batch.attempts) <= _SMALL_ROWS:
+            seen = set(_py_list(batch.attempts[ct.ATTEMPT_ID]))
+            ids = _py_list(hist[ct.ATTEMPT_ID])
+            keep = np.asarray([a not in seen for a in ids], dtype=bool)
+        else:
+            keep = ~hist[ct.ATTEMPT_ID].isin(batch.attempts[ct.ATTEMPT_ID]).to_numpy()
+        if not bool(keep.all()):
+            hist = hist[keep]
+        if len(hist):
+            frames.append(hist)
+    log = _Log.from_frames(frames, history_frames=len(frames) - 1)
+
+    # Locate each decision's charge and its last attempt at or before now.
+    lookup = {u: i for i, u in enumerate(log.charge_uniques.tolist())}
+    codes = np.asarray([lookup.get(c, -1) for c in charge_ids.tolist()], dtype=np.int64)
+    if (codes < 0).any():
+        bad = charge_ids[codes < 0][:5].tolist()
+        raise ValueError(f"batch.attempts has no rows for charge_ids {bad}")
+    # batch.attempts rows must not be after their charge's now (DecisionBatch contract).
+    own_rows = np.flatnonzero(log.order < len(batch.attempts))
+    now_of_code = np.full(int(log.charge.max(initial=0)) + 1, np.iinfo(np.int64).max)
+    now_of_code[codes] = now
+    late = own_rows[log.t[own_rows] > now_of_code[log.charge[own_rows]]]
+    if late.size:
+        bad_rows = np.sort(log.order[late])[:5] + 1
+        raise ValueError(
+            f"batch.attempts has rows after their charge's now (rows {bad_rows.tolist()})"
+        )
+    counts = _pit_counts(log.charge, log.t, codes, now + 1)
+    if (counts == 0).any():
+        bad = charge_ids[counts == 0][:5].tolist()
+        raise ValueError(f"no attempt at or before now for charge_ids {bad}")
+    first_row = np.zeros(int(log.charge.max(initial=0)) + 1, dtype=np.int64)
+    first_row[log.charge] = log.start
+    li = first_row[codes] + counts - 1
+
+    st = _decision_state(log, li, now)
+    n_cand = cand.shape[1]
+    dec = np.repeat(np.arange(n_charges, dtype=np.int64), n_cand)
+    return _candidate_features(log, st, dec, cand.reshape(-1)), dec.size
