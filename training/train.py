@@ -1,0 +1,741 @@
+"""Train the retry-success model: time split, LightGBM, calibration, evaluation, bundle, MLflow.
+
+Pipeline (:func:`run_training` is the I/O edge, :func:`train_from_attempts` the pure core):
+
+1. ``features.validation.load_attempts`` reads and validates the history (``ContractError``).
+2. ``features.build.build_training_examples`` builds one point-in-time example per retry.
+3. :func:`time_split` cuts by the calendar month (UTC) of each charge's first failure: the
+   last ``test_months`` are the test set, the ``validation_months`` before them validation, the
+   rest training; with the embargo, examples whose retry happened after the next split started
+   are dropped. Fewer than 3 distinct months, or no retries, is a :class:`TrainingDataError`.
+4. LightGBM (binary, ``deterministic=True``, seeded, categoricals as pandas ``category`` via
+   ``features.build.encode_features``) with early stopping on the validation log loss.
+5. Calibration (isotonic vs Platt) chosen by cross-fitted log loss on the validation months
+   (:func:`training.calibration.choose_calibrator`).
+6. Test-month evaluation against the historical-rate and logistic-regression baselines, per
+   decline family and per country, reliability curve, gain and mean |SHAP| importance.
+7. The bundle is written atomically (:func:`training.bundle.write_bundle`) and the run logged to
+   MLflow (:mod:`training.mlflow_tracking`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import time
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from training.calibration import Calibrator, choose_calibrator
+from training.evaluation import (
+    HistoricalRateBaseline,
+    LogisticBaseline,
+    classification_metrics,
+    feature_importance,
+    grouped_metrics,
+    plot_reliability,
+)
+
+# OpenMP threads that spin while waiting make LightGBM 10x slower on a shared, busy machine; a
+# passive wait policy costs nothing when idle. Only effective if set before lightgbm is loaded.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+Progress = Callable[[str], None]
+DEFAULT_CONFIG_FILE = "default_train.toml"
+MODEL_NAMES = ("model", "model_uncalibrated", "logistic", "historical_rate")
+
+
+class TrainingDataError(ValueError):
+    """The history cannot be trained on (no retries, too few months, a single outcome...)."""
+
+
+# --------------------------------------------------------------------------- configuration
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """Training configuration (see ``training/default_train.toml`` for the meaning of each key)."""
+
+    config_version: int = 1
+    validation_months: int = 1
+    test_months: int = 1
+    min_train_months: int = 1
+    embargo: bool = True
+    partial_month_share: float = 0.2
+    min_level_count: int = 20
+    lightgbm: Mapping[str, Any] = field(default_factory=dict)
+    num_boost_round: int = 2000
+    early_stopping_rounds: int = 50
+    num_threads: int = 2
+    seed: int = 42
+    calibration_methods: tuple[str, ...] = ("isotonic", "platt")
+    calibration_folds: int = 5
+    ece_bins: int = 15
+    group_min_rows: int = 200
+    shap_sample_rows: int = 20_000
+    baseline_max_rows: int = 500_000
+    logistic_c: float = 1.0
+    historical_prior_strength: float = 20.0
+
+    def __post_init__(self) -> None:
+        checks = {
+            "split.validation_months": self.validation_months >= 1,
+            "split.test_months": self.test_months >= 1,
+            "split.min_train_months": self.min_train_months >= 1,
+            "training.num_boost_round": self.num_boost_round >= 1,
+            "training.early_stopping_rounds": self.early_stopping_rounds >= 1,
+            "training.num_threads": self.num_threads >= 1,
+            "calibration.folds": self.calibration_folds >= 2,
+            "evaluation.ece_bins": self.ece_bins >= 2,
+        }
+        bad = [k for k, ok in checks.items() if not ok]
+        if bad:
+            raise ValueError(f"invalid training config value(s): {', '.join(bad)}")
+        unknown = set(self.calibration_methods) - {"isotonic", "platt", "identity"}
+        if unknown or not self.calibration_methods:
+            raise ValueError(
+                f"calibration.methods must be a non-empty subset of isotonic, platt, identity; "
+                f"got {list(self.calibration_methods)}"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Nested form mirroring the TOML sections (logged to MLflow and metrics.json)."""
+        return {
+            "config_version": self.config_version,
+            "split": {
+                "validation_months": self.validation_months,
+                "test_months": self.test_months,
+                "min_train_months": self.min_train_months,
+                "embargo": self.embargo,
+                "partial_month_share": self.partial_month_share,
+            },
+            "features": {"min_level_count": self.min_level_count},
+            "lightgbm": dict(self.lightgbm),
+            "training": {
+                "num_boost_round": self.num_boost_round,
+                "early_stopping_rounds": self.early_stopping_rounds,
+                "num_threads": self.num_threads,
+                "seed": self.seed,
+            },
+            "calibration": {
+                "methods": list(self.calibration_methods),
+                "folds": self.calibration_folds,
+            },
+            "evaluation": {
+                "ece_bins": self.ece_bins,
+                "group_min_rows": self.group_min_rows,
+                "shap_sample_rows": self.shap_sample_rows,
+                "baseline_max_rows": self.baseline_max_rows,
+                "logistic_c": self.logistic_c,
+                "historical_prior_strength": self.historical_prior_strength,
+            },
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
+        """Build from the nested TOML structure; unknown sections or keys raise ``ValueError``."""
+        fields: dict[str, tuple[str, str]] = {
+            "split.validation_months": ("validation_months", "int"),
+            "split.test_months": ("test_months", "int"),
+            "split.min_train_months": ("min_train_months", "int"),
+            "split.embargo": ("embargo", "bool"),
+            "split.partial_month_share": ("partial_month_share", "float"),
+            "features.min_level_count": ("min_level_count", "int"),
+            "training.num_boost_round": ("num_boost_round", "int"),
+            "training.early_stopping_rounds": ("early_stopping_rounds", "int"),
+            "training.num_threads": ("num_threads", "int"),
+            "training.seed": ("seed", "int"),
+            "calibration.methods": ("calibration_methods", "list"),
+            "calibration.folds": ("calibration_folds", "int"),
+            "evaluation.ece_bins": ("ece_bins", "int"),
+            "evaluation.group_min_rows": ("group_min_rows", "int"),
+            "evaluation.shap_sample_rows": ("shap_sample_rows", "int"),
+            "evaluation.baseline_max_rows": ("baseline_max_rows", "int"),
+            "evaluation.logistic_c": ("logistic_c", "float"),
+            "evaluation.historical_prior_strength": ("historical_prior_strength", "float"),
+        }
+        kwargs: dict[str, Any] = {}
+        for key, value in data.items():
+            if key == "config_version":
+                kwargs["config_version"] = int(value)
+                continue
+            if key == "lightgbm":
+                if not isinstance(value, Mapping):
+                    raise ValueError("config section [lightgbm] must be a table")
+                kwargs["lightgbm"] = dict(value)
+                continue
+            if not isinstance(value, Mapping):
+                raise ValueError(f"unknown config key {key!r}")
+            for sub, sub_value in value.items():
+                dotted = f"{key}.{sub}"
+                if dotted not in fields:
+                    raise ValueError(f"unknown config key {dotted!r}")
+                name, kind = fields[dotted]
+                kwargs[name] = _coerce(dotted, sub_value, kind)
+        return cls(**kwargs)
+
+
+def _coerce(key: str, value: Any, kind: str) -> Any:
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise ValueError(f"config key {key!r} must be true or false, got {value!r}")
+        return value
+    if kind == "list":
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ValueError(f"config key {key!r} must be a list of strings, got {value!r}")
+        return tuple(value)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"config key {key!r} must be a number, got {value!r}")
+    if kind == "int":
+        if float(value) != int(value):
+            raise ValueError(f"config key {key!r} must be an integer, got {value!r}")
+        return int(value)
+    return float(value)
+
+
+def _deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_config(path: str | Path | None = None, *, seed: int | None = None) -> TrainConfig:
+    """The packaged defaults, overridden by the TOML file ``path`` and by ``seed`` if given."""
+    defaults = tomllib.loads(
+        resources.files("training").joinpath(DEFAULT_CONFIG_FILE).read_text(encoding="utf-8")
+    )
+    data: dict[str, Any] = defaults
+    if path is not None:
+        file = Path(path)
+        try:
+            user = tomllib.loads(file.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ValueError(f"config file {file} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ValueError(f"config file {file}: invalid TOML ({exc})") from exc
+        data = _deep_merge(defaults, user)
+    if seed is not None:
+        data = _deep_merge(data, {"training": {"seed": seed}})
+    try:
+        return TrainConfig.from_dict(data)
+    except ValueError as exc:
+        where = f"config file {path}" if path is not None else "default config"
+        raise ValueError(f"{where}: {exc}") from exc
+
+
+def lightgbm_params(config: TrainConfig) -> dict[str, Any]:
+    """LightGBM parameters: the config's ``[lightgbm]`` plus the fixed, reproducible settings."""
+    params: dict[str, Any] = dict(config.lightgbm)
+    params.update(
+        objective="binary",
+        metric="binary_logloss",
+        num_threads=config.num_threads,
+        seed=config.seed,
+        deterministic=True,
+        force_row_wise=True,
+        verbosity=-1,
+    )
+    return params
+
+
+# --------------------------------------------------------------------------- data
+
+
+def data_fingerprint(attempts: pd.DataFrame, *, source: Path | None = None) -> dict[str, Any]:
+    """Rows, time range and SHA-256 of a canonical attempts frame (column names, dtypes, values)."""
+    digest = hashlib.sha256()
+    digest.update(repr([(c, str(attempts[c].dtype)) for c in attempts.columns]).encode())
+    if len(attempts):
+        hashed = pd.util.hash_pandas_object(attempts, index=False).to_numpy()
+        digest.update(np.ascontiguousarray(hashed).tobytes())
+    times = pd.to_datetime(attempts["attempted_at"]) if "attempted_at" in attempts else None
+    fingerprint: dict[str, Any] = {
+        "rows": len(attempts),
+        "columns": list(map(str, attempts.columns)),
+        "time_min": None if times is None or times.empty else times.min().isoformat(),
+        "time_max": None if times is None or times.empty else times.max().isoformat(),
+        "sha256": digest.hexdigest(),
+    }
+    if source is not None:
+        fingerprint["source_file"] = source.name
+        fingerprint["source_bytes"] = source.stat().st_size
+    return fingerprint
+
+
+def _naive_utc(values: Any) -> pd.DatetimeIndex:
+    index = pd.DatetimeIndex(pd.to_datetime(values))
+    return index.tz_convert("UTC").tz_localize(None) if index.tz is not None else index
+
+
+@dataclass(frozen=True)
+class TimeSplit:
+    """Row masks of the train / validation / test months and the months themselves."""
+
+    train: np.ndarray
+    validation: np.ndarray
+    test: np.ndarray
+    train_months: tuple[str, ...]
+    validation_months: tuple[str, ...]
+    test_months: tuple[str, ...]
+    embargoed: int
+    merged_months: tuple[str, ...] = ()
+
+    def describe(self) -> dict[str, Any]:
+        """Plain summary for metrics.json."""
+        return {
+            "train_months": list(self.train_months),
+            "validation_months": list(self.validation_months),
+            "test_months": list(self.test_months),
+            "train_rows": int(self.train.sum()),
+            "validation_rows": int(self.validation.sum()),
+            "test_rows": int(self.test.sum()),
+            "embargoed_rows": self.embargoed,
+            "merged_partial_months": list(self.merged_months),
+        }
+
+
+def _merge_partial_last_months(
+    months: pd.PeriodIndex, share: float
+) -> tuple[pd.PeriodIndex, tuple[str, ...]]:
+    """Fold trailing months with fewer than ``share`` x the median monthly count into the month
+    before (a history exported mid-month, or a few charges spilling past the last billing run),
+    so the test set is never a sliver of a month."""
+    counts = pd.Series(months).value_counts().sort_index()
+    merged: list[str] = []
+    median = float(counts.median()) if len(counts) else 0.0
+    while len(counts) > 1 and counts.iloc[-1] < share * median:
+        last, previous = counts.index[-1], counts.index[-2]
+        merged.append(str(last))
+        months = pd.PeriodIndex(np.where(months == last, previous, months), freq="M")
+        counts.iloc[-2] += counts.iloc[-1]
+        counts = counts.iloc[:-1]
+    return months, tuple(merged)
+
+
+def time_split(meta: pd.DataFrame, config: TrainConfig) -> TimeSplit:
+    """Split examples by the calendar month (UTC) in which their charge first failed.
+
+    Every retry of a charge lands in the same split (the month of the charge's earliest
+    ``decision_time``, i.e. its first failure), so a charge never straddles two splits. The last
+    ``test_months`` months are the test set, the ``validation_months`` before them validation,
+    the rest training. Trailing months with fewer than ``partial_month_share`` x the median
+    monthly number of examples are folded into the month before. With ``embargo``, training
+    examples whose retry happened at or after the start of the validation months, and
+    validation examples whose retry happened at or after the start of the test months, are
+    dropped: their outcome was not known yet at the cut.
+
+    Raises
+    ------
+    TrainingDataError
+        Fewer distinct months than ``min_train_months + validation_months + test_months`` (and
+        at least 3).
+    """
+    decision = pd.Series(_naive_utc(meta["decision_time"]).to_numpy())
+    if "charge_id" in meta.columns:
+        # A charge's billing cycle starts at its first failure (its earliest decision time).
+        decision = decision.groupby(meta["charge_id"].to_numpy()).transform("min")
+    months = pd.DatetimeIndex(decision).to_period("M")
+    months, merged = _merge_partial_last_months(months, config.partial_month_share)
+    distinct = sorted(set(months))
+    needed = max(3, config.min_train_months + config.validation_months + config.test_months)
+    if len(distinct) < needed:
+        found = ", ".join(str(m) for m in distinct) or "none"
+        raise TrainingDataError(
+            f"need retries in at least {needed} distinct months (training, "
+            f"{config.validation_months} validation, {config.test_months} test) for a time split; "
+            f"found {len(distinct)}: {found}"
+        )
+    test_m = distinct[-config.test_months :]
+    val_m = distinct[-(config.test_months + config.validation_months) : -config.test_months]
+    train_m = distinct[: -(config.test_months + config.validation_months)]
+    month_values = np.asarray(months.astype(str))
+    test = np.isin(month_values, [str(m) for m in test_m])
+    validation = np.isin(month_values, [str(m) for m in val_m])
+    train = ~(test | validation)
+    embargoed = 0
+    if config.embargo and "retry_time" in meta.columns:
+        retry = _naive_utc(meta["retry_time"])
+        val_start = val_m[0].start_time
+        test_start = test_m[0].start_time
+        late_train = train & np.asarray(retry >= val_start)
+        late_val = validation & np.asarray(retry >= test_start)
+        embargoed = int(late_train.sum() + late_val.sum())
+        train &= ~late_train
+        validation &= ~late_val
+    return TimeSplit(
+        train=train,
+        validation=validation,
+        test=test,
+        train_months=tuple(str(m) for m in train_m),
+        validation_months=tuple(str(m) for m in val_m),
+        test_months=tuple(str(m) for m in test_m),
+        embargoed=embargoed,
+        merged_months=merged,
+    )
+
+
+# --------------------------------------------------------------------------- training core
+
+
+@dataclass
+class TrainingOutcome:
+    """Everything a training run produced (in memory; :func:`run_training` writes it out)."""
+
+    model_text: str
+    calibrator: Calibrator
+    feature_spec: Any
+    metrics: dict[str, Any]
+    test_predictions: dict[str, np.ndarray]
+    test_labels: np.ndarray
+    importance: pd.DataFrame
+    by_family: pd.DataFrame
+    by_country: pd.DataFrame
+    signature_example: pd.DataFrame
+
+
+def _progress_callback(progress: Progress, period: int) -> Callable[[Any], None]:
+    def callback(env: Any) -> None:
+        it = env.iteration + 1
+        if it % period == 0 and env.evaluation_result_list:
+            _, metric, value, _ = env.evaluation_result_list[-1][:4]
+            progress(f"  boosting round {it}: validation {metric} {value:.5f}")
+
+    return callback
+
+
+def _check_both_classes(name: str, y: np.ndarray) -> None:
+    if y.size == 0:
+        raise TrainingDataError(f"the {name} months contain no retry examples")
+    if y.min() == y.max():
+        outcome = "succeeded" if y[0] == 1 else "failed"
+        raise TrainingDataError(
+            f"every retry in the {name} months {outcome} ({y.size} examples); "
+            "a success model needs both outcomes"
+        )
+
+
+def train_from_attempts(
+    attempts: pd.DataFrame, *, config: TrainConfig, progress: Progress | None = None
+) -> TrainingOutcome:
+    """Build examples from a canonical attempts frame, fit, calibrate and evaluate the model.
+
+    Parameters
+    ----------
+    attempts
+        Canonical attempts frame (after ``features.validation``).
+    config
+        Training configuration.
+    progress
+        Receives one-line progress messages (default: silent).
+    """
+    import lightgbm as lgb
+
+    from features.build import build_training_examples, encode_features, fit_feature_spec
+
+    say = progress or (lambda _msg: None)
+    if len(attempts) == 0:
+        raise TrainingDataError("the history is empty (no attempts)")
+    say(f"building retry examples from {len(attempts):,} attempts")
+    examples = build_training_examples(attempts)
+    n = len(examples.label)
+    if n == 0:
+        raise TrainingDataError(
+            "the history contains no retries (no attempt follows a failed attempt of the same "
+            "charge); there is nothing to learn a retry-success model from"
+        )
+    labels = np.asarray(examples.label, dtype=np.int8)
+    split = time_split(examples.meta, config)
+    say(
+        f"{n:,} retry examples; train {split.train.sum():,} ({', '.join(split.train_months)}), "
+        f"validation {split.validation.sum():,} ({', '.join(split.validation_months)}), "
+        f"test {split.test.sum():,} ({', '.join(split.test_months)}); "
+        f"{split.embargoed:,} embargoed"
+    )
+    y_tr, y_va, y_te = labels[split.train], labels[split.validation], labels[split.test]
+    for name, y in (("training", y_tr), ("validation", y_va), ("test", y_te)):
+        _check_both_classes(name, y)
+
+    features = examples.features
+    meta = examples.meta.reset_index(drop=True)
+    spec = fit_feature_spec(features[split.train], min_level_count=config.min_level_count)
+    X_tr = encode_features(features[split.train], spec)
+    X_va = encode_features(features[split.validation], spec)
+    X_te = encode_features(features[split.test], spec)
+    say(f"fitting LightGBM on {len(X_tr):,} rows x {X_tr.shape[1]} features")
+    started = time.perf_counter()
+    train_set = lgb.Dataset(X_tr, label=y_tr, free_raw_data=True)
+    valid_set = lgb.Dataset(X_va, label=y_va, reference=train_set, free_raw_data=True)
+    trained = lgb.train(
+        lightgbm_params(config),
+        train_set,
+        num_boost_round=config.num_boost_round,
+        valid_sets=[valid_set],
+        valid_names=["validation"],
+        callbacks=[
+            lgb.early_stopping(config.early_stopping_rounds, verbose=False),
+            _progress_callback(say, 100),
+        ],
+    )
+    best_iteration = int(trained.best_iteration or trained.current_iteration())
+    model_text = trained.model_to_string(num_iteration=best_iteration)
+    # Predict with the booster parsed back from the text, exactly as the bundle will.
+    booster = lgb.Booster(model_str=model_text)
+    fit_seconds = time.perf_counter() - started
+    say(f"LightGBM stopped at round {best_iteration} ({fit_seconds:.1f} s)")
+
+    threads = config.num_threads
+    raw_va = np.asarray(booster.predict(X_va, num_threads=threads), dtype=np.float64)
+    raw_te = np.asarray(booster.predict(X_te, num_threads=threads), dtype=np.float64)
+    say(f"choosing calibration among {', '.join(config.calibration_methods)} (cross-fitted)")
+    choice = choose_calibrator(
+        raw_va,
+        y_va,
+        meta.loc[split.validation, "customer_id"].astype(str).to_numpy(),
+        methods=config.calibration_methods,  # type: ignore[arg-type]
+        n_folds=config.calibration_folds,
+        seed=config.seed,
+    )
+    calibrator = choice.calibrator
+
+    say("fitting baselines (historical success rate, logistic regression)")
+    historical = HistoricalRateBaseline(prior_strength=config.historical_prior_strength)
+    historical.fit(meta.loc[split.train], y_tr)
+    rng = np.random.default_rng(config.seed)
+    base_rows = np.flatnonzero(np.ones(len(X_tr), dtype=bool))
+    if base_rows.size > config.baseline_max_rows:
+        base_rows = np.sort(rng.choice(base_rows, size=config.baseline_max_rows, replace=False))
+    logistic = LogisticBaseline(C=config.logistic_c).fit(X_tr.iloc[base_rows], y_tr[base_rows])
+
+    say(f"evaluating on {len(y_te):,} test examples")
+    test_predictions = {
+        "model": calibrator.apply(raw_te),
+        "model_uncalibrated": raw_te,
+        "logistic": logistic.predict_proba(X_te),
+        "historical_rate": historical.predict_proba(meta.loc[split.test]),
+    }
+    bins = config.ece_bins
+    test_metrics = {
+        name: classification_metrics(y_te, p, n_bins=bins) for name, p in test_predictions.items()
+    }
+    validation_metrics = {
+        "model_uncalibrated": classification_metrics(y_va, raw_va, n_bins=bins),
+        "model": classification_metrics(y_va, calibrator.apply(raw_va), n_bins=bins),
+    }
+    test_meta = meta.loc[split.test]
+    by_family = grouped_metrics(
+        y_te,
+        test_predictions,
+        test_meta["decline_family"].to_numpy(dtype=object),
+        min_rows=config.group_min_rows,
+    )
+    by_country = grouped_metrics(
+        y_te,
+        test_predictions,
+        test_meta["card_country"].to_numpy(dtype=object),
+        min_rows=config.group_min_rows,
+    )
+    sample = min(config.shap_sample_rows, len(X_te))
+    sample_rows = np.sort(rng.choice(len(X_te), size=sample, replace=False))
+    say(f"feature importance (gain, mean |SHAP| on {sample:,} test rows)")
+    importance = feature_importance(booster, X_te.iloc[sample_rows])
+
+    metrics: dict[str, Any] = {
+        "split": split.describe(),
+        "examples": n,
+        "best_iteration": best_iteration,
+        "fit_seconds": round(fit_seconds, 3),
+        "calibration": {"method": calibrator.method, "oof_log_loss": choice.oof_log_loss},
+        "ece_bins": bins,
+        "ece_binning": "equal-mass",
+        "test": test_metrics,
+        "validation": validation_metrics,
+        "by_decline_family": by_family.to_dict(orient="records"),
+        "by_country": by_country.to_dict(orient="records"),
+        "feature_importance": importance.to_dict(orient="records"),
+        "config": config.to_dict(),
+    }
+    example = features[split.test].head(5).reset_index(drop=True)
+    return TrainingOutcome(
+        model_text=model_text,
+        calibrator=calibrator,
+        feature_spec=spec,
+        metrics=metrics,
+        test_predictions=test_predictions,
+        test_labels=y_te,
+        importance=importance,
+        by_family=by_family,
+        by_country=by_country,
+        signature_example=example,
+    )
+
+
+# --------------------------------------------------------------------------- reporting
+
+
+def flat_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """Numeric metrics flattened for MLflow: ``test.model.roc_auc``, ``validation.model.ece``..."""
+    flat: dict[str, float] = {}
+    for section in ("test", "validation"):
+        for model, values in metrics.get(section, {}).items():
+            for key, value in values.items():
+                flat[f"{section}.{model}.{key}"] = float(value)
+    flat["best_iteration"] = float(metrics.get("best_iteration", 0))
+    for key, value in metrics.get("split", {}).items():
+        if isinstance(value, int):
+            flat[f"split.{key}"] = float(value)
+    for method, value in metrics.get("calibration", {}).get("oof_log_loss", {}).items():
+        flat[f"calibration.oof_log_loss.{method}"] = float(value)
+    return flat
+
+
+def summary_table(metrics: Mapping[str, Any]) -> str:
+    """The end-of-run table: test metrics of the model and the baselines, side by side."""
+    labels = {
+        "model": "LightGBM (calibrated)",
+        "model_uncalibrated": "LightGBM (raw)",
+        "logistic": "logistic regression",
+        "historical_rate": "historical rate",
+    }
+    lines = [
+        f"{'test months':<24}{'ROC AUC':>9}{'log loss':>10}{'Brier':>9}{'ECE':>8}",
+        "-" * 60,
+    ]
+    for name in MODEL_NAMES:
+        m = metrics["test"].get(name)
+        if m is None:
+            continue
+        lines.append(
+            f"{labels[name]:<24}{m['roc_auc']:>9.4f}{m['log_loss']:>10.4f}"
+            f"{m['brier']:>9.4f}{m['ece']:>8.4f}"
+        )
+    split = metrics["split"]
+    cal = metrics["calibration"]
+    oof = ", ".join(f"{k} {v:.4f}" for k, v in cal["oof_log_loss"].items())
+    lines += [
+        "-" * 60,
+        f"rows: train {split['train_rows']:,}  validation {split['validation_rows']:,}  "
+        f"test {split['test_rows']:,}  (embargoed {split['embargoed_rows']:,})",
+        f"calibration: {cal['method']} (cross-fitted validation log loss: {oof})",
+        f"best iteration: {metrics['best_iteration']}",
+    ]
+    top = metrics.get("feature_importance", [])[:5]
+    if top:
+        lines.append(
+            "top features (gain share): "
+            + ", ".join(f"{r['feature']} {r['gain_share']:.2f}" for r in top)
+        )
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- I/O edge
+
+
+@dataclass(frozen=True)
+class TrainingRun:
+    """Result of :func:`run_training`."""
+
+    bundle_path: Path
+    metrics: dict[str, Any]
+    tracked: Any  # training.mlflow_tracking.TrackedRun | None
+
+
+def run_training(
+    data: str | Path,
+    out_dir: str | Path,
+    *,
+    config: TrainConfig,
+    experiment: str,
+    registered_name: str | None,
+    track: bool = True,
+    tracking_uri: str | None = None,
+    progress: Progress | None = None,
+) -> TrainingRun:
+    """Load ``data``, train, write the bundle under ``out_dir`` and log the run to MLflow.
+
+    Nothing is written (no bundle, no ``out_dir``, no MLflow run) unless training succeeds.
+
+    Raises
+    ------
+    features.validation.ContractError
+        The history breaks the data contract.
+    TrainingDataError
+        The history cannot be trained on.
+    """
+    from features.validation import load_attempts
+    from training.bundle import write_bundle
+
+    say = progress or (lambda _msg: None)
+    source = Path(data)
+    if not source.is_file():
+        raise FileNotFoundError(f"data file {source} does not exist")
+    if source.stat().st_size == 0:
+        raise TrainingDataError(f"data file {source} is empty")
+    say(f"loading and validating {source}")
+    attempts = load_attempts(source)
+    fingerprint = data_fingerprint(attempts, source=source)
+    outcome = train_from_attempts(attempts, config=config, progress=say)
+    del attempts
+
+    with tempfile.TemporaryDirectory(prefix="retryopt-train-") as tmp:
+        plot = plot_reliability(
+            {
+                "LightGBM calibrated": (outcome.test_labels, outcome.test_predictions["model"]),
+                "LightGBM raw": (
+                    outcome.test_labels,
+                    outcome.test_predictions["model_uncalibrated"],
+                ),
+                "logistic": (outcome.test_labels, outcome.test_predictions["logistic"]),
+                "historical rate": (
+                    outcome.test_labels,
+                    outcome.test_predictions["historical_rate"],
+                ),
+            },
+            Path(tmp) / "reliability.png",
+            n_bins=config.ece_bins,
+        )
+        reports = {
+            "reliability.png": plot.read_bytes(),
+            "metrics_by_decline_family.csv": outcome.by_family.to_csv(index=False).encode(),
+            "metrics_by_country.csv": outcome.by_country.to_csv(index=False).encode(),
+            "feature_importance.csv": outcome.importance.to_csv(index=False).encode(),
+        }
+        bundle_path = write_bundle(
+            out_dir,
+            model_text=outcome.model_text,
+            calibrator=outcome.calibrator,
+            feature_spec=outcome.feature_spec,
+            metrics=outcome.metrics,
+            data_fingerprint=fingerprint,
+            extra_files=reports,
+        )
+        say(f"bundle written to {bundle_path}")
+        tracked = None
+        if track:
+            from training.mlflow_tracking import log_training_run
+
+            say("logging the run and registering the model in MLflow")
+            tracked = log_training_run(
+                experiment=experiment,
+                run_name=bundle_path.name,
+                params=config.to_dict(),
+                metrics=flat_metrics(outcome.metrics),
+                data_fingerprint=fingerprint,
+                bundle_path=bundle_path,
+                report_files={"plots": plot},
+                registered_name=registered_name,
+                signature_example=outcome.signature_example,
+                explicit_uri=tracking_uri,
+            )
+    return TrainingRun(bundle_path=bundle_path, metrics=outcome.metrics, tracked=tracked)
