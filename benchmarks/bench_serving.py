@@ -1,0 +1,341 @@
+"""Serving benchmarks: decision latency, sustained throughput, batch throughput, vs mlflow serve.
+
+Run (trains a small bundle on a simulated world unless --model is given)::
+
+    .venv/bin/python benchmarks/bench_serving.py [--model BUNDLE_DIR] [--seconds 10] [--mlflow]
+
+Every server binds 127.0.0.1 only; every load phase is bounded in requests and seconds.
+Figures on this 2-core machine are taken while other engineers' jobs run (under load), and the
+load generator (Python threads) shares the two cores with the server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+T0 = datetime(2026, 1, 5, 8, 12, tzinfo=UTC)
+
+
+def request_body(i: int) -> dict[str, Any]:
+    """A decision request over the default 21-day window (one failed attempt)."""
+    return {
+        "charge": {
+            "charge_id": f"ch_{i}",
+            "customer_id": f"cus_{i}",
+            "amount": 2500,
+            "currency": "usd",
+            "card": {
+                "brand": "visa" if i % 2 else "mastercard",
+                "funding": "debit",
+                "country": "US",
+                "added_at": "2025-03-02T10:00:00Z",
+                "exp_month": 4,
+                "exp_year": 2028,
+            },
+            "customer_timezone": "America/New_York",
+        },
+        "attempts": [
+            {
+                "attempted_at": T0.isoformat(),
+                "outcome": "failed",
+                "decline_code": "insufficient_funds",
+            }
+        ],
+        "now": (T0 + timedelta(minutes=1)).isoformat(),
+    }
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_ready(url: str, path: str, proc: subprocess.Popen[bytes], timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            if httpx.get(url + path, timeout=2).status_code < 500:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{url} not ready after {timeout} s")
+
+
+def train_small_bundle(out: Path) -> Path:
+    """Train a bundle with the project's training code on a small simulated world."""
+    from features.io import write_table_atomic
+    from training.simulate.config import WorldConfig
+    from training.simulate.world import simulate_world
+    from training.train import load_config, run_training
+
+    world = simulate_world(WorldConfig(), customers=3000, months=6, seed=5)
+    attempts = world.attempts.assign(currency=world.attempts["currency"].str.lower())
+    data = out / "attempts.parquet"
+    write_table_atomic(attempts, data)
+    run = run_training(
+        data,
+        out / "models",
+        config=load_config(seed=1),
+        experiment="bench-serving",
+        registered_name=None,
+        track=False,
+    )
+    return Path(run.bundle_path)
+
+
+def load(
+    send: Callable[[httpx.Client, int], int],
+    url: str,
+    *,
+    clients: int,
+    seconds: float,
+    max_requests: int,
+) -> dict[str, float]:
+    """Closed-loop load: ``clients`` threads send until ``seconds`` or ``max_requests``."""
+    lat: list[float] = []
+    errors = [0]
+    done = [0]
+    items = [0]
+    lock = threading.Lock()
+    stop_at = time.monotonic() + seconds
+
+    def worker(k: int) -> None:
+        with httpx.Client(base_url=url, timeout=60) as http:
+            i = 0
+            while time.monotonic() < stop_at:
+                with lock:
+                    if done[0] >= max_requests:
+                        return
+                    done[0] += 1
+                t = time.perf_counter()
+                try:
+                    n = send(http, k * 1_000_000 + i)
+                except httpx.HTTPError:
+                    n = -1
+                dt = time.perf_counter() - t
+                with lock:
+                    if n < 0:
+                        errors[0] += 1
+                    else:
+                        lat.append(dt)
+                        items[0] += n
+                i += 1
+
+    started = time.perf_counter()
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - started
+    arr = np.array(lat) * 1e3
+    return {
+        "requests": float(len(lat)),
+        "errors": float(errors[0]),
+        "req_per_s": len(lat) / wall,
+        "items_per_s": items[0] / wall,
+        "p50_ms": float(np.median(arr)) if arr.size else float("nan"),
+        "p99_ms": float(np.quantile(arr, 0.99)) if arr.size else float("nan"),
+    }
+
+
+def send_decision(http: httpx.Client, i: int) -> int:
+    r = http.post("/v1/retry-decisions", json=request_body(i))
+    return 1 if r.status_code == 200 else -1
+
+
+def send_batch(size: int) -> Callable[[httpx.Client, int], int]:
+    def send(http: httpx.Client, i: int) -> int:
+        reqs = [request_body(i * size + j) for j in range(size)]
+        r = http.post("/v1/retry-decisions/batch", json={"requests": reqs})
+        return size if r.status_code == 200 else -1
+
+    return send
+
+
+def start_api(model: Path, workers: int) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    env = {**os.environ, "RETRYOPT_MODEL": str(model)}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "retryopt",
+            "serve",
+            "--model",
+            str(model),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            str(workers),
+            "--log-level",
+            "warning",
+        ],
+        cwd=ROOT,
+        env=env,
+    )
+    url = f"http://127.0.0.1:{port}"
+    wait_ready(url, "/readyz", proc)
+    if workers > 1:
+        time.sleep(3)  # let every worker load the model
+    return proc, url
+
+
+def library_latency(model: Path, n: int) -> dict[str, float]:
+    """Decision latency of the library call (request model -> decision), no HTTP."""
+    from features.decisions import Constraints
+    from serving.model_store import ModelStore
+    from serving.schemas import DecisionRequest, to_batch
+
+    store = ModelStore(location=str(model))
+    loaded = store.load()
+    req = DecisionRequest.model_validate(request_body(1))
+    assert req.now is not None
+    times = []
+    for _ in range(n):
+        t = time.perf_counter()
+        prep = to_batch([req], nows=[req.now], constraints=Constraints())
+        loaded.planner.decide_detailed(prep.batch, current_cards=prep.current_cards)
+        times.append(time.perf_counter() - t)
+    arr = np.array(times) * 1e3
+    return {"p50_ms": float(np.median(arr)), "p99_ms": float(np.quantile(arr, 0.99))}
+
+
+def mlflow_side_by_side(model: Path, seconds: float, clients: int) -> dict[str, float] | None:
+    """`mlflow models serve` of the same bundle, scoring one decision's 21-day grid (505 rows)."""
+    import mlflow
+
+    from features.build import build_candidate_features
+    from features.decisions import Constraints
+    from serving.policy import _padded
+    from serving.rules import charge_states, evaluate_rules
+    from serving.schemas import DecisionRequest, to_batch
+
+    req = DecisionRequest.model_validate(request_body(1))
+    assert req.now is not None
+    prep = to_batch([req], nows=[req.now], constraints=Constraints())
+    rules = [evaluate_rules(s, Constraints()) for s in charge_states(prep.batch)]
+    grid, _ = _padded(rules)
+    raw = build_candidate_features(prep.batch, grid)
+    payload = json.loads(raw.to_json(orient="split", index=False))
+    payload.pop("index", None)
+    body = {"dataframe_split": payload}
+    tmp = Path(tempfile.mkdtemp(prefix="bench-mlflow-"))
+    mlflow.pyfunc.save_model(
+        str(tmp / "pyfunc"),
+        python_model=str(ROOT / "training" / "pyfunc_model.py"),
+        artifacts={"bundle": str(model)},
+        code_paths=[str(ROOT / "features"), str(ROOT / "training")],
+    )
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "mlflow"),
+            "models",
+            "serve",
+            "-m",
+            str(tmp / "pyfunc"),
+            "--env-manager",
+            "local",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "-w",
+            "2",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url, "/ping", proc, timeout=180)
+
+        def send(http: httpx.Client, i: int) -> int:
+            r = http.post("/invocations", json=body)
+            return 1 if r.status_code == 200 else -1
+
+        return load(send, url, clients=clients, seconds=seconds, max_requests=20_000)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", type=Path, help="bundle directory (default: train a small one)")
+    ap.add_argument("--seconds", type=float, default=10.0, help="seconds per load phase")
+    ap.add_argument("--clients", type=int, default=8, help="concurrent clients in load phases")
+    ap.add_argument("--mlflow", action="store_true", help="also measure `mlflow models serve`")
+    args = ap.parse_args()
+    model = args.model or train_small_bundle(Path(tempfile.mkdtemp(prefix="bench-serving-")))
+    print(f"model: {model}")
+    lib = library_latency(model, 300)
+    print(
+        f"library decision (21-day window, planning incl.): median {lib['p50_ms']:.1f} ms, "
+        f"p99 {lib['p99_ms']:.1f} ms"
+    )
+    proc, url = start_api(model, workers=1)
+    try:
+        one = load(send_decision, url, clients=1, seconds=args.seconds, max_requests=2000)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    print(
+        f"HTTP unloaded (1 worker, 1 client): median {one['p50_ms']:.1f} ms, "
+        f"p99 {one['p99_ms']:.1f} ms, {one['req_per_s']:.0f} decisions/s, "
+        f"errors {one['errors']:.0f}"
+    )
+    proc, url = start_api(model, workers=2)
+    try:
+        sus = load(
+            send_decision, url, clients=args.clients, seconds=args.seconds, max_requests=50_000
+        )
+        bat = load(send_batch(200), url, clients=2, seconds=args.seconds, max_requests=500)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    print(
+        f"HTTP sustained (2 workers, {args.clients} clients): {sus['req_per_s']:.0f} decisions/s, "
+        f"median {sus['p50_ms']:.1f} ms, p99 {sus['p99_ms']:.1f} ms, errors {sus['errors']:.0f}"
+    )
+    print(
+        f"HTTP batch endpoint (2 workers, 200 charges/call, 2 clients): "
+        f"{bat['items_per_s']:.0f} decisions/s, p50 {bat['p50_ms']:.0f} ms per call, "
+        f"errors {bat['errors']:.0f}"
+    )
+    if args.mlflow:
+        ml = mlflow_side_by_side(model, args.seconds, args.clients)
+        if ml is not None:
+            print(
+                f"mlflow models serve (2 workers, {args.clients} clients, scoring only): "
+                f"{ml['req_per_s']:.0f} req/s, median {ml['p50_ms']:.1f} ms, p99 "
+                f"{ml['p99_ms']:.1f} ms, errors {ml['errors']:.0f}; retryopt/mlflow throughput "
+                f"ratio {sus['req_per_s'] / max(ml['req_per_s'], 1e-9):.2f}"
+            )
+
+
+if __name__ == "__main__":
+    main()

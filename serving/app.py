@@ -1,0 +1,507 @@
+"""The retry-decision HTTP API (FastAPI). Routes are thin: parse, check, decide, answer.
+
+``create_app(settings)`` builds the app; ``create_app_from_env()`` is the uvicorn factory used by
+``retryopt serve`` (settings from ``RETRYOPT_*`` environment variables).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping, Sequence
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse
+from starlette.concurrency import run_in_threadpool
+
+from features.decisions import Constraints
+from serving.metrics import Metrics
+from serving.model_store import ModelLoadError, ModelStore
+from serving.policy import Decision, PlannerConfig
+from serving.schemas import (
+    AlternativeOut,
+    BatchDecisionOut,
+    BatchDecisionRequest,
+    DecisionOut,
+    DecisionRequest,
+    ErrorOut,
+    FieldIssue,
+    Limits,
+    ModelOut,
+    ReloadIn,
+    RequestError,
+    body_may_contain_pan,
+    check_request,
+    find_pan,
+    to_batch,
+)
+from serving.settings import Settings
+
+log = logging.getLogger("retryopt.serving")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorOut, "description": "missing or wrong API key"},
+    413: {"model": ErrorOut, "description": "body too large"},
+    422: {"model": ErrorOut, "description": "malformed request (the field is named)"},
+}
+
+
+def _error(status: int, issues: Sequence[FieldIssue]) -> JSONResponse:
+    return JSONResponse(
+        status_code=status,
+        content={
+            "detail": [{"field": i.field, "message": i.message, "type": i.type} for i in issues]
+        },
+    )
+
+
+def _loc_to_field(loc: Sequence[int | str]) -> str:
+    parts = list(loc)
+    if parts and parts[0] == "body":
+        parts = parts[1:]
+    out = ""
+    for p in parts:
+        if isinstance(p, int):
+            out += f"[{p}]"
+        elif p in ("function-after", "function-before", "function-wrap") or "[" in str(p):
+            continue
+        else:
+            out += f".{p}" if out else str(p)
+    return out or "body"
+
+
+class MetricsMiddleware:
+    """Times and counts every request; rejects bodies over the size limit before reading them."""
+
+    def __init__(self, app: ASGIApp, *, metrics: Metrics, max_body_bytes: int) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = {"code": 500}
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length" and value.isdigit() and int(value) > self.max_body_bytes:
+                resp = _error(
+                    413,
+                    [FieldIssue("body", f"body over {self.max_body_bytes} bytes", "too_large")],
+                )
+                await resp(scope, receive, send)
+                self._observe(scope, 413, started)
+                return
+
+        async def _send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, _send)
+        finally:
+            self._observe(scope, status["code"], started)
+
+    def _observe(self, scope: Scope, status: int, started: float) -> None:
+        route = scope.get("route")
+        path = getattr(route, "path", None) or (
+            scope["path"] if scope["path"] in _KNOWN_PATHS else "other"
+        )
+        self.metrics.observe_request(
+            route=path, method=scope["method"], status=status, seconds=time.perf_counter() - started
+        )
+
+
+_KNOWN_PATHS = frozenset(
+    {
+        "/v1/retry-decisions",
+        "/v1/retry-decisions/batch",
+        "/healthz",
+        "/readyz",
+        "/v1/model",
+        "/metrics",
+        "/admin/reload",
+    }
+)
+
+
+def _decision_out(d: Decision) -> DecisionOut:
+    return DecisionOut(
+        charge_id=d.charge_id,
+        action=d.action,  # type: ignore[arg-type]
+        retry_at=None if d.retry_at is None else d.retry_at.to_pydatetime(),
+        success_probability=d.success_probability,
+        reason=d.reason,
+        action_required=d.action_required,
+        alternatives=[
+            AlternativeOut(
+                retry_at=a.retry_at.to_pydatetime(), success_probability=a.success_probability
+            )
+            for a in d.alternatives
+        ],
+        explanation=d.explanation,
+        model_version=d.model_version,
+        policy=d.policy,  # type: ignore[arg-type]
+    )
+
+
+class DecisionService:
+    """Checks requests and runs the policies (the part of the API that is not HTTP)."""
+
+    def __init__(self, *, settings: Settings, store: ModelStore, metrics: Metrics) -> None:
+        self.settings = settings
+        self.store = store
+        self.metrics = metrics
+        self.defaults = settings.default_constraints()
+        self.limits = Limits(
+            max_attempts=settings.max_attempts,
+            max_history_rows=settings.max_history_rows,
+            max_batch=settings.max_batch,
+        )
+
+    def decide(
+        self, requests: Sequence[DecisionRequest], *, prefixes: Sequence[str]
+    ) -> list[DecisionOut]:
+        """Decide every request; raise :class:`RequestError` naming the bad fields."""
+        server_now = datetime.now(UTC)
+        nows = [r.now or server_now for r in requests]
+        issues: list[FieldIssue] = []
+        constraints: list[Constraints] = []
+        seen: dict[str, int] = {}
+        for i, (r, now, prefix) in enumerate(zip(requests, nows, prefixes, strict=True)):
+            issues += check_request(r, now=now, limits=self.limits, prefix=prefix)
+            cid = r.charge.charge_id
+            if cid in seen:
+                issues.append(
+                    FieldIssue(
+                        f"{prefix}charge.charge_id",
+                        f"charge {cid!r} appears twice (requests {seen[cid] + 1} and {i + 1})",
+                        "duplicate",
+                    )
+                )
+            seen[cid] = i
+            try:
+                cons = (
+                    self.defaults if r.constraints is None else r.constraints.resolve(self.defaults)
+                )
+            except ValueError as exc:
+                issues.append(FieldIssue(f"{prefix}constraints", str(exc)))
+                cons = self.defaults
+            constraints.append(cons)
+        if issues:
+            raise RequestError(issues)
+        groups: dict[Constraints, list[int]] = {}
+        for i, cons in enumerate(constraints):
+            groups.setdefault(cons, []).append(i)
+        out: list[DecisionOut | None] = [None] * len(requests)
+        loaded = self.store.current
+        for cons, idx in groups.items():
+            prep = to_batch(
+                [requests[i] for i in idx], nows=[nows[i] for i in idx], constraints=cons
+            )
+            decisions: list[Decision]
+            if loaded is None:
+                decisions = self.store.fallback.decide_detailed(
+                    prep.batch, current_cards=prep.current_cards
+                )
+            else:
+                policy = loaded.greedy if self.settings.policy == "greedy" else loaded.planner
+                try:
+                    decisions = policy.decide_detailed(prep.batch, current_cards=prep.current_cards)
+                except Exception:
+                    log.exception("model policy failed; answering from the fallback")
+                    self.metrics.observe_model_error()
+                    decisions = self.store.fallback.decide_detailed(
+                        prep.batch, current_cards=prep.current_cards
+                    )
+            for i, d in zip(idx, decisions, strict=True):
+                self.metrics.observe_decision(action=d.action, reason=d.reason, policy=d.policy)
+                out[i] = _decision_out(d)
+        return [d for d in out if d is not None]
+
+
+def create_app(settings: Settings | None = None, *, store: ModelStore | None = None) -> FastAPI:
+    """Build the API.
+
+    Parameters
+    ----------
+    settings
+        Service settings (default: read from the environment).
+    store
+        Model holder (default: one for ``settings.model``, loaded at startup; a model that fails
+        to load leaves the service on the rule-based fallback).
+    """
+    settings = settings or Settings()
+    metrics = Metrics()
+    store = store or ModelStore(
+        location=settings.model,
+        config=PlannerConfig(later_attempt_decay=settings.later_attempt_decay),
+        model_threads=settings.model_threads,
+    )
+    service = DecisionService(settings=settings, store=store, metrics=metrics)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if store.current is None and store.location:
+            try:
+                await run_in_threadpool(store.load)
+                metrics.observe_reload(outcome="ok")
+            except ModelLoadError:
+                metrics.observe_reload(outcome="refused")
+        store.install_sighup()
+        yield
+
+    app = FastAPI(
+        title="retryopt",
+        version="1",
+        summary="When to retry a failed recurring card payment, if at all.",
+        lifespan=lifespan,
+    )
+    app.state.store = store
+    app.state.metrics = metrics
+    app.state.settings = settings
+    app.add_middleware(
+        MetricsMiddleware,
+        metrics=metrics,
+        max_body_bytes=settings.max_body_bytes,
+    )
+
+    def _check_key(request: Request, keys: Sequence[str]) -> None:
+        if not keys:
+            return
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or token.strip() not in keys:
+            raise RequestError(
+                [
+                    FieldIssue(
+                        "headers.authorization",
+                        "missing or unknown API key (Authorization: Bearer <key>)",
+                        "unauthorized",
+                    )
+                ],
+                status_code=401,
+            )
+
+    async def require_key(request: Request) -> None:
+        _check_key(request, settings.api_keys)
+
+    async def require_admin(request: Request) -> None:
+        _check_key(request, settings.admin_api_keys or settings.api_keys)
+
+    async def reject_pan(request: Request) -> None:
+        raw = await request.body()
+        if raw and body_may_contain_pan(raw):
+            try:
+                where = find_pan(json.loads(raw))
+            except ValueError:
+                where = "body"
+            log.warning("request rejected: a card number was sent (field %s)", where)
+            raise RequestError(
+                [
+                    FieldIssue(
+                        where or "body",
+                        "looks like a card number (13-19 digits passing the Luhn check); card "
+                        "numbers are never accepted, send card metadata only",
+                        "pan_rejected",
+                    )
+                ]
+            )
+
+    @app.exception_handler(RequestError)
+    async def _request_error(request: Request, exc: RequestError) -> JSONResponse:
+        resp = _error(exc.status_code, exc.issues)
+        if exc.status_code == 401:
+            resp.headers["WWW-Authenticate"] = "Bearer"
+        return resp
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # Never echo the input back (it may hold personal data).
+        issues = [
+            FieldIssue(
+                _loc_to_field(e.get("loc", ())), str(e.get("msg", "")), str(e.get("type", ""))
+            )
+            for e in exc.errors()
+        ]
+        return _error(422, issues)
+
+    @app.post(
+        "/v1/retry-decisions",
+        response_model=DecisionOut,
+        responses=_ERRORS,
+        dependencies=[Depends(require_key), Depends(reject_pan)],
+        tags=["decisions"],
+    )
+    async def retry_decision(body: DecisionRequest) -> DecisionOut:
+        """Decide when to retry one failed charge, or to stop."""
+        return service.decide([body], prefixes=[""])[0]
+
+    @app.post(
+        "/v1/retry-decisions/batch",
+        response_model=BatchDecisionOut,
+        responses=_ERRORS,
+        dependencies=[Depends(require_key), Depends(reject_pan)],
+        tags=["decisions"],
+    )
+    async def retry_decisions_batch(body: BatchDecisionRequest) -> BatchDecisionOut:
+        """Decide many failed charges in one call (answers in request order)."""
+        if len(body.requests) > service.limits.max_batch:
+            raise RequestError(
+                [
+                    FieldIssue(
+                        "requests",
+                        f"{len(body.requests)} requests, at most {service.limits.max_batch}",
+                        "too_long",
+                    )
+                ]
+            )
+        prefixes = [f"requests[{i}]." for i in range(len(body.requests))]
+        decisions = await run_in_threadpool(service.decide, body.requests, prefixes=prefixes)
+        return BatchDecisionOut(decisions=decisions)
+
+    @app.get("/healthz", tags=["operations"])
+    async def healthz() -> dict[str, str]:
+        """Liveness: the process answers."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["operations"], responses={503: {"description": "no model"}})
+    async def readyz() -> JSONResponse:
+        """Readiness: a verified model is serving (503 while on the rule-based fallback)."""
+        loaded = store.current
+        if loaded is None:
+            return JSONResponse(
+                status_code=503,
+                content={"status": "fallback", "policy": "fallback", "error": store.last_error},
+            )
+        return JSONResponse(content={"status": "ready", "model_version": loaded.version})
+
+    @app.get(
+        "/v1/model",
+        response_model=ModelOut,
+        dependencies=[Depends(require_key)],
+        responses=_ERRORS,
+        tags=["operations"],
+    )
+    async def model_info() -> ModelOut:
+        """The serving model: version, training metrics, feature spec."""
+        loaded = store.current
+        if loaded is None:
+            return ModelOut(
+                loaded=False,
+                policy="fallback",
+                version=None,
+                path=None,
+                metrics={},
+                feature_spec=None,
+                loaded_at=None,
+            )
+        spec = getattr(loaded.bundle, "feature_spec", None)
+        return ModelOut(
+            loaded=True,
+            policy=settings.policy,
+            version=loaded.version,
+            path=str(getattr(loaded.bundle, "path", loaded.location)),
+            metrics=dict(getattr(loaded.bundle, "metrics", {}) or {}),
+            feature_spec=spec.to_dict() if spec is not None else None,
+            loaded_at=loaded.loaded_at,
+        )
+
+    @app.get("/metrics", response_class=PlainTextResponse, tags=["operations"])
+    async def prometheus() -> PlainTextResponse:
+        """Prometheus metrics (text format)."""
+        loaded = store.current
+        text = metrics.render(
+            model_loaded=loaded is not None,
+            model_version=None if loaded is None else loaded.version,
+        )
+        return PlainTextResponse(text, media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    @app.post(
+        "/admin/reload",
+        dependencies=[Depends(require_admin)],
+        responses={**_ERRORS, 409: {"model": ErrorOut, "description": "model refused"}},
+        tags=["operations"],
+    )
+    async def reload_model(body: ReloadIn | None = None) -> JSONResponse:
+        """Load a model (default: the configured location); a broken one is refused."""
+        try:
+            loaded = await run_in_threadpool(store.load, body.model if body else None)
+        except ModelLoadError as exc:
+            metrics.observe_reload(outcome="refused")
+            current = store.current
+            resp = _error(409, [FieldIssue("model", str(exc), "model_refused")])
+            resp.headers["X-Model-Version"] = current.version if current else "fallback"
+            return resp
+        metrics.observe_reload(outcome="ok")
+        return JSONResponse(content={"loaded": True, "model_version": loaded.version})
+
+    return app
+
+
+def create_app_from_env() -> FastAPI:
+    """Uvicorn factory: settings from ``RETRYOPT_*`` environment variables."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    return create_app(Settings())
+
+
+class BackgroundServer:
+    """Run an app with uvicorn in a background thread (tests, notebooks, benchmarks).
+
+    Use as a context manager; :attr:`url` is the base URL once started. Signal handlers are
+    not installed (uvicorn only installs them in the main thread).
+
+    Parameters
+    ----------
+    app
+        The ASGI app.
+    host
+        Interface (loopback by default).
+    port
+        TCP port; 0 picks a free one.
+    """
+
+    def __init__(self, app: FastAPI, *, host: str = "127.0.0.1", port: int = 0) -> None:
+        import socket
+        import threading
+
+        import uvicorn
+
+        if port == 0:
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                sock.bind((host, 0))
+                port = int(sock.getsockname()[1])
+        self.host = host
+        self.port = port
+        self.url = f"http://{host}:{port}"
+        config = uvicorn.Config(
+            app, host=host, port=port, log_level="warning", access_log=False, lifespan="on"
+        )
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, name="retryopt-api", daemon=True)
+
+    def __enter__(self) -> BackgroundServer:
+        self._thread.start()
+        deadline = time.monotonic() + 60
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"the API did not start on {self.url}")
+            time.sleep(0.01)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=30)

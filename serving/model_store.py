@@ -1,0 +1,215 @@
+"""The serving model holder: load, verify, swap atomically, keep the old model on failure."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import numpy as np
+
+from features.decisions import Constraints
+from serving.policy import (
+    BundleSuccessModel,
+    FallbackPolicy,
+    GreedyPolicy,
+    PlannerConfig,
+    PlannerPolicy,
+)
+from serving.schemas import DecisionRequest, to_batch
+
+log = logging.getLogger("retryopt.serving")
+
+
+class ModelLoadError(Exception):
+    """A model could not be loaded or failed verification; the previous model keeps serving."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoadedModel:
+    """A verified model and the policies built on it (swapped as one reference)."""
+
+    bundle: Any
+    location: str
+    loaded_at: datetime
+    planner: PlannerPolicy
+    greedy: GreedyPolicy
+
+    @property
+    def version(self) -> str:
+        """The bundle's version."""
+        return self.planner.model.version
+
+
+def _verification_request(now: datetime) -> DecisionRequest:
+    first = now - timedelta(minutes=5)
+    return DecisionRequest.model_validate(
+        {
+            "charge": {
+                "charge_id": "ch_verify",
+                "customer_id": "cus_verify",
+                "amount": 2500,
+                "currency": "usd",
+                "card": {
+                    "brand": "visa",
+                    "funding": "debit",
+                    "country": "US",
+                    "added_at": (now - timedelta(days=400)).isoformat(),
+                    "exp_month": 12,
+                    "exp_year": now.year + 3,
+                },
+                "customer_timezone": "America/New_York",
+            },
+            "attempts": [
+                {
+                    "attempted_at": first.isoformat(),
+                    "outcome": "failed",
+                    "decline_code": "insufficient_funds",
+                }
+            ],
+            "now": now.isoformat(),
+        }
+    )
+
+
+def verify_policy(planner: PlannerPolicy) -> None:
+    """Run one synthetic decision through ``planner``; raise :class:`ModelLoadError` if broken."""
+    now = datetime(2026, 1, 5, 8, 13, tzinfo=UTC)
+    req = _verification_request(now)
+    prep = to_batch([req], nows=[now], constraints=Constraints())
+    grid = np.arange(
+        np.datetime64("2026-01-05T09:00", "ns"),
+        np.datetime64("2026-01-26T08:00", "ns"),
+        np.timedelta64(1, "h"),
+    )[None, :]
+    scores = planner.model.predict_candidates(prep.batch, grid)
+    p = scores.proba
+    if p.shape != grid.shape or not np.isfinite(p).all() or (p < 0).any() or (p > 1).any():
+        raise ModelLoadError(
+            f"model verification failed: probabilities must be finite in [0, 1], got shape "
+            f"{p.shape}, min {np.nanmin(p) if p.size else 'n/a'}, max "
+            f"{np.nanmax(p) if p.size else 'n/a'}"
+        )
+    model = planner.model
+    if isinstance(model, BundleSuccessModel) and model.fast_path:
+        # The fast scoring path must reproduce the bundle's own predictions exactly.
+        from features.build import build_candidate_features
+
+        raw = build_candidate_features(prep.batch, grid)
+        slow = np.asarray(model.bundle.predict_proba(raw), dtype=np.float64)  # type: ignore[attr-defined]
+        if not np.allclose(model.predict_rows(raw), slow, rtol=1e-9, atol=1e-12):
+            log.warning("fast scoring path disagrees with the bundle; using bundle.predict_proba")
+            model.fast_path = False
+    decision = planner.decide_detailed(prep.batch, current_cards=prep.current_cards)[0]
+    if decision.action != "retry":
+        raise ModelLoadError(f"model verification failed: decision {decision.reason}")
+
+
+class ModelStore:
+    """Holds the serving model; reloads are serialised, verified and atomic.
+
+    Readers take :attr:`current` once per request (a single reference read), so a reload never
+    mixes two models inside one decision and never blocks a request.
+
+    Parameters
+    ----------
+    location
+        Default model location (bundle directory or MLflow registry name).
+    config
+        Planner settings for the policies.
+    loader
+        Function loading a bundle from a location (default ``training.bundle.resolve_model``).
+    model_threads
+        LightGBM threads per prediction.
+    """
+
+    def __init__(
+        self,
+        *,
+        location: str | None = None,
+        config: PlannerConfig | None = None,
+        loader: Callable[[str], Any] | None = None,
+        model_threads: int = 1,
+    ) -> None:
+        self.location = location
+        self.config = config or PlannerConfig()
+        self._loader = loader
+        self._model_threads = model_threads
+        self._current: LoadedModel | None = None
+        self._reload_lock = threading.Lock()
+        self.fallback = FallbackPolicy(config=self.config)
+        self.last_error: str | None = None
+
+    @property
+    def current(self) -> LoadedModel | None:
+        """The model serving now (None = fallback)."""
+        return self._current
+
+    def load(self, location: str | None = None) -> LoadedModel:
+        """Load, verify and install a model; on any failure keep the current one and raise.
+
+        Raises
+        ------
+        ModelLoadError
+            No location configured, the bundle is broken (see ``training.bundle.BundleError``)
+            or it failed verification.
+        """
+        where = location or self.location
+        if not where:
+            raise ModelLoadError("no model location configured (RETRYOPT_MODEL or --model)")
+        with self._reload_lock:
+            try:
+                loader = self._loader
+                if loader is None:
+                    from training.bundle import resolve_model
+
+                    loader = resolve_model
+                bundle = loader(where)
+                if hasattr(bundle, "num_threads"):
+                    bundle.num_threads = self._model_threads
+                model = BundleSuccessModel(bundle)
+                planner = PlannerPolicy(model, config=self.config)
+                verify_policy(planner)
+            except Exception as exc:
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.error("model %s refused: %s", where, self.last_error)
+                raise ModelLoadError(f"model {where!r} refused: {self.last_error}") from exc
+            loaded = LoadedModel(
+                bundle=bundle,
+                location=where,
+                loaded_at=datetime.now(UTC),
+                planner=planner,
+                greedy=GreedyPolicy(model, config=self.config),
+            )
+            self._current = loaded  # the atomic swap
+            self.location = where
+            self.last_error = None
+            log.info("model %s version %s serving", where, loaded.version)
+            return loaded
+
+    def reload_quietly(self) -> bool:
+        """Reload the configured location; log instead of raising. Returns success."""
+        try:
+            self.load()
+        except ModelLoadError:
+            return False
+        return True
+
+    def install_sighup(self) -> bool:
+        """Reload on SIGHUP (in a background thread). Only possible from the main thread."""
+        if threading.current_thread() is not threading.main_thread() or not hasattr(
+            signal, "SIGHUP"
+        ):
+            return False
+
+        def _handler(signum: int, frame: object) -> None:
+            threading.Thread(
+                target=self.reload_quietly, name="retryopt-reload", daemon=True
+            ).start()
+
+        signal.signal(signal.SIGHUP, _handler)
+        return True

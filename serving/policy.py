@@ -1,0 +1,629 @@
+"""Retry policies: network rules first, then a planner over the model's success probabilities.
+
+Three policies implement :class:`features.decisions.RetryPolicy` so that backtests and the
+synthetic world's ``play`` can run them exactly as the API does:
+
+- ``model`` (:class:`PlannerPolicy`): scores every allowed hourly candidate time with the model
+  and chooses the next retry by dynamic programming over the remaining retry budget;
+- ``greedy`` (:class:`GreedyPolicy`): the baseline, argmax of the success probability;
+- ``fallback`` (:class:`FallbackPolicy`): rules plus a fixed ladder, used when no model is loaded.
+
+The planner (documented in ``docs/serving.md``). For a charge with ``R`` retries left, candidate
+times ``t_1 < ... < t_m`` (allowed by the rules), amount ``A``, cost per attempt ``c``, discount
+``d(t) = (1 - daily_discount) ** days(t - now)`` and minimum gap ``g`` grid steps::
+
+    W_0(j) = 0
+    val_k(j) = p_k(j) * A * d(j) - c + (1 - p_k(j)) * W_{k-1}(j)
+    W_k(j)  = max(0, max_{j' >= j + g} val_k(j'))        (0 = stop after a failure at t_j)
+
+and the next retry is ``argmax_j val_R(j)`` (stop when that value is <= 0). ``p_R`` is the
+model's probability for the next retry; the success probability of a *later* retry after a
+failure is approximated by the same curve times a decay factor per earlier failed retry,
+``p_k(j) = p_R(j) * decay ** (R - k)`` (``decay`` defaults to 0.8, configurable): scoring a
+second feature matrix per hypothetical failure time would multiply the model cost. The plan is
+recomputed at every call, so only its first step is ever executed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import pandas as pd
+
+from features import contract as c
+from features.decisions import Constraints, DecisionBatch, PolicyDecisions
+from serving.rules import (
+    HOUR_NS,
+    CardRef,
+    Reason,
+    RuleResult,
+    charge_states,
+    evaluate_rules,
+)
+
+_WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
+# Hours (local) when issuers' batch/maintenance windows make authorisations least likely.
+NIGHT_HOURS = (0, 1, 2, 3, 4, 5)
+
+
+@dataclass(frozen=True, kw_only=True)
+class CandidateScores:
+    """Model output over a candidate grid.
+
+    ``proba`` has shape ``(n_charges, n_candidates)`` with NaN at padding; ``features`` holds the
+    raw features, one row per (charge, candidate) in row-major order, or None.
+    """
+
+    proba: np.ndarray
+    features: pd.DataFrame | None = None
+
+
+@runtime_checkable
+class SuccessModel(Protocol):
+    """A retry-success model over candidate times."""
+
+    version: str
+
+    def predict_candidates(
+        self, batch: DecisionBatch, candidate_times: np.ndarray
+    ) -> CandidateScores:
+        """Score ``candidate_times`` (``datetime64[ns]``, ``(n_charges, n)``, NaT = padding)."""
+        ...
+
+
+CHUNK_ROWS = 4096
+
+
+class BundleSuccessModel:
+    """:class:`SuccessModel` backed by a trained model bundle (``training.bundle.ModelBundle``).
+
+    Builds the point-in-time features with :func:`features.build.build_candidate_features` and
+    scores the non-padding rows with ``bundle.predict_proba``.
+    """
+
+    def __init__(self, bundle: object, *, fast_path: bool = True) -> None:
+        self.bundle = bundle
+        self.version = str(getattr(bundle, "version", "unknown"))
+        self.fast_path = fast_path and hasattr(bundle, "booster") and hasattr(bundle, "calibrator")
+
+    def predict_rows(self, rows: pd.DataFrame) -> np.ndarray:
+        """Calibrated P(success) of raw feature rows.
+
+        The fast path encodes with the bundle's feature spec and hands LightGBM a float matrix
+        (categorical codes in the spec's level order, the order the model was trained with)
+        instead of a DataFrame, skipping LightGBM's per-call pandas conversion. It must give the
+        same predictions as ``bundle.predict_proba``; :func:`serving.model_store.verify_policy`
+        checks that at load time and turns it off otherwise.
+        """
+        bundle: Any = self.bundle
+        if not self.fast_path:
+            return np.asarray(bundle.predict_proba(rows), dtype=np.float64)
+        if len(rows) == 0:
+            return np.empty(0, dtype=np.float64)
+        X = bundle.encode(rows)
+        mat = np.empty((len(X), X.shape[1]), dtype=np.float64)
+        for k, name in enumerate(X.columns):
+            col = X[name]
+            if isinstance(col.dtype, pd.CategoricalDtype):
+                codes = col.cat.codes.to_numpy().astype(np.float64)
+                codes[codes < 0] = np.nan
+                mat[:, k] = codes
+            else:
+                mat[:, k] = col.to_numpy(dtype=np.float64, na_value=np.nan)
+        raw = bundle.booster.predict(mat, num_threads=getattr(bundle, "num_threads", 1))
+        return np.asarray(bundle.calibrator.apply(np.asarray(raw, dtype=np.float64)))
+
+    def predict_candidates(
+        self, batch: DecisionBatch, candidate_times: np.ndarray
+    ) -> CandidateScores:
+        """Score the candidate grid of every charge of ``batch``."""
+        from features.build import build_candidate_features
+
+        raw = build_candidate_features(batch, candidate_times)
+        flat_valid = ~np.isnat(candidate_times.ravel())
+        proba = np.full(candidate_times.size, np.nan)
+        if flat_valid.any():
+            rows = raw if flat_valid.all() else raw.iloc[np.flatnonzero(flat_valid)]
+            # Scored in blocks of at most CHUNK_ROWS rows: bounds memory on big batches, and
+            # features.build's large-frame categorical encoder currently fails on a categorical
+            # column that is entirely missing (e.g. no advice codes at all in the block).
+            parts = [
+                self.predict_rows(rows.iloc[k : k + CHUNK_ROWS])
+                for k in range(0, len(rows), CHUNK_ROWS)
+            ]
+            proba[flat_valid] = np.concatenate(parts)
+        return CandidateScores(proba=proba.reshape(candidate_times.shape), features=raw)
+
+
+@dataclass(frozen=True, kw_only=True)
+class PlannerConfig:
+    """Planner settings.
+
+    Parameters
+    ----------
+    later_attempt_decay
+        Success of each later retry relative to the next one, per failed retry in between.
+    grid_hours
+        Spacing of the candidate grid.
+    n_alternatives
+        Alternative times reported besides the chosen one.
+    alternative_spacing_hours
+        Minimum spacing between reported alternatives (and from the chosen time).
+    fallback_ladder_hours
+        Fallback schedule: hours after the first failure of retry 1, 2, ...
+    """
+
+    later_attempt_decay: float = 0.8
+    grid_hours: int = 1
+    n_alternatives: int = 3
+    alternative_spacing_hours: float = 6.0
+    fallback_ladder_hours: tuple[float, ...] = (24.0, 72.0, 120.0, 168.0, 240.0, 336.0, 432.0)
+
+    def __post_init__(self) -> None:
+        if not 0 < self.later_attempt_decay <= 1:
+            raise ValueError(
+                f"later_attempt_decay must be in (0, 1], got {self.later_attempt_decay}"
+            )
+        if self.grid_hours < 1:
+            raise ValueError(f"grid_hours must be >= 1, got {self.grid_hours}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Alternative:
+    """Another candidate retry time and its predicted success probability."""
+
+    retry_at: pd.Timestamp
+    success_probability: float | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Decision:
+    """A full retry decision for one charge (what the API returns)."""
+
+    charge_id: str
+    action: str  # "retry" | "stop"
+    retry_at: pd.Timestamp | None
+    success_probability: float | None
+    reason: str
+    source: str
+    action_required: str | None
+    alternatives: tuple[Alternative, ...]
+    explanation: str
+    model_version: str | None
+    policy: str
+    expected_value: float | None = None
+    factors: tuple[str, ...] = field(default_factory=tuple)
+
+
+def plan_values(
+    proba: np.ndarray,
+    allowed: np.ndarray,
+    *,
+    retries_left: np.ndarray,
+    amount: np.ndarray,
+    discount: np.ndarray,
+    cost: float,
+    gap_steps: int,
+    decay: float,
+) -> np.ndarray:
+    """Expected value of retrying first at each candidate, planning the remaining budget.
+
+    Parameters
+    ----------
+    proba
+        ``(n, m)`` success probability of the next retry at each candidate (NaN = padding).
+    allowed
+        ``(n, m)`` bool, candidates the rules allow.
+    retries_left
+        ``(n,)`` int, retries left per charge (>= 1).
+    amount
+        ``(n,)`` amounts (minor units).
+    discount
+        ``(n, m)`` discount factor of money collected at each candidate.
+    cost
+        Cost of one attempt (minor units).
+    gap_steps
+        Minimum number of grid steps between two attempts (>= 1).
+    decay
+        Success of each later retry relative to the next one.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(n, m)`` value of a first retry at each candidate, ``-inf`` where not allowed.
+    """
+    n, m = proba.shape
+    p = np.where(allowed, np.nan_to_num(proba, nan=0.0), 0.0)
+    gain = amount[:, None] * discount
+    out = np.full((n, m), -np.inf)
+    w = np.zeros((n, m))  # W_{k-1}: value after a failure at j, with k-1 retries left
+    r_max = int(retries_left.max()) if n else 0
+    for k in range(1, r_max + 1):
+        exponent = np.clip(retries_left - k, 0, None)[:, None]
+        pk = p * decay**exponent
+        val = pk * gain - cost + (1.0 - pk) * w
+        val = np.where(allowed, val, -np.inf)
+        at_level = retries_left == k
+        if at_level.any():
+            out[at_level] = val[at_level]
+        if k == r_max:
+            break
+        suffix = np.maximum.accumulate(val[:, ::-1], axis=1)[:, ::-1]
+        w = np.zeros((n, m))
+        if gap_steps < m:
+            w[:, : m - gap_steps] = np.maximum(suffix[:, gap_steps:], 0.0)
+    return out
+
+
+def _pick_alternatives(
+    grid: np.ndarray,
+    score: np.ndarray,
+    proba: np.ndarray,
+    chosen: int,
+    *,
+    k: int,
+    spacing_steps: int,
+) -> tuple[Alternative, ...]:
+    order = np.argsort(-score, kind="stable")
+    taken = [chosen]
+    out: list[Alternative] = []
+    for j in order.tolist():
+        if len(out) >= k or not np.isfinite(score[j]):
+            break
+        if any(abs(j - t) < spacing_steps for t in taken):
+            continue
+        taken.append(j)
+        pj = proba[j]
+        out.append(
+            Alternative(
+                retry_at=pd.Timestamp(grid[j]).tz_localize("UTC"),
+                success_probability=None if np.isnan(pj) else round(float(pj), 4),
+            )
+        )
+    return tuple(out)
+
+
+def _local_label(t: np.datetime64, zone: str, hour: int) -> str:
+    ts = pd.Timestamp(t).tz_localize("UTC").tz_convert(zone)
+    return f"{_WEEKDAYS[ts.weekday()]} {hour:02d}:00 {zone} (day {ts.day} of the month)"
+
+
+def _feature_factors(features: pd.DataFrame | None, row: int) -> list[str]:
+    """Human-readable payday / timing factors from the raw features at the chosen time."""
+    if features is None or row >= len(features):
+        return []
+    out: list[str] = []
+    rec = features.iloc[row]
+    for name, value in rec.items():
+        key = str(name).lower()
+        if "payday" in key or "pay_day" in key:
+            if isinstance(value, int | float | np.floating | np.integer) and not pd.isna(value):
+                out.append(f"{name} = {float(value):g}")
+            elif isinstance(value, str | bool | np.bool_):
+                out.append(f"{name} = {value}")
+    return out[:3]
+
+
+def _stop_decision(rule: RuleResult, *, policy: str, model_version: str | None) -> Decision:
+    note = "; ".join(rule.notes)
+    explanation = f"stop: {rule.reason}" + (f" ({note})" if note else "")
+    explanation += f". Source: {rule.source}" if rule.source else ""
+    return Decision(
+        charge_id=rule.charge_id,
+        action="stop",
+        retry_at=None,
+        success_probability=None,
+        reason=rule.reason,
+        source=rule.source,
+        action_required=rule.action_required,
+        alternatives=(),
+        explanation=explanation,
+        model_version=model_version,
+        policy=policy,
+    )
+
+
+def _sub_batch(batch: DecisionBatch, keep: np.ndarray) -> DecisionBatch:
+    """The charges of ``batch`` selected by the boolean mask ``keep``."""
+    if keep.all():
+        return batch
+    ids = batch.charge_ids[keep]
+    attempts = batch.attempts
+    if len(attempts):
+        attempts = attempts[attempts[c.CHARGE_ID].isin(ids).to_numpy()]
+    return DecisionBatch(
+        charge_ids=ids,
+        now=batch.now[keep],
+        attempts=attempts,
+        history=batch.history,
+        constraints=batch.constraints,
+    )
+
+
+def _amounts(batch: DecisionBatch, charge_ids: Sequence[str]) -> np.ndarray:
+    if not len(batch.attempts):
+        return np.zeros(len(charge_ids))
+    last = batch.attempts.groupby(c.CHARGE_ID, sort=False)[c.AMOUNT].last()
+    return last.reindex(list(charge_ids)).fillna(0).to_numpy(dtype=np.float64)
+
+
+class _RulesPolicy:
+    """Shared machinery: rules per charge, then :meth:`_choose` on the survivors."""
+
+    name = "base"
+
+    def __init__(self, *, config: PlannerConfig | None = None) -> None:
+        self.config = config or PlannerConfig()
+
+    @property
+    def model_version(self) -> str | None:
+        return None
+
+    def rules(
+        self, batch: DecisionBatch, *, current_cards: Sequence[CardRef | None] | None = None
+    ) -> list[tuple[RuleResult, str]]:
+        """The rules' verdict and the customer's zone for every charge of ``batch``."""
+        states = charge_states(batch, current_cards=current_cards)
+        return [
+            (evaluate_rules(s, batch.constraints, grid_hours=self.config.grid_hours), s.timezone)
+            for s in states
+        ]
+
+    def decide_detailed(
+        self, batch: DecisionBatch, *, current_cards: Sequence[CardRef | None] | None = None
+    ) -> list[Decision]:
+        """Full decisions (with alternatives and explanation) for every charge of ``batch``."""
+        verdicts = self.rules(batch, current_cards=current_cards)
+        out: list[Decision | None] = [None] * len(verdicts)
+        live = np.array([not r.stop for r, _ in verdicts], dtype=bool)
+        for i, (r, _) in enumerate(verdicts):
+            if r.stop:
+                out[i] = _stop_decision(r, policy=self.name, model_version=self.model_version)
+        if live.any():
+            idx = np.flatnonzero(live)
+            chosen = self._choose(
+                _sub_batch(batch, live),
+                [verdicts[i][0] for i in idx],
+                [verdicts[i][1] for i in idx],
+            )
+            for i, d in zip(idx.tolist(), chosen, strict=True):
+                out[i] = d
+        return [d for d in out if d is not None]
+
+    def decide(
+        self, batch: DecisionBatch, *, current_cards: Sequence[CardRef | None] | None = None
+    ) -> PolicyDecisions:
+        """Decide every charge of ``batch`` (the :class:`RetryPolicy` protocol)."""
+        decisions = self.decide_detailed(batch, current_cards=current_cards)
+        retry_at = np.array(
+            [
+                np.datetime64("NaT", "ns")
+                if d.retry_at is None
+                else np.datetime64(d.retry_at.tz_convert("UTC").tz_localize(None).as_unit("ns"))
+                for d in decisions
+            ],
+            dtype="datetime64[ns]",
+        )
+        return PolicyDecisions(
+            retry_at=retry_at,
+            propensity=np.ones(len(decisions)),
+            reason=np.array([d.reason for d in decisions], dtype=object),
+        )
+
+    def _choose(
+        self, batch: DecisionBatch, rules: list[RuleResult], zones: list[str]
+    ) -> list[Decision]:
+        raise NotImplementedError
+
+
+def _padded(rules: list[RuleResult]) -> tuple[np.ndarray, np.ndarray]:
+    m = max(len(r.grid) for r in rules)
+    grid = np.full((len(rules), m), np.datetime64("NaT", "ns"), dtype="datetime64[ns]")
+    allowed = np.zeros((len(rules), m), dtype=bool)
+    for i, r in enumerate(rules):
+        grid[i, : len(r.grid)] = r.grid
+        allowed[i, : len(r.grid)] = r.allowed
+    return grid, allowed
+
+
+class PlannerPolicy(_RulesPolicy):
+    """The ``model`` policy: rules, then dynamic programming over the remaining retries.
+
+    Parameters
+    ----------
+    model
+        Success model over candidate times (e.g. :class:`BundleSuccessModel`).
+    config
+        Planner settings.
+    """
+
+    name = "model"
+
+    def __init__(self, model: SuccessModel, *, config: PlannerConfig | None = None) -> None:
+        super().__init__(config=config)
+        self.model = model
+
+    @property
+    def model_version(self) -> str | None:
+        return self.model.version
+
+    def _values(
+        self,
+        proba: np.ndarray,
+        allowed: np.ndarray,
+        grid: np.ndarray,
+        batch: DecisionBatch,
+        rules: list[RuleResult],
+    ) -> np.ndarray:
+        cons: Constraints = batch.constraints
+        now_ns = batch.now.astype("datetime64[ns]").astype(np.int64)
+        grid_ns = grid.astype(np.int64)
+        days = np.clip((grid_ns - now_ns[:, None]) / (24 * HOUR_NS), 0, None)
+        discount = (1.0 - cons.daily_discount) ** days
+        gap_steps = max(1, int(np.ceil(cons.min_gap_hours / self.config.grid_hours)))
+        return plan_values(
+            proba,
+            allowed,
+            retries_left=np.array([r.retries_left for r in rules]),
+            amount=_amounts(batch, [r.charge_id for r in rules]),
+            discount=discount,
+            cost=cons.cost_per_attempt,
+            gap_steps=gap_steps,
+            decay=self.config.later_attempt_decay,
+        )
+
+    def _choose(
+        self, batch: DecisionBatch, rules: list[RuleResult], zones: list[str]
+    ) -> list[Decision]:
+        grid, allowed = _padded(rules)
+        scores = self.model.predict_candidates(batch, grid)
+        proba = scores.proba
+        values = self._values(proba, allowed, grid, batch, rules)
+        spacing = max(1, round(self.config.alternative_spacing_hours / self.config.grid_hours))
+        out: list[Decision] = []
+        m = grid.shape[1]
+        for i, r in enumerate(rules):
+            val = values[i]
+            j = int(np.argmax(val))
+            if not np.isfinite(val[j]) or val[j] <= 0:
+                out.append(
+                    Decision(
+                        charge_id=r.charge_id,
+                        action="stop",
+                        retry_at=None,
+                        success_probability=None,
+                        reason=str(Reason.NOT_WORTH_AN_ATTEMPT),
+                        source="expected value of every allowed time <= cost per attempt",
+                        action_required=None,
+                        alternatives=(),
+                        explanation="stop: no allowed retry time is worth the cost of an attempt",
+                        model_version=self.model_version,
+                        policy=self.name,
+                    )
+                )
+                continue
+            p_row = proba[i]
+            factors = self._factors(r, zones[i], p_row, j, scores.features, i * m + j)
+            out.append(
+                Decision(
+                    charge_id=r.charge_id,
+                    action="retry",
+                    retry_at=pd.Timestamp(grid[i, j]).tz_localize("UTC"),
+                    success_probability=round(float(p_row[j]), 4),
+                    reason=str(self._reason),
+                    source="model",
+                    action_required=None,
+                    alternatives=_pick_alternatives(
+                        grid[i],
+                        val,
+                        p_row,
+                        j,
+                        k=self.config.n_alternatives,
+                        spacing_steps=spacing,
+                    ),
+                    explanation="; ".join(factors),
+                    model_version=self.model_version,
+                    policy=self.name,
+                    expected_value=round(float(val[j]), 2),
+                    factors=tuple(factors),
+                )
+            )
+        return out
+
+    _reason = Reason.MODEL_OPTIMUM
+
+    def _factors(
+        self,
+        rule: RuleResult,
+        zone: str,
+        proba: np.ndarray,
+        j: int,
+        features: pd.DataFrame | None,
+        feature_row: int,
+    ) -> list[str]:
+        n = len(rule.grid)
+        p = np.where(rule.allowed, proba[:n], np.nan)
+        factors = [
+            f"retry {_local_label(rule.grid[j], zone, int(rule.local_hours[j]))}",
+            f"P(success) {proba[j]:.2f} there vs {np.nanmax(p[: min(n, 24)]):.2f} best in the next "
+            f"24 h and {np.nanmax(p):.2f} best in the window",
+            f"planned over {rule.retries_left} retr{'y' if rule.retries_left == 1 else 'ies'} left",
+        ]
+        night = np.isin(rule.local_hours, NIGHT_HOURS) & rule.allowed
+        if night.any() and int(rule.local_hours[j]) not in NIGHT_HOURS:
+            p_night = float(np.nanmean(p[night]))
+            if p_night < proba[j]:
+                factors.append(f"issuer night window avoided (mean P {p_night:.2f} at 00-06 local)")
+        factors.extend(_feature_factors(features, feature_row))
+        factors.extend(rule.notes)
+        return factors
+
+
+class GreedyPolicy(PlannerPolicy):
+    """The ``greedy`` baseline: the allowed time with the highest success probability."""
+
+    name = "greedy"
+    _reason = Reason.GREEDY_ARGMAX
+
+    def _values(
+        self,
+        proba: np.ndarray,
+        allowed: np.ndarray,
+        grid: np.ndarray,
+        batch: DecisionBatch,
+        rules: list[RuleResult],
+    ) -> np.ndarray:
+        amount = _amounts(batch, [r.charge_id for r in rules])
+        p = np.nan_to_num(proba, nan=0.0)
+        # Expected value of one attempt; argmax over time = argmax of p (earliest on ties).
+        val = p * amount[:, None] - batch.constraints.cost_per_attempt
+        return np.where(allowed, val, -np.inf)
+
+
+class FallbackPolicy(_RulesPolicy):
+    """The ``fallback`` policy used when no model is available.
+
+    Rules first (exactly as the model policies), then a fixed ladder: retry ``k`` (1-based) at
+    the first allowed hour at or after ``first failure + fallback_ladder_hours[k - 1]`` (the last
+    ladder step repeats), or the last allowed hour of the window if none is later.
+    """
+
+    name = "fallback"
+
+    def _choose(
+        self, batch: DecisionBatch, rules: list[RuleResult], zones: list[str]
+    ) -> list[Decision]:
+        ladder = self.config.fallback_ladder_hours
+        out: list[Decision] = []
+        for r, zone in zip(rules, zones, strict=True):
+            k = min(r.retries_used, len(ladder) - 1)
+            assert r.first_failure is not None
+            target = np.asarray(r.first_failure).astype("datetime64[ns]") + np.timedelta64(
+                int(ladder[k] * 3600), "s"
+            )
+            ok = np.flatnonzero(r.allowed & (r.grid >= target))
+            j = int(ok[0]) if ok.size else int(np.flatnonzero(r.allowed)[-1])
+            out.append(
+                Decision(
+                    charge_id=r.charge_id,
+                    action="retry",
+                    retry_at=pd.Timestamp(r.grid[j]).tz_localize("UTC"),
+                    success_probability=None,
+                    reason=str(Reason.FALLBACK_SCHEDULE),
+                    source="rule-based fallback schedule (no model loaded)",
+                    action_required=None,
+                    alternatives=(),
+                    explanation=(
+                        f"no model loaded: fixed schedule, retry {r.retries_used + 1} at "
+                        f"{ladder[k]:g} h after the first failure; "
+                        f"{_local_label(r.grid[j], zone, int(r.local_hours[j]))}"
+                        + ("; " + "; ".join(r.notes) if r.notes else "")
+                    ),
+                    model_version=None,
+                    policy=self.name,
+                )
+            )
+        return out

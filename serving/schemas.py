@@ -1,0 +1,544 @@
+"""Request and response models of the retry-decision API, and their conversion to a batch.
+
+Inbound models (``*In``, :class:`DecisionRequest`, :class:`BatchDecisionRequest`) validate
+shapes and types with pydantic (timestamps must carry a zone); :func:`check_request` adds the
+cross-field rules (order of attempts, ``now`` after the last attempt, limits) and names the
+offending field. :func:`to_batch` turns validated requests into the canonical
+:class:`features.decisions.DecisionBatch` the policies take. Outbound models (``*Out``) describe
+the responses. :func:`find_pan` rejects anything that looks like a card number.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import numpy as np
+import pandas as pd
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
+
+from features import contract as c
+from features.decisions import Constraints, DecisionBatch
+from serving.rules import CardRef
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_US = timedelta(microseconds=1)
+
+
+def _ns(t: datetime) -> int:
+    """Nanoseconds since the epoch of an aware datetime (exact to the microsecond)."""
+    return ((t - _EPOCH) // _US) * 1000
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="ignore", str_strip_whitespace=True, frozen=True)
+
+
+class CardIn(_In):
+    """The card to charge (the current card of the charge)."""
+
+    brand: str = Field(min_length=1, max_length=32, description="visa, mastercard, amex, ...")
+    funding: Literal["credit", "debit", "prepaid", "unknown"]
+    country: str = Field(pattern=r"^[A-Za-z]{2}$", description="ISO 3166-1 alpha-2")
+    added_at: AwareDatetime
+    exp_month: int = Field(ge=1, le=12)
+    exp_year: int = Field(ge=1970, le=2200)
+    issuer: str | None = Field(default=None, max_length=128)
+    card_id: str | None = Field(default=None, max_length=128)
+
+
+class ChargeIn(_In):
+    """The failed charge."""
+
+    charge_id: str = Field(min_length=1, max_length=255)
+    customer_id: str = Field(min_length=1, max_length=255)
+    amount: int = Field(gt=0, le=10**12, description="minor units (cents)")
+    currency: str = Field(pattern=r"^[A-Za-z]{3}$")
+    card: CardIn
+    customer_timezone: str | None = Field(default=None, max_length=64)
+
+    @field_validator("customer_timezone")
+    @classmethod
+    def _zone(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown IANA time zone {value!r}") from exc
+        return value
+
+
+class AttemptIn(_In):
+    """One attempt of the charge, oldest first."""
+
+    attempted_at: AwareDatetime
+    outcome: Literal["failed", "succeeded"]
+    decline_code: str | None = Field(default=None, max_length=64)
+    network_advice_code: str | None = Field(default=None, max_length=32)
+    attempt_id: str | None = Field(default=None, max_length=255)
+    card: CardIn | None = Field(
+        default=None, description="card used by this attempt (default: the charge's card)"
+    )
+
+
+class HistoryRowIn(_In):
+    """An earlier attempt of the same customer (data-contract columns; card defaults to the
+    charge's card)."""
+
+    charge_id: str = Field(min_length=1, max_length=255)
+    attempted_at: AwareDatetime
+    outcome: Literal["failed", "succeeded"]
+    attempt_id: str | None = Field(default=None, max_length=255)
+    amount: int | None = Field(default=None, gt=0, le=10**12)
+    currency: str | None = Field(default=None, pattern=r"^[A-Za-z]{3}$")
+    decline_code: str | None = Field(default=None, max_length=64)
+    network_advice_code: str | None = Field(default=None, max_length=32)
+    card_brand: str | None = Field(default=None, max_length=32)
+    card_funding: Literal["credit", "debit", "prepaid", "unknown"] | None = None
+    card_country: str | None = Field(default=None, pattern=r"^[A-Za-z]{2}$")
+    card_added_at: AwareDatetime | None = None
+    card_exp_month: int | None = Field(default=None, ge=1, le=12)
+    card_exp_year: int | None = Field(default=None, ge=1970, le=2200)
+    card_id: str | None = Field(default=None, max_length=128)
+    issuer: str | None = Field(default=None, max_length=128)
+
+
+class ConstraintsIn(_In):
+    """Merchant constraints; omitted fields take the server defaults."""
+
+    max_retries: int | None = Field(default=None, ge=0, le=50)
+    window_hours: float | None = Field(default=None, gt=0, le=24 * 120)
+    min_gap_hours: float | None = Field(default=None, ge=0, le=24 * 30)
+    quiet_hours: tuple[int, int] | None = Field(
+        default=None, description="(start, end) local hours, 0-23; (22, 7) wraps midnight"
+    )
+    cost_per_attempt: float | None = Field(default=None, ge=0, le=1e12)
+    daily_discount: float | None = Field(default=None, ge=0, lt=1)
+
+    @field_validator("quiet_hours")
+    @classmethod
+    def _hours(cls, value: tuple[int, int] | None) -> tuple[int, int] | None:
+        if value is not None and not all(0 <= h <= 23 for h in value):
+            raise ValueError("quiet hours must be in 0-23")
+        return value
+
+    def resolve(self, defaults: Constraints) -> Constraints:
+        """These constraints with omitted fields taken from ``defaults``."""
+        values = {k: v for k, v in self.model_dump().items() if v is not None}
+        if "quiet_hours" in values:
+            values["quiet_hours"] = tuple(values["quiet_hours"])
+        return Constraints(**{**defaults.__dict__, **values})
+
+
+class DecisionRequest(_In):
+    """``POST /v1/retry-decisions``: when to retry this failed charge, if at all?"""
+
+    charge: ChargeIn
+    attempts: list[AttemptIn] = Field(min_length=1)
+    customer_history: list[HistoryRowIn] | None = None
+    now: AwareDatetime | None = Field(default=None, description="default: the server clock")
+    constraints: ConstraintsIn | None = None
+
+
+class BatchDecisionRequest(_In):
+    """``POST /v1/retry-decisions/batch``: many charges in one call."""
+
+    requests: list[DecisionRequest] = Field(min_length=1)
+
+
+class AlternativeOut(BaseModel):
+    """Another good retry time."""
+
+    retry_at: datetime
+    success_probability: float | None
+
+
+class DecisionOut(BaseModel):
+    """The decision for one charge."""
+
+    charge_id: str
+    action: Literal["retry", "stop"]
+    retry_at: datetime | None
+    success_probability: float | None
+    reason: str
+    action_required: str | None
+    alternatives: list[AlternativeOut]
+    explanation: str
+    model_version: str | None
+    policy: Literal["model", "greedy", "fallback"]
+
+
+class BatchDecisionOut(BaseModel):
+    """Decisions, in the order of the requests."""
+
+    decisions: list[DecisionOut]
+
+
+class FieldErrorOut(BaseModel):
+    """One problem with the request."""
+
+    field: str
+    message: str
+    type: str
+
+
+class ErrorOut(BaseModel):
+    """A 4xx answer."""
+
+    detail: list[FieldErrorOut]
+
+
+class ModelOut(BaseModel):
+    """``GET /v1/model``."""
+
+    loaded: bool
+    policy: str
+    version: str | None
+    path: str | None
+    metrics: dict[str, Any]
+    feature_spec: dict[str, Any] | None
+    loaded_at: datetime | None
+
+
+class ReloadIn(_In):
+    """``POST /admin/reload``: optional new model location (default: the configured one)."""
+
+    model: str | None = Field(default=None, max_length=4096)
+
+
+# ------------------------------------------------------------------------------------------
+# Validation beyond types
+# ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FieldIssue:
+    """A request problem naming the field (JSON path, list indices 0-based)."""
+
+    field: str
+    message: str
+    type: str = "value_error"
+
+
+class RequestError(ValueError):
+    """Malformed request; carries every :class:`FieldIssue` found."""
+
+    def __init__(self, issues: Sequence[FieldIssue], *, status_code: int = 422) -> None:
+        self.issues = list(issues)
+        self.status_code = status_code
+        super().__init__("; ".join(f"{i.field}: {i.message}" for i in self.issues))
+
+
+@dataclass(frozen=True, kw_only=True)
+class Limits:
+    """Size limits of one request."""
+
+    max_attempts: int = 1000
+    max_history_rows: int = 100_000
+    max_batch: int = 1000
+
+
+def check_request(
+    req: DecisionRequest, *, now: datetime, limits: Limits, prefix: str = ""
+) -> list[FieldIssue]:
+    """Cross-field checks of one decision request; returns the problems found.
+
+    Parameters
+    ----------
+    req
+        The parsed request.
+    now
+        The effective decision time (``req.now`` or the server clock).
+    limits
+        Size limits.
+    prefix
+        Field-path prefix (``"requests[3]."`` in a batch).
+    """
+    issues: list[FieldIssue] = []
+    n = len(req.attempts)
+    if n > limits.max_attempts:
+        issues.append(
+            FieldIssue(
+                f"{prefix}attempts",
+                f"{n} attempts given, at most {limits.max_attempts} allowed",
+                "too_long",
+            )
+        )
+        return issues
+    hist = req.customer_history or []
+    if len(hist) > limits.max_history_rows:
+        issues.append(
+            FieldIssue(
+                f"{prefix}customer_history",
+                f"{len(hist)} rows given, at most {limits.max_history_rows} allowed",
+                "too_long",
+            )
+        )
+        return issues
+    prev: datetime | None = None
+    for i, a in enumerate(req.attempts):
+        f = f"{prefix}attempts[{i}]"
+        if prev is not None and a.attempted_at < prev:
+            issues.append(
+                FieldIssue(
+                    f"{f}.attempted_at",
+                    f"attempts out of order: {a.attempted_at.isoformat()} is before the previous "
+                    f"attempt at {prev.isoformat()} (row {i + 1}); send attempts oldest first",
+                    "out_of_order",
+                )
+            )
+        prev = a.attempted_at
+        if a.outcome == c.SUCCEEDED and i < n - 1:
+            issues.append(
+                FieldIssue(
+                    f"{f}.outcome",
+                    f"attempt {i + 1} succeeded but {n - 1 - i} more attempt(s) follow it",
+                    "succeeded_then_more",
+                )
+            )
+        if a.outcome == c.FAILED and not a.decline_code:
+            issues.append(
+                FieldIssue(
+                    f"{f}.decline_code",
+                    f"a failed attempt needs a decline_code (row {i + 1}); unknown codes are fine",
+                    "missing",
+                )
+            )
+    if prev is not None and now < prev:
+        issues.append(
+            FieldIssue(
+                f"{prefix}now",
+                f"now {now.isoformat()} is before the last attempt at {prev.isoformat()}",
+                "now_before_last_attempt",
+            )
+        )
+    return issues
+
+
+# ------------------------------------------------------------------------------------------
+# Card numbers (PAN) never enter the service
+# ------------------------------------------------------------------------------------------
+
+_PAN_BYTES = re.compile(rb"(?<![0-9])(?:[0-9][ -]?){12,18}[0-9](?![0-9])")
+
+
+def luhn_ok(digits: str) -> bool:
+    """Whether a digit string passes the Luhn check."""
+    total = 0
+    for k, ch in enumerate(reversed(digits)):
+        d = ord(ch) - 48
+        if k % 2 == 1:
+            d *= 2
+            if d > 9:
+                d -= 9
+        total += d
+    return total % 10 == 0
+
+
+def _looks_like_pan(text: str) -> bool:
+    digits = text.replace(" ", "").replace("-", "")
+    return 13 <= len(digits) <= 19 and digits.isdigit() and luhn_ok(digits)
+
+
+def body_may_contain_pan(raw: bytes) -> bool:
+    """Fast pre-check over the raw body: any 13-19 digit run passing Luhn?"""
+    return any(_looks_like_pan(m.group().decode("ascii")) for m in _PAN_BYTES.finditer(raw))
+
+
+def _walk(obj: object, path: str) -> Iterator[tuple[str, object]]:
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            key = str(k)
+            yield f"{path}.{key}" if path else key, key
+            yield from _walk(v, f"{path}.{key}" if path else key)
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            yield from _walk(v, f"{path}[{i}]")
+    else:
+        yield path, obj
+
+
+def find_pan(obj: object) -> str | None:
+    """The JSON path of the first value (or key) that looks like a card number, else None.
+
+    A value looks like a card number when, without spaces and dashes, it is 13-19 digits that
+    pass the Luhn check (strings or integers). The value itself is never returned.
+    """
+    for path, value in _walk(obj, ""):
+        if isinstance(value, bool):
+            continue
+        if isinstance(value, int | str) and _looks_like_pan(str(value)):
+            return path or "body"
+    return None
+
+
+# ------------------------------------------------------------------------------------------
+# Requests -> DecisionBatch
+# ------------------------------------------------------------------------------------------
+
+
+def card_ref(card: CardIn) -> CardRef:
+    """The rules' identity of a card."""
+    return CardRef(
+        brand=card.brand.lower(),
+        card_id=card.card_id,
+        exp_month=card.exp_month,
+        exp_year=card.exp_year,
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class PreparedBatch:
+    """Requests converted for the policies (same constraints for the whole batch)."""
+
+    batch: DecisionBatch
+    current_cards: list[CardRef]
+
+
+def _frame(cols: dict[str, list[Any]]) -> pd.DataFrame:
+    data: dict[str, Any] = {}
+    for col in c.ALL_COLUMNS:
+        values = cols[col]
+        if col in c.TIMESTAMP_COLUMNS:
+            arr = np.array(values, dtype=np.int64).astype("datetime64[ns]")
+            data[col] = pd.DatetimeIndex(arr).tz_localize("UTC")
+        elif col in c.INTEGER_COLUMNS:
+            data[col] = np.array(values, dtype=np.int64)
+        elif col in c.FLOAT_COLUMNS:
+            data[col] = np.full(len(values), np.nan)
+        else:
+            data[col] = pd.array(values, dtype="str")
+    return pd.DataFrame(data)
+
+
+def _empty_cols() -> dict[str, list[Any]]:
+    return {col: [] for col in c.ALL_COLUMNS}
+
+
+def _add_row(
+    cols: dict[str, list[Any]],
+    *,
+    attempt_id: str,
+    charge: ChargeIn,
+    charge_id: str,
+    attempted_at: datetime,
+    amount: int,
+    currency: str,
+    outcome: str,
+    decline_code: str | None,
+    advice: str | None,
+    brand: str,
+    funding: str,
+    country: str,
+    added_at: datetime,
+    exp_month: int,
+    exp_year: int,
+    card_id: str | None,
+    issuer: str | None,
+) -> None:
+    cols[c.ATTEMPT_ID].append(attempt_id)
+    cols[c.CHARGE_ID].append(charge_id)
+    cols[c.CUSTOMER_ID].append(charge.customer_id)
+    cols[c.ATTEMPTED_AT].append(_ns(attempted_at))
+    cols[c.AMOUNT].append(amount)
+    cols[c.CURRENCY].append(currency.lower())
+    cols[c.OUTCOME].append(outcome)
+    cols[c.DECLINE_CODE].append(decline_code if outcome == c.FAILED else None)
+    cols[c.NETWORK_ADVICE_CODE].append(advice)
+    cols[c.CARD_BRAND].append(brand.lower())
+    cols[c.CARD_FUNDING].append(funding)
+    cols[c.CARD_COUNTRY].append(country.upper())
+    cols[c.CARD_ADDED_AT].append(_ns(added_at))
+    cols[c.CARD_EXP_MONTH].append(exp_month)
+    cols[c.CARD_EXP_YEAR].append(exp_year)
+    cols[c.CARD_ID].append(card_id)
+    cols[c.ISSUER].append(issuer)
+    cols[c.CUSTOMER_TIMEZONE].append(charge.customer_timezone)
+    cols[c.RETRY_PROPENSITY].append(None)
+
+
+def to_batch(
+    requests: Sequence[DecisionRequest], *, nows: Sequence[datetime], constraints: Constraints
+) -> PreparedBatch:
+    """Convert validated requests (sharing ``constraints``) into a :class:`DecisionBatch`.
+
+    Parameters
+    ----------
+    requests
+        Requests that passed :func:`check_request`, with distinct charge ids.
+    nows
+        Effective decision time per request.
+    constraints
+        The resolved constraints shared by these requests.
+    """
+    cols = _empty_cols()
+    hist = _empty_cols()
+    seen_hist: set[str] = set()
+    for req in requests:
+        ch = req.charge
+        for i, a in enumerate(req.attempts):
+            card = a.card or ch.card
+            _add_row(
+                cols,
+                attempt_id=a.attempt_id or f"{ch.charge_id}:{i + 1}",
+                charge=ch,
+                charge_id=ch.charge_id,
+                attempted_at=a.attempted_at,
+                amount=ch.amount,
+                currency=ch.currency,
+                outcome=a.outcome,
+                decline_code=a.decline_code,
+                advice=a.network_advice_code,
+                brand=card.brand,
+                funding=card.funding,
+                country=card.country,
+                added_at=card.added_at,
+                exp_month=card.exp_month,
+                exp_year=card.exp_year,
+                card_id=card.card_id,
+                issuer=card.issuer,
+            )
+        for h in req.customer_history or []:
+            if h.charge_id == ch.charge_id:
+                continue  # the charge's own attempts come from ``attempts``
+            aid = h.attempt_id or f"h:{ch.customer_id}:{h.charge_id}:{_ns(h.attempted_at)}"
+            if aid in seen_hist:
+                continue
+            seen_hist.add(aid)
+            card = ch.card
+            _add_row(
+                hist,
+                attempt_id=aid,
+                charge=ch,
+                charge_id=h.charge_id,
+                attempted_at=h.attempted_at,
+                amount=h.amount or ch.amount,
+                currency=h.currency or ch.currency,
+                outcome=h.outcome,
+                decline_code=h.decline_code,
+                advice=h.network_advice_code,
+                brand=h.card_brand or card.brand,
+                funding=h.card_funding or card.funding,
+                country=h.card_country or card.country,
+                added_at=h.card_added_at or card.added_at,
+                exp_month=h.card_exp_month or card.exp_month,
+                exp_year=h.card_exp_year or card.exp_year,
+                card_id=h.card_id if h.card_id is not None else card.card_id,
+                issuer=h.issuer if h.issuer is not None else card.issuer,
+            )
+    history = _frame(hist) if hist[c.ATTEMPT_ID] else None
+    if history is not None:
+        history = history.sort_values(c.ATTEMPTED_AT, kind="stable", ignore_index=True)
+    batch = DecisionBatch(
+        charge_ids=np.array([r.charge.charge_id for r in requests], dtype=object),
+        now=np.array([_ns(t) for t in nows], dtype=np.int64).astype("datetime64[ns]"),
+        attempts=_frame(cols),
+        history=history,
+        constraints=constraints,
+    )
+    return PreparedBatch(batch=batch, current_cards=[card_ref(r.charge.card) for r in requests])

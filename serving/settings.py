@@ -1,0 +1,80 @@
+"""Service settings: one typed object read from ``RETRYOPT_*`` environment variables."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from features.decisions import Constraints
+
+
+class Settings(BaseSettings):
+    """Settings of the retry-decision service.
+
+    Every field reads ``RETRYOPT_<FIELD>`` (e.g. ``RETRYOPT_MODEL``, ``RETRYOPT_API_KEYS``).
+    List fields take comma-separated values.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="RETRYOPT_", extra="ignore", frozen=True)
+
+    model: str | None = Field(
+        default=None, description="bundle directory or MLflow registry name[/version]"
+    )
+    api_keys: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=(), description="accepted Bearer keys (empty = no authentication)"
+    )
+    admin_api_keys: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=(), description="keys for /admin/* (empty = the api_keys)"
+    )
+    policy: Literal["model", "greedy"] = "model"
+    # Default constraints (a request's ``constraints`` override them field by field).
+    max_retries: int = Field(default=4, ge=0, le=50)
+    window_hours: float = Field(default=504.0, gt=0)
+    min_gap_hours: float = Field(default=1.0, ge=0)
+    quiet_hours: Annotated[tuple[int, ...] | None, NoDecode] = None
+    cost_per_attempt: float = Field(default=0.0, ge=0)
+    daily_discount: float = Field(default=0.0, ge=0, lt=1)
+    # Planner.
+    later_attempt_decay: float = Field(default=0.8, gt=0, le=1)
+    # Limits.
+    max_attempts: int = Field(default=1000, ge=1)
+    max_history_rows: int = Field(default=100_000, ge=0)
+    max_batch: int = Field(default=1000, ge=1)
+    max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    model_threads: int = Field(default=1, ge=1, description="LightGBM threads per prediction")
+
+    @field_validator("api_keys", "admin_api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(k.strip() for k in value.split(",") if k.strip())
+        return value
+
+    @field_validator("quiet_hours", mode="before")
+    @classmethod
+    def _split_hours(cls, value: object) -> object:
+        if isinstance(value, str):
+            parts = [p.strip() for p in value.replace("-", ",").split(",") if p.strip()]
+            return tuple(int(p) for p in parts) if parts else None
+        return value
+
+    @field_validator("quiet_hours")
+    @classmethod
+    def _check_hours(cls, value: tuple[int, ...] | None) -> tuple[int, ...] | None:
+        if value is not None and (len(value) != 2 or not all(0 <= h <= 23 for h in value)):
+            raise ValueError("quiet_hours must be two hours 0-23, e.g. '22,7'")
+        return value
+
+    def default_constraints(self) -> Constraints:
+        """The default :class:`Constraints` of requests without their own."""
+        quiet = None if self.quiet_hours is None else (self.quiet_hours[0], self.quiet_hours[1])
+        return Constraints(
+            max_retries=self.max_retries,
+            window_hours=self.window_hours,
+            min_gap_hours=self.min_gap_hours,
+            quiet_hours=quiet,
+            cost_per_attempt=self.cost_per_attempt,
+            daily_discount=self.daily_discount,
+        )

@@ -1,0 +1,537 @@
+"""The retry-decision API over real HTTP (uvicorn on a loopback port, httpx clients).
+
+Model-backed tests use a real LightGBM bundle trained once per session on a small simulated
+world (``trained_bundle``); the other tests run the rule-based fallback.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from serving.app import BackgroundServer, create_app
+from serving.model_store import ModelStore
+from serving.settings import Settings
+
+T0 = datetime(2026, 1, 5, 8, 12, tzinfo=UTC)
+
+TRAIN_TOML = """
+[lightgbm]
+num_leaves = 15
+min_data_in_leaf = 50
+[training]
+num_boost_round = 60
+early_stopping_rounds = 20
+num_threads = 1
+[calibration]
+folds = 3
+"""
+
+
+def body(
+    *,
+    code: str = "insufficient_funds",
+    advice: str | None = None,
+    brand: str = "visa",
+    charge_id: str = "ch_1",
+    n_attempts: int = 1,
+    now: datetime | None = None,
+    **charge: Any,
+) -> dict[str, Any]:
+    """A valid decision request (the issue's example)."""
+    attempts = [
+        {
+            "attempted_at": (T0 + timedelta(hours=6 * i)).isoformat(),
+            "outcome": "failed",
+            "decline_code": code,
+            "network_advice_code": advice,
+        }
+        for i in range(n_attempts)
+    ]
+    last = T0 + timedelta(hours=6 * (n_attempts - 1))
+    return {
+        "charge": {
+            "charge_id": charge_id,
+            "customer_id": "cus_1",
+            "amount": 2500,
+            "currency": "usd",
+            "card": {
+                "brand": brand,
+                "funding": "debit",
+                "country": "US",
+                "added_at": "2025-03-02T10:00:00Z",
+                "exp_month": 4,
+                "exp_year": 2028,
+                "issuer": "optional",
+                "card_id": "card_1",
+            },
+            "customer_timezone": "America/New_York",
+            **charge,
+        },
+        "attempts": attempts,
+        "now": (now or last + timedelta(minutes=1)).isoformat(),
+        "constraints": {"max_retries": 4, "window_hours": 504},
+    }
+
+
+@pytest.fixture(scope="session")
+def trained_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real model bundle trained on a small simulated world (skips if training is missing)."""
+    try:
+        from features.build import build_candidate_features  # noqa: F401
+        from features.io import write_table_atomic
+        from training.simulate.config import WorldConfig
+        from training.simulate.world import simulate_world
+        from training.train import load_config, run_training
+    except ImportError as exc:  # pragma: no cover - all modules are part of the project
+        pytest.skip(f"training stack not available yet: {exc}")
+    root = tmp_path_factory.mktemp("bundle")
+    world = simulate_world(WorldConfig(), customers=1500, months=5, seed=11)
+    data = root / "attempts.parquet"
+    attempts = world.attempts
+    # The contract wants lower-case ISO 4217 codes (the simulator may emit upper case).
+    attempts = attempts.assign(currency=attempts["currency"].str.lower())
+    write_table_atomic(attempts, data)
+    (root / "train.toml").write_text(TRAIN_TOML)
+    run = run_training(
+        data,
+        root / "models",
+        config=load_config(root / "train.toml", seed=3),
+        experiment="test-api",
+        registered_name=None,
+        track=False,
+    )
+    return Path(run.bundle_path)
+
+
+@pytest.fixture(scope="module")
+def fallback_url() -> Iterator[str]:
+    with BackgroundServer(create_app(Settings(model=None))) as server:
+        yield server.url
+
+
+@pytest.fixture(scope="module")
+def model_server(trained_bundle: Path) -> Iterator[tuple[str, ModelStore]]:
+    store = ModelStore(location=str(trained_bundle))
+    store.load()
+    with BackgroundServer(create_app(Settings(model=str(trained_bundle)), store=store)) as server:
+        yield server.url, store
+
+
+def post(url: str, path: str, payload: Any, **kw: Any) -> httpx.Response:
+    return httpx.post(url + path, json=payload, timeout=60, **kw)
+
+
+# --- operations --------------------------------------------------------------------------------
+
+
+def test_health_ready_and_model_in_fallback(fallback_url: str) -> None:
+    assert httpx.get(fallback_url + "/healthz").json() == {"status": "ok"}
+    ready = httpx.get(fallback_url + "/readyz")
+    assert ready.status_code == 503 and ready.json()["policy"] == "fallback"
+    info = httpx.get(fallback_url + "/v1/model").json()
+    assert info["loaded"] is False and info["policy"] == "fallback"
+
+
+def test_fallback_answers_every_request(fallback_url: str) -> None:
+    r = post(fallback_url, "/v1/retry-decisions", body())
+    assert r.status_code == 200, r.text
+    d = r.json()
+    assert set(d) == {
+        "charge_id",
+        "action",
+        "retry_at",
+        "success_probability",
+        "reason",
+        "action_required",
+        "alternatives",
+        "explanation",
+        "model_version",
+        "policy",
+    }
+    assert d["policy"] == "fallback" and d["action"] == "retry"
+    assert d["reason"] == "fallback_schedule" and d["model_version"] is None
+    assert datetime.fromisoformat(d["retry_at"]) == T0.replace(minute=0) + timedelta(hours=25)
+
+
+def test_now_defaults_to_the_server_clock(fallback_url: str) -> None:
+    b = body()
+    recent = datetime.now(UTC) - timedelta(hours=1)
+    b["attempts"][0]["attempted_at"] = recent.isoformat()
+    del b["now"]
+    d = post(fallback_url, "/v1/retry-decisions", b).json()
+    assert datetime.fromisoformat(d["retry_at"]) > datetime.now(UTC)
+
+
+# --- every rule over HTTP ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("code", "advice", "brand", "reason", "action"),
+    [
+        ("lost_card", None, "visa", "hard_decline", "update_payment_method"),
+        ("stolen_card", None, "visa", "hard_decline", "update_payment_method"),
+        ("pickup_card", None, "visa", "hard_decline", "update_payment_method"),
+        ("fraudulent", None, "visa", "hard_decline", "update_payment_method"),
+        ("07", None, "visa", "hard_decline", "update_payment_method"),
+        ("do_not_honor", "03", "mastercard", "network_do_not_retry", "update_payment_method"),
+        ("do_not_honor", "21", "mastercard", "network_do_not_retry", "contact_customer"),
+        ("incorrect_number", None, "visa", "never_retry_code", "update_payment_method"),
+        ("expired_card", None, "visa", "update_payment_method", "update_payment_method"),
+        (
+            "authentication_required",
+            None,
+            "visa",
+            "customer_authentication",
+            "customer_authentication",
+        ),
+    ],
+)
+def test_rules_stop_over_http(
+    fallback_url: str, code: str, advice: str | None, brand: str, reason: str, action: str
+) -> None:
+    d = post(
+        fallback_url, "/v1/retry-decisions", body(code=code, advice=advice, brand=brand)
+    ).json()
+    assert (d["action"], d["reason"], d["action_required"]) == ("stop", reason, action)
+    assert d["retry_at"] is None and d["explanation"]
+
+
+def test_card_change_reopens_never_retry_code(fallback_url: str) -> None:
+    b = body(code="incorrect_number")
+    b["attempts"][0]["card"] = {**b["charge"]["card"], "card_id": "card_old"}
+    d = post(fallback_url, "/v1/retry-decisions", b).json()
+    assert d["action"] == "retry"
+
+
+def test_mastercard_advice_and_budget_and_window(fallback_url: str) -> None:
+    d = post(
+        fallback_url,
+        "/v1/retry-decisions",
+        body(code="do_not_honor", advice="30", brand="mastercard"),
+    ).json()
+    assert datetime.fromisoformat(d["retry_at"]) >= T0 + timedelta(days=10)
+    spent = post(fallback_url, "/v1/retry-decisions", body(n_attempts=5)).json()
+    assert spent["reason"] == "budget_exhausted"
+    late = post(fallback_url, "/v1/retry-decisions", body(now=T0 + timedelta(days=22))).json()
+    assert late["reason"] == "window_exhausted"
+
+
+def test_unknown_decline_code_is_fine(fallback_url: str) -> None:
+    r = post(fallback_url, "/v1/retry-decisions", body(code="brand_new_issuer_code_77"))
+    assert r.status_code == 200 and r.json()["action"] == "retry"
+
+
+# --- bad input ---------------------------------------------------------------------------------
+
+
+def _bad(mutate: Any) -> dict[str, Any]:
+    b = body(n_attempts=2)
+    mutate(b)
+    return b
+
+
+BAD_CASES: list[tuple[str, Any, str]] = [
+    (
+        "zone-less attempt",
+        lambda b: b["attempts"][0].update(attempted_at="2026-01-05T08:12:00"),
+        "attempts[0].attempted_at",
+    ),
+    ("zone-less now", lambda b: b.update(now="2026-01-06T08:12:00"), "now"),
+    (
+        "zone-less card added_at",
+        lambda b: b["charge"]["card"].update(added_at="2025-03-02T10:00:00"),
+        "charge.card.added_at",
+    ),
+    ("now before last attempt", lambda b: b.update(now=T0.isoformat()), "now"),
+    (
+        "attempts out of order",
+        lambda b: b["attempts"].reverse(),
+        "attempts[1].attempted_at",
+    ),
+    (
+        "succeeded then more",
+        lambda b: b["attempts"][0].update(outcome="succeeded", decline_code=None),
+        "attempts[0].outcome",
+    ),
+    ("amount zero", lambda b: b["charge"].update(amount=0), "charge.amount"),
+    ("amount negative", lambda b: b["charge"].update(amount=-5), "charge.amount"),
+    ("missing charge", lambda b: b.pop("charge"), "charge"),
+    ("no attempts", lambda b: b.update(attempts=[]), "attempts"),
+    ("bad outcome", lambda b: b["attempts"][0].update(outcome="maybe"), "attempts[0].outcome"),
+    (
+        "failed without code",
+        lambda b: b["attempts"][1].update(decline_code=None),
+        "attempts[1].decline_code",
+    ),
+    (
+        "bad zone",
+        lambda b: b["charge"].update(customer_timezone="Mars/Olympus"),
+        "charge.customer_timezone",
+    ),
+    ("bad exp month", lambda b: b["charge"]["card"].update(exp_month=13), "charge.card.exp_month"),
+    (
+        "bad quiet hours",
+        lambda b: b["constraints"].update(quiet_hours=[22, 25]),
+        "constraints.quiet_hours",
+    ),
+    (
+        "negative budget",
+        lambda b: b["constraints"].update(max_retries=-1),
+        "constraints.max_retries",
+    ),
+]
+
+
+@pytest.mark.parametrize(("case", "mutate", "field"), BAD_CASES, ids=[c[0] for c in BAD_CASES])
+def test_bad_input_names_the_field(fallback_url: str, case: str, mutate: Any, field: str) -> None:
+    r = post(fallback_url, "/v1/retry-decisions", _bad(mutate))
+    assert r.status_code == 422, r.text
+    fields = [d["field"] for d in r.json()["detail"]]
+    assert any(f == field or f.startswith(field + ".") for f in fields), fields
+
+
+def test_too_many_attempts_and_history_rows(fallback_url: str) -> None:
+    many = body()
+    many["attempts"] = many["attempts"] * 1001
+    r = post(fallback_url, "/v1/retry-decisions", many)
+    assert r.status_code == 422 and r.json()["detail"][0]["field"] == "attempts"
+    hist = body()
+    row = {"charge_id": "ch_0", "attempted_at": "2025-12-01T00:00:00Z", "outcome": "succeeded"}
+    hist["customer_history"] = [row] * 100_001
+    r = post(fallback_url, "/v1/retry-decisions", hist)
+    assert r.status_code == 422 and r.json()["detail"][0]["field"] == "customer_history"
+    ok = body()
+    ok["customer_history"] = [row] * 1000
+    assert post(fallback_url, "/v1/retry-decisions", ok).status_code == 200
+
+
+def test_malformed_json_and_oversized_body() -> None:
+    with BackgroundServer(create_app(Settings(max_body_bytes=4096))) as server:
+        r = httpx.post(
+            server.url + "/v1/retry-decisions",
+            content=b"{not json",
+            headers={"content-type": "application/json"},
+        )
+        assert r.status_code == 422
+        big = body()
+        big["customer_history"] = [
+            {"charge_id": f"ch_{i}", "attempted_at": "2025-12-01T00:00:00Z", "outcome": "succeeded"}
+            for i in range(200)
+        ]
+        r = post(server.url, "/v1/retry-decisions", big)
+        assert r.status_code == 413 and r.json()["detail"][0]["field"] == "body"
+
+
+@pytest.mark.parametrize(
+    ("where", "value"),
+    [
+        (("charge", "card", "number"), "4242 4242 4242 4242"),
+        (("charge", "pan"), 4111111111111111),
+        (("charge", "card", "card_id"), "5555-5555-5555-4444"),
+    ],
+)
+def test_card_numbers_are_rejected_and_never_logged(
+    fallback_url: str, caplog: pytest.LogCaptureFixture, where: tuple[str, ...], value: Any
+) -> None:
+    b = body()
+    target = b
+    for key in where[:-1]:
+        target = target[key]
+    target[where[-1]] = value
+    digits = str(value).replace(" ", "").replace("-", "")
+    with caplog.at_level(logging.DEBUG):
+        r = post(fallback_url, "/v1/retry-decisions", b)
+    assert r.status_code == 422
+    assert r.json()["detail"][0]["field"] == ".".join(where)
+    assert r.json()["detail"][0]["type"] == "pan_rejected"
+    assert digits not in r.text and str(value) not in r.text
+    assert digits not in caplog.text and str(value) not in caplog.text
+
+
+def test_non_luhn_digit_strings_are_accepted(fallback_url: str) -> None:
+    b = body()
+    b["charge"]["card"]["card_id"] = "4242424242424241"  # fails the Luhn check
+    assert post(fallback_url, "/v1/retry-decisions", b).status_code == 200
+
+
+def test_validation_errors_do_not_echo_input(fallback_url: str) -> None:
+    b = body()
+    b["charge"]["customer_id"] = {"secret": "s3cr3t-value"}
+    r = post(fallback_url, "/v1/retry-decisions", b)
+    assert r.status_code == 422 and "s3cr3t-value" not in r.text
+
+
+# --- batch, keys, metrics ----------------------------------------------------------------------
+
+
+def test_batch_keeps_order_and_mixes_constraints(fallback_url: str) -> None:
+    reqs = [
+        body(charge_id=f"ch_{i}", code="lost_card" if i % 3 == 0 else "do_not_honor")
+        for i in range(30)
+    ]
+    reqs[5]["constraints"] = {"max_retries": 0}
+    r = post(fallback_url, "/v1/retry-decisions/batch", {"requests": reqs})
+    assert r.status_code == 200, r.text
+    out = r.json()["decisions"]
+    assert [d["charge_id"] for d in out] == [f"ch_{i}" for i in range(30)]
+    assert out[0]["reason"] == "hard_decline" and out[1]["action"] == "retry"
+    assert out[5]["reason"] == "budget_exhausted"
+    dup = post(fallback_url, "/v1/retry-decisions/batch", {"requests": [reqs[1], reqs[1]]})
+    assert dup.status_code == 422
+    assert dup.json()["detail"][0]["field"] == "requests[1].charge.charge_id"
+    bad = [body(charge_id="a"), _bad(lambda b: b["charge"].update(charge_id="b", amount=0))]
+    r = post(fallback_url, "/v1/retry-decisions/batch", {"requests": bad})
+    assert r.status_code == 422
+    assert r.json()["detail"][0]["field"] == "requests[1].charge.amount"
+
+
+def test_api_keys() -> None:
+    settings = Settings(api_keys=("k1", "k2"), admin_api_keys=("adm",))
+    with BackgroundServer(create_app(settings)) as server:
+        assert post(server.url, "/v1/retry-decisions", body()).status_code == 401
+        wrong = post(
+            server.url, "/v1/retry-decisions", body(), headers={"Authorization": "Bearer nope"}
+        )
+        assert wrong.status_code == 401 and wrong.headers["www-authenticate"] == "Bearer"
+        ok = post(server.url, "/v1/retry-decisions", body(), headers={"Authorization": "Bearer k2"})
+        assert ok.status_code == 200
+        assert httpx.get(server.url + "/healthz").status_code == 200
+        assert httpx.get(server.url + "/v1/model").status_code == 401
+        user_reload = post(server.url, "/admin/reload", {}, headers={"Authorization": "Bearer k1"})
+        assert user_reload.status_code == 401
+        admin = post(server.url, "/admin/reload", {}, headers={"Authorization": "Bearer adm"})
+        assert admin.status_code == 409  # authorised, but no model is configured
+
+
+def test_api_keys_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RETRYOPT_API_KEYS", "a, b")
+    monkeypatch.setenv("RETRYOPT_QUIET_HOURS", "22,7")
+    monkeypatch.setenv("RETRYOPT_MAX_RETRIES", "6")
+    s = Settings()
+    assert s.api_keys == ("a", "b")
+    cons = s.default_constraints()
+    assert cons.quiet_hours == (22, 7) and cons.max_retries == 6
+
+
+def test_metrics_count_requests_and_decisions(fallback_url: str) -> None:
+    post(fallback_url, "/v1/retry-decisions", body(code="lost_card"))
+    post(fallback_url, "/v1/retry-decisions", body())
+    text = httpx.get(fallback_url + "/metrics").text
+    assert (
+        'retryopt_http_requests_total{route="/v1/retry-decisions",method="POST",status="200"}'
+        in text
+    )
+    assert 'retryopt_decisions_total{action="stop",reason="hard_decline",policy="fallback"}' in text
+    assert (
+        'retryopt_http_request_duration_seconds_bucket{route="/v1/retry-decisions",le="+Inf"}'
+        in text
+    )
+    assert "retryopt_model_loaded" in text
+
+
+# --- the real model ----------------------------------------------------------------------------
+
+
+def test_model_decision(model_server: tuple[str, ModelStore]) -> None:
+    url, store = model_server
+    assert httpx.get(url + "/readyz").status_code == 200
+    d = post(url, "/v1/retry-decisions", body()).json()
+    assert d["policy"] == "model" and d["model_version"] == store.current.version  # type: ignore[union-attr]
+    assert d["action"] == "retry" and 0 <= d["success_probability"] <= 1
+    assert len(d["alternatives"]) == 3
+    assert all(0 <= a["success_probability"] <= 1 for a in d["alternatives"])
+    assert "America/New_York" in d["explanation"] and "retries left" in d["explanation"]
+    first = datetime.fromisoformat(d["retry_at"])
+    assert T0 + timedelta(hours=1) <= first <= T0 + timedelta(hours=504)
+    info = httpx.get(url + "/v1/model").json()
+    assert info["loaded"] and info["feature_spec"]["numeric"] and info["metrics"]
+    stop = post(url, "/v1/retry-decisions", body(code="stolen_card")).json()
+    assert stop["reason"] == "hard_decline" and stop["policy"] == "model"
+
+
+def test_quiet_hours_and_advice_with_the_model(model_server: tuple[str, ModelStore]) -> None:
+    url, _ = model_server
+    b = body(code="do_not_honor", advice="27", brand="mastercard")
+    b["constraints"]["quiet_hours"] = [20, 9]
+    d = post(url, "/v1/retry-decisions", b).json()
+    at = datetime.fromisoformat(d["retry_at"])
+    assert at >= T0 + timedelta(hours=96)
+    from zoneinfo import ZoneInfo
+
+    assert 9 <= at.astimezone(ZoneInfo("America/New_York")).hour < 20
+
+
+def test_reload_refuses_a_broken_bundle(
+    model_server: tuple[str, ModelStore], tmp_path: Path
+) -> None:
+    url, store = model_server
+    before = store.current
+    assert before is not None
+    broken = tmp_path / "broken"
+    shutil.copytree(before.location, broken)
+    model_file = next(p for p in broken.iterdir() if p.suffix == ".txt")
+    model_file.write_text(model_file.read_text()[:-200])
+    r = post(url, "/admin/reload", {"model": str(broken)})
+    assert r.status_code == 409 and r.json()["detail"][0]["field"] == "model"
+    assert store.current is before
+    assert post(url, "/v1/retry-decisions", body()).json()["policy"] == "model"
+    missing = post(url, "/admin/reload", {"model": str(tmp_path / "nope")})
+    assert missing.status_code == 409 and store.current is before
+
+
+def test_reload_under_load_loses_no_request(
+    model_server: tuple[str, ModelStore], tmp_path: Path
+) -> None:
+    url, store = model_server
+    assert store.current is not None
+    copy = tmp_path / "copy"
+    shutil.copytree(store.current.location, copy)
+    statuses: list[int] = []
+    policies: set[str] = set()
+    stop = threading.Event()
+
+    def client(k: int) -> None:
+        with httpx.Client(base_url=url, timeout=60) as http:
+            i = 0
+            while not stop.is_set() or i < 5:
+                r = http.post("/v1/retry-decisions", json=body(charge_id=f"ch_{k}_{i}"))
+                statuses.append(r.status_code)
+                policies.add(r.json().get("policy", "?"))
+                i += 1
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    reloads = []
+    for target in (copy, store.current.location, copy):
+        reloads.append(post(url, "/admin/reload", {"model": str(target)}).status_code)
+    stop.set()
+    for t in threads:
+        t.join(timeout=120)
+    assert reloads == [200, 200, 200]
+    assert statuses and set(statuses) == {200}
+    assert policies == {"model"}
+    assert store.current.location == str(copy)
+    text = httpx.get(url + "/metrics").text
+    assert 'retryopt_model_reloads_total{outcome="ok"}' in text
+
+
+def test_batch_with_the_model(model_server: tuple[str, ModelStore]) -> None:
+    url, _ = model_server
+    reqs = [body(charge_id=f"b_{i}", n_attempts=1 + i % 3) for i in range(40)]
+    r = post(url, "/v1/retry-decisions/batch", {"requests": reqs})
+    assert r.status_code == 200
+    out = r.json()["decisions"]
+    assert len(out) == 40 and {d["policy"] for d in out} == {"model"}
+    singles = [post(url, "/v1/retry-decisions", reqs[i]).json() for i in (0, 1, 2)]
+    for i, s in enumerate(singles):
+        assert s["retry_at"] == out[i]["retry_at"]

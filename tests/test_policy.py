@@ -1,0 +1,231 @@
+"""Tests of the retry planner, the greedy baseline and the fallback policy (serving.policy).
+
+The planner is tested with a small deterministic success curve implementing the
+:class:`serving.policy.SuccessModel` protocol (a stand-in for the model's probabilities, so the
+expected choices can be computed by hand); the API tests use a real trained bundle.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from datetime import timedelta
+
+import numpy as np
+import pytest
+from test_rules import FAIL, T0, Z, request
+
+from features.decisions import Constraints, DecisionBatch, RetryPolicy
+from serving.policy import (
+    CandidateScores,
+    FallbackPolicy,
+    GreedyPolicy,
+    PlannerConfig,
+    PlannerPolicy,
+    plan_values,
+)
+from serving.rules import Reason
+from serving.schemas import DecisionRequest, to_batch
+
+T0_NS = np.datetime64(T0.replace(tzinfo=None), "ns")
+
+
+class CurveModel:
+    """Success probability as a function of hours since T0 (same for every charge)."""
+
+    def __init__(self, curve: Callable[[np.ndarray], np.ndarray], version: str = "curve-1") -> None:
+        self.curve = curve
+        self.version = version
+        self.calls = 0
+
+    def predict_candidates(
+        self, batch: DecisionBatch, candidate_times: np.ndarray
+    ) -> CandidateScores:
+        self.calls += 1
+        hours = (candidate_times - T0_NS) / np.timedelta64(1, "h")
+        proba = np.where(np.isnat(candidate_times), np.nan, self.curve(np.nan_to_num(hours)))
+        return CandidateScores(proba=proba)
+
+
+def early_vs_peak(hours: np.ndarray) -> np.ndarray:
+    """0.5 during the first two days, a single 0.6 hour on day 15, 0.1 elsewhere."""
+    p = np.full(hours.shape, 0.1)
+    p[(hours >= 1) & (hours < 48)] = 0.5
+    p[np.isclose(hours, 15 * 24 - 0.2, atol=0.5)] = 0.6
+    return p
+
+
+def _decide(policy: object, req: DecisionRequest, cons: Constraints) -> object:
+    assert req.now is not None
+    prep = to_batch([req], nows=[req.now], constraints=cons)
+    return policy.decide_detailed(prep.batch, current_cards=prep.current_cards)[0]  # type: ignore[attr-defined]
+
+
+def test_policies_implement_the_protocol() -> None:
+    model = CurveModel(early_vs_peak)
+    for policy in (PlannerPolicy(model), GreedyPolicy(model), FallbackPolicy()):
+        assert isinstance(policy, RetryPolicy)
+    assert {PlannerPolicy(model).name, GreedyPolicy(model).name, FallbackPolicy().name} == {
+        "model",
+        "greedy",
+        "fallback",
+    }
+
+
+def test_planner_weighs_the_retries_left() -> None:
+    """Many retries left: take the good early chance; one retry left: wait for the peak."""
+    model = CurveModel(early_vs_peak)
+    req = request([(Z, FAIL, "insufficient_funds", None)])
+    many = _decide(PlannerPolicy(model), req, Constraints(max_retries=4))
+    one = _decide(PlannerPolicy(model), req, Constraints(max_retries=1))
+    greedy = _decide(GreedyPolicy(model), req, Constraints(max_retries=4))
+    assert many.action == "retry" and many.success_probability == pytest.approx(0.5)
+    assert one.action == "retry" and one.success_probability == pytest.approx(0.6)
+    assert greedy.success_probability == pytest.approx(0.6)
+    assert greedy.reason == Reason.GREEDY_ARGMAX and many.reason == Reason.MODEL_OPTIMUM
+    assert many.retry_at < one.retry_at
+
+
+def test_planner_output_fields() -> None:
+    model = CurveModel(early_vs_peak)
+    d = _decide(
+        PlannerPolicy(model), request([(Z, FAIL, "insufficient_funds", None)]), Constraints()
+    )
+    assert d.model_version == "curve-1" and d.policy == "model"
+    assert len(d.alternatives) == 3
+    times = [d.retry_at] + [a.retry_at for a in d.alternatives]
+    gaps = [abs((a - b).total_seconds()) for a, b in itertools.combinations(times, 2)]
+    assert min(gaps) >= 6 * 3600
+    assert "planned over 4 retries left" in d.explanation
+    assert "America/New_York" in d.explanation
+
+
+def test_cost_per_attempt_can_stop() -> None:
+    model = CurveModel(lambda h: np.full(h.shape, 0.01))
+    d = _decide(
+        PlannerPolicy(model),
+        request([(Z, FAIL, "insufficient_funds", None)]),
+        Constraints(cost_per_attempt=100),
+    )
+    assert d.action == "stop" and d.reason == Reason.NOT_WORTH_AN_ATTEMPT
+    cheap = _decide(
+        PlannerPolicy(model),
+        request([(Z, FAIL, "insufficient_funds", None)]),
+        Constraints(cost_per_attempt=1),
+    )
+    assert cheap.action == "retry"
+
+
+def test_daily_discount_pulls_the_retry_earlier() -> None:
+    def late_better(h: np.ndarray) -> np.ndarray:
+        return np.clip(0.3 + h / 504 * 0.3, 0, 1)
+
+    req = request([(Z, FAIL, "insufficient_funds", None)])
+    plain = _decide(PlannerPolicy(CurveModel(late_better)), req, Constraints(max_retries=1))
+    disc = _decide(
+        PlannerPolicy(CurveModel(late_better)), req, Constraints(max_retries=1, daily_discount=0.2)
+    )
+    assert disc.retry_at < plain.retry_at
+
+
+def test_rules_stop_before_the_model_is_called() -> None:
+    model = CurveModel(early_vs_peak)
+    d = _decide(PlannerPolicy(model), request([(Z, FAIL, "stolen_card", None)]), Constraints())
+    assert d.action == "stop" and d.reason == Reason.HARD_DECLINE
+    assert d.action_required == "update_payment_method"
+    assert model.calls == 0
+
+
+def test_decide_batch_matches_single_decisions() -> None:
+    model = CurveModel(early_vs_peak)
+    policy = PlannerPolicy(model)
+    cons = Constraints(max_retries=3)
+    reqs = []
+    for k, (code, n_att) in enumerate(
+        [("insufficient_funds", 1), ("lost_card", 1), ("do_not_honor", 3)]
+    ):
+        r = request([(timedelta(hours=6 * i), FAIL, code, None) for i in range(n_att)])
+        body = r.model_dump(mode="json")
+        body["charge"]["charge_id"] = f"ch_{k}"
+        body["charge"]["customer_id"] = f"cus_{k}"
+        reqs.append(DecisionRequest.model_validate(body))
+    prep = to_batch(reqs, nows=[r.now for r in reqs], constraints=cons)  # type: ignore[misc]
+    batch_out = policy.decide(prep.batch, current_cards=prep.current_cards)
+    assert batch_out.reason.tolist()[1] == Reason.HARD_DECLINE
+    assert np.isnat(batch_out.retry_at[1])
+    for k, r in enumerate(reqs):
+        single = _decide(policy, r, cons)
+        expected = (
+            np.datetime64("NaT")
+            if single.retry_at is None
+            else np.datetime64(single.retry_at.tz_localize(None), "ns")
+        )
+        assert batch_out.retry_at[k] == expected or (
+            np.isnat(expected) and np.isnat(batch_out.retry_at[k])
+        )
+    assert (batch_out.propensity == 1.0).all()
+
+
+def _brute_force(
+    p: np.ndarray, allowed: np.ndarray, r: int, amount: float, cost: float, gap: int, decay: float
+) -> np.ndarray:
+    m = len(p)
+    best = np.full(m, -np.inf)
+    for first in range(m):
+        if not allowed[first]:
+            continue
+        for length in range(1, r + 1):
+            for rest in itertools.combinations(range(first + 1, m), length - 1):
+                seq = (first, *rest)
+                if any(b - a < gap for a, b in itertools.pairwise(seq)) or not all(
+                    allowed[j] for j in seq
+                ):
+                    continue
+                value, alive = 0.0, 1.0
+                for n_prior, j in enumerate(seq):
+                    q = p[j] * decay**n_prior
+                    value += alive * (q * amount - cost)
+                    alive *= 1 - q
+                best[first] = max(best[first], value)
+    return best
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_dynamic_programme_equals_brute_force(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    m, r, gap = 8, 3, 2
+    p = rng.uniform(0, 0.8, m)
+    allowed = rng.uniform(size=m) > 0.2
+    cost = float(rng.uniform(0, 20))
+    got = plan_values(
+        p[None, :],
+        allowed[None, :],
+        retries_left=np.array([r]),
+        amount=np.array([100.0]),
+        discount=np.ones((1, m)),
+        cost=cost,
+        gap_steps=gap,
+        decay=0.7,
+    )[0]
+    want = _brute_force(p, allowed, r, 100.0, cost, gap, 0.7)
+    np.testing.assert_allclose(got, want)
+
+
+def test_fallback_follows_the_ladder() -> None:
+    policy = FallbackPolicy(config=PlannerConfig(fallback_ladder_hours=(24.0, 72.0)))
+    d1 = _decide(policy, request([(Z, FAIL, "insufficient_funds", None)]), Constraints())
+    assert d1.action == "retry" and d1.policy == "fallback" and d1.success_probability is None
+    assert d1.retry_at == (T0 + timedelta(hours=24)).replace(minute=0) + timedelta(hours=1)
+    d2 = _decide(
+        policy,
+        request(
+            [
+                (Z, FAIL, "insufficient_funds", None),
+                (timedelta(hours=30), FAIL, "insufficient_funds", None),
+            ]
+        ),
+        Constraints(),
+    )
+    assert d2.retry_at == (T0 + timedelta(hours=72)).replace(minute=0) + timedelta(hours=1)
+    stop = _decide(policy, request([(Z, FAIL, "expired_card", None)]), Constraints())
+    assert stop.action == "stop" and stop.action_required == "update_payment_method"
