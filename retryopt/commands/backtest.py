@@ -1,0 +1,42 @@
+"""``retryopt backtest``: compare retry policies on logged history (see docs/backtesting.md)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def command(
+    data: Path = typer.Option(..., "--data", help="Attempts (CSV or Parquet, the data contract)."),
+    policy: list[str] = typer.Option(
+        ...,
+        "--policy",
+        help="Policy spec, repeatable: logged, fixed:72,120,168,216, random, greedy:MODEL, "
+        "model:MODEL (bundle path or registry name), oracle (simulated data only).",
+    ),
+    out: Path = typer.Option(..., "--out", help="Output directory (replaced atomically)."),
+    simulate: bool = typer.Option(
+        False, "--simulate", help="Also play every policy in the simulated world (ground truth)."
+    ),
+    bootstrap: int = typer.Option(200, "--bootstrap", min=10, help="Bootstrap resamples."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the resampling and random policies."),
+    truth: Path | None = typer.Option(
+        None, "--truth", help="World file written by `retryopt simulate` (default: next to --data)."
+    ),
+    bandwidth: float = typer.Option(6.0, "--bandwidth", help="IPS kernel width in hours."),
+) -> None:
+    """Compare policies with DM, IPS, SNIPS and DR estimates and 95 % bootstrap intervals."""
+    from training.backtest.runner import run_cli
+
+    path = run_cli(
+        data=data,
+        specs=policy,
+        out=out,
+        simulate=simulate,
+        n_boot=bootstrap,
+        seed=seed,
+        truth=truth,
+        bandwidth_hours=bandwidth,
+    )
+    typer.echo(f"Backtest report: {(path / 'report.html').resolve()}")

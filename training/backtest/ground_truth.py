@@ -1,0 +1,147 @@
+"""Ground truth on the synthetic world: play every policy on the same failed charges.
+
+``training.simulate.play(policy, world, charges, constraints, seed=...)`` plays a policy forward
+with common random numbers (two policies see the same luck on the same charge). The played
+attempts are turned into per-charge metric contributions with exactly the same definitions as the
+estimators (:class:`~.estimators.MetricSet` via :func:`~.runner.prepare_charges`), so the true
+value and every estimate are directly comparable, charge by charge.
+
+``PlayResult.attempts`` holds contract rows of the first attempts and every played retry.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from features import contract as c
+from features.decisions import Constraints
+from training.backtest.estimators import MetricSet, observed_contributions
+from training.backtest.runner import Progress, _quiet, prepare_charges
+
+
+def load_world(data: str | Path, truth: str | Path | None = None) -> Any:
+    """Rebuild the simulated world that produced ``data`` (deterministic for its seed).
+
+    Reads ``<stem>.config.json`` written by ``retryopt simulate`` next to ``data`` (or the
+    config file given as ``truth``) and re-simulates the world from it.
+    """
+    import json
+
+    from features.io import strip_table_suffix
+    from training.simulate import WorldConfig, simulate_world
+
+    path = Path(truth) if truth is not None else None
+    if path is None or not str(path).endswith(".json"):
+        base = strip_table_suffix(data)
+        path = base.with_name(f"{base.name}.config.json")
+    if not path.exists():
+        raise FileNotFoundError(
+            f"--simulate needs the world config written by `retryopt simulate`: {path} not found"
+        )
+    payload = json.loads(path.read_text(encoding="utf-8"))
+    for key in ("customers", "months", "seed", "config"):
+        if key not in payload:
+            raise ValueError(f"{path}: field {key!r} missing")
+    config = WorldConfig.from_dict(payload["config"])
+    return simulate_world(
+        config,
+        customers=int(payload["customers"]),
+        months=int(payload["months"]),
+        seed=int(payload["seed"]),
+    )
+
+
+def played_contributions(
+    played_attempts: pd.DataFrame,
+    charge_ids: np.ndarray,
+    *,
+    metrics: MetricSet,
+) -> np.ndarray:
+    """Per-charge metric values ``(len(charge_ids), m)`` of played trajectories.
+
+    ``played_attempts`` are contract rows (first failure + the policy's retries) of the charges.
+    """
+    data = prepare_charges(played_attempts, charge_ids=charge_ids, keep_history=False)
+    contrib = observed_contributions(data.steps, metrics, data.n)
+    pos = pd.Index(data.charge_ids).get_indexer(pd.Index(charge_ids))
+    out = np.zeros((len(charge_ids), len(metrics.names)))
+    ok = pos >= 0
+    out[ok] = contrib[pos[ok]]
+    return out
+
+
+def true_contributions(
+    world: Any,
+    attempts: pd.DataFrame,
+    policies: dict[str, Any],
+    *,
+    seed: int,
+    constraints: Constraints | None = None,
+    metrics: MetricSet | None = None,
+    charge_ids: np.ndarray | None = None,
+    progress: Progress = _quiet,
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """True per-charge contributions of every policy on the same failed charges (CRN).
+
+    The logged policy's truth is what happened. Returns the contributions and a summary with the
+    fixed-to-oracle gap closed by the model policy when both are present.
+    """
+    from training.simulate import play
+
+    mset = metrics or MetricSet()
+    cons = constraints or Constraints()
+    data = prepare_charges(attempts, charge_ids=charge_ids, keep_history=False)
+    ids = data.charge_ids
+    out: dict[str, np.ndarray] = {}
+    for label, policy in policies.items():
+        if policy is None:
+            out[label] = observed_contributions(data.steps, mset, data.n)
+            continue
+        result = play(policy, world, ids, cons, seed=seed)
+        out[label] = played_contributions(result.attempts, ids, metrics=mset)
+        progress(f"{label}: played in the simulated world on {len(ids)} charges")
+    return out, gap_summary(out, mset)
+
+
+def gap_summary(contrib: dict[str, np.ndarray], metrics: MetricSet) -> dict[str, Any]:
+    """True means per policy and the share of the fixed-to-oracle gap each model closes."""
+    col = {n: i for i, n in enumerate(metrics.names)}
+    means = {
+        k: {
+            "recovery_rate": float(v[:, col["recovered"]].mean()),
+            "recovered_amount": float(v[:, col["recovered_amount"]].mean()),
+            "retries_per_failed_charge": float(v[:, col["retries"]].mean()),
+        }
+        for k, v in contrib.items()
+    }
+    fixed = [k for k in means if k.startswith("fixed")]
+    summary: dict[str, Any] = {"true_values": means}
+    if fixed and "oracle" in means:
+        best = max(fixed, key=lambda k: means[k]["recovered_amount"])
+        gap = means["oracle"]["recovered_amount"] - means[best]["recovered_amount"]
+        summary["best_fixed"] = best
+        for k in ("model", "greedy"):
+            if k in means and gap > 0:
+                closed = (means[k]["recovered_amount"] - means[best]["recovered_amount"]) / gap
+                summary[f"{k}_gap_closed"] = closed
+    return summary
+
+
+def covered(lo: float, hi: float, truth: float) -> bool:
+    """Whether an interval covers the truth."""
+    return bool(np.isfinite(lo) and np.isfinite(hi) and lo <= truth <= hi)
+
+
+__all__ = [
+    "covered",
+    "gap_summary",
+    "load_world",
+    "played_contributions",
+    "true_contributions",
+]
+
+_ = c  # the contract names the played attempts' columns
