@@ -14,8 +14,13 @@ from retryopt import __version__
 
 # (subcommand name, module under retryopt.commands). Each module defines ``command``.
 COMMANDS: tuple[tuple[str, str], ...] = (
+    ("validate", "validate"),
     ("import-stripe", "import_stripe"),
+    ("train", "train"),
+    ("serve", "serve"),
     ("demo", "demo"),
+    ("simulate", "simulate"),
+    ("backtest", "backtest"),
 )
 
 app = typer.Typer(
