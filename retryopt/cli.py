@@ -29,6 +29,8 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Help texts are plain text: "name[/version]" must not be read as Rich markup.
+    rich_markup_mode=None,
 )
 
 
