@@ -23,15 +23,18 @@ import os
 import platform
 import resource
 import time
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from features._fe_synth import synthetic_attempts
 from features.build import (
+    AttemptColumns,
     build_candidate_features,
     build_training_examples,
     encode_candidate_features,
+    encode_candidate_matrix,
     encode_features,
     fit_feature_spec,
 )
@@ -95,24 +98,28 @@ def bench_online(df: pd.DataFrame, calls: int, seed: int) -> None:
             history=hist,
         )
         cand = (now64 + np.arange(1, 337) * np.timedelta64(1, "h")).reshape(1, -1)
-        cases.append((batch, cand))
-    for batch, cand in cases[:10]:  # warm caches (zone tables, decline classification)
+        cols = (AttemptColumns.from_frame(own), AttemptColumns.from_frame(hist))
+        cases.append((batch, cand, cols))
+    for batch, cand, _ in cases[:10]:  # warm caches (zone tables, decline classification)
         encode_features(build_candidate_features(batch, cand), spec)
-    hist_rows = np.mean([len(b.history) for b, _ in cases if b.history is not None])
-    variants = {
-        "build_candidate_features + encode_features": lambda b, c: encode_features(
+    hist_rows = np.mean([len(b.history) for b, _, _ in cases if b.history is not None])
+    variants: dict[str, Any] = {
+        "build_candidate_features + encode_features": lambda b, c, a: encode_features(
             build_candidate_features(b, c), spec
         ),
-        "encode_candidate_features (fused)": lambda b, c: encode_candidate_features(b, c, spec),
+        "encode_candidate_features (fused)": lambda b, c, a: encode_candidate_features(b, c, spec),
+        "encode_candidate_matrix (numpy in/out, serving path)": lambda b, c, a: (
+            encode_candidate_matrix(b, c, spec, attempts=a[0], history=a[1])
+        ),
     }
     for label, fn in variants.items():
         wall = np.empty(calls)
         cpu = np.empty(calls)
         for k in range(calls):
-            batch, cand = cases[k % len(cases)]
+            batch, cand, cols = cases[k % len(cases)]
             t0 = time.perf_counter()
             c0 = time.process_time()
-            fn(batch, cand)
+            fn(batch, cand, cols)
             cpu[k] = time.process_time() - c0
             wall[k] = time.perf_counter() - t0
         print(

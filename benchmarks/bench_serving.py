@@ -206,10 +206,13 @@ def start_api(model: Path, workers: int) -> tuple[subprocess.Popen[bytes], str]:
 def library_latency(model: Path, n: int) -> dict[str, float]:
     """Decision latency of the library call (request model -> decision), no HTTP."""
     from features.decisions import Constraints
+    from serving.app import performance_options
     from serving.model_store import ModelStore
+    from serving.policy import PlannerConfig
     from serving.schemas import DecisionRequest, to_batch
 
-    store = ModelStore(location=str(model))
+    engine, search = performance_options()
+    store = ModelStore(location=str(model), engine=engine, config=PlannerConfig(search=search))
     loaded = store.load()
     req = DecisionRequest.model_validate(request_body(1))
     assert req.now is not None
@@ -217,7 +220,9 @@ def library_latency(model: Path, n: int) -> dict[str, float]:
     for _ in range(n):
         t = time.perf_counter()
         prep = to_batch([req], nows=[req.now], constraints=Constraints())
-        loaded.planner.decide_detailed(prep.batch, current_cards=prep.current_cards)
+        loaded.planner.decide_detailed(
+            prep.batch, current_cards=prep.current_cards, columns=prep.columns
+        )
         times.append(time.perf_counter() - t)
     arr = np.array(times) * 1e3
     return {"p50_ms": float(np.median(arr)), "p99_ms": float(np.quantile(arr, 0.99))}
@@ -289,7 +294,19 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=10.0, help="seconds per load phase")
     ap.add_argument("--clients", type=int, default=8, help="concurrent clients in load phases")
     ap.add_argument("--mlflow", action="store_true", help="also measure `mlflow models serve`")
+    ap.add_argument("--engine", choices=("lightgbm", "lleaves"), default=None)
+    ap.add_argument("--search", choices=("hourly", "coarse"), default=None)
+    ap.add_argument("--skip-http", action="store_true", help="library latency only")
     args = ap.parse_args()
+    if args.engine:
+        os.environ["RETRYOPT_ENGINE"] = args.engine
+    if args.search:
+        os.environ["RETRYOPT_PLANNER_SEARCH"] = args.search
+    print(
+        f"engine {os.environ.get('RETRYOPT_ENGINE', 'lightgbm')}, planner search "
+        f"{os.environ.get('RETRYOPT_PLANNER_SEARCH', 'hourly')}, load average "
+        f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}"
+    )
     model = args.model or train_small_bundle(Path(tempfile.mkdtemp(prefix="bench-serving-")))
     print(f"model: {model}")
     lib = library_latency(model, 300)
@@ -297,6 +314,8 @@ def main() -> None:
         f"library decision (21-day window, planning incl.): median {lib['p50_ms']:.1f} ms, "
         f"p99 {lib['p99_ms']:.1f} ms"
     )
+    if args.skip_http:
+        return
     proc, url = start_api(model, workers=1)
     try:
         one = load(send_decision, url, clients=1, seconds=args.seconds, max_requests=2000)

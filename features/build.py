@@ -59,11 +59,13 @@ __all__ = [
     "MISSING_LEVEL",
     "NUMERIC_FEATURES",
     "OTHER_LEVEL",
+    "AttemptColumns",
     "FeatureSpec",
     "TrainingExamples",
     "build_candidate_features",
     "build_training_examples",
     "encode_candidate_features",
+    "encode_candidate_matrix",
     "encode_features",
     "fit_feature_spec",
 ]
@@ -529,6 +531,110 @@ def _py_list(series: pd.Series) -> list[Any]:
     return series.tolist()
 
 
+@dataclass(frozen=True, eq=False)
+class AttemptColumns:
+    """Contract rows as plain numpy columns: the online path's input without a DataFrame.
+
+    Serving builds one of these per request instead of a pandas frame (each pandas column
+    access costs tens of microseconds, more than the feature arithmetic of one decision).
+    Features computed from an :class:`AttemptColumns` are identical to those from the
+    equivalent canonical frame (tested).
+
+    Attributes
+    ----------
+    columns
+        Contract column name -> values: timestamps as int64 UTC nanoseconds (int64 minimum =
+        missing), ``amount`` / ``card_exp_month`` / ``card_exp_year`` int64,
+        ``retry_propensity`` float64 (NaN = missing), strings as object arrays or lists of
+        ``str`` (``None`` = missing). Optional contract columns may be absent.
+    n_rows
+        Number of rows (every column has this length).
+    """
+
+    columns: dict[str, Any]
+    n_rows: int
+
+    def __post_init__(self) -> None:
+        for name, values in self.columns.items():
+            if len(values) != self.n_rows:
+                raise ValueError(
+                    f"AttemptColumns: column {name!r} has {len(values)} values, "
+                    f"expected {self.n_rows}"
+                )
+
+    def __len__(self) -> int:
+        return self.n_rows
+
+    @property
+    def column_names(self) -> tuple[str, ...]:
+        """Names of the columns present."""
+        return tuple(self.columns)
+
+    @classmethod
+    def from_frame(cls, frame: pd.DataFrame) -> AttemptColumns:
+        """Columns of a canonical contract frame (timestamps UTC, missing -> None / NaT)."""
+        cols: dict[str, Any] = {}
+        for name in frame.columns:
+            key = str(name)
+            series = frame[name]
+            if key in ct.TIMESTAMP_COLUMNS:
+                cols[key] = _ns(series, key)
+            elif key in ct.INTEGER_COLUMNS:
+                cols[key] = series.to_numpy(dtype=np.int64)
+            elif key in ct.FLOAT_COLUMNS:
+                cols[key] = series.to_numpy(dtype=np.float64, na_value=np.nan)
+            else:
+                cols[key] = np.asarray(
+                    [None if _is_missing_scalar(v) else str(v) for v in _py_list(series)],
+                    dtype=object,
+                )
+        return cls(columns=cols, n_rows=len(frame))
+
+    def to_frame(self) -> pd.DataFrame:
+        """The equivalent canonical frame (pandas dtypes of :mod:`features.contract`)."""
+        data: dict[str, Any] = {}
+        for key, values in self.columns.items():
+            if key in ct.TIMESTAMP_COLUMNS:
+                arr = np.asarray(values, dtype=np.int64).view("datetime64[ns]")
+                data[key] = pd.DatetimeIndex(arr).tz_localize("UTC")
+            elif key in ct.INTEGER_COLUMNS:
+                data[key] = np.asarray(values, dtype=np.int64)
+            elif key in ct.FLOAT_COLUMNS:
+                data[key] = np.asarray(values, dtype=np.float64)
+            else:
+                data[key] = pd.array(list(values), dtype="str")
+        return pd.DataFrame(data, index=pd.RangeIndex(self.n_rows))
+
+    def take(self, rows: np.ndarray) -> AttemptColumns:
+        """The rows ``rows`` (integer positions or a boolean mask)."""
+        idx = np.flatnonzero(rows) if np.asarray(rows).dtype == bool else np.asarray(rows)
+        cols = {
+            k: np.asarray(v, dtype=None if k in _NUMERIC_CONTRACT else object)[idx]
+            for k, v in self.columns.items()
+        }
+        return AttemptColumns(columns=cols, n_rows=int(idx.size))
+
+
+_NUMERIC_CONTRACT: Final[frozenset[str]] = frozenset(
+    (*ct.TIMESTAMP_COLUMNS, *ct.INTEGER_COLUMNS, *ct.FLOAT_COLUMNS)
+)
+
+_Table = pd.DataFrame | AttemptColumns
+
+
+def _table_list(table: _Table, name: str) -> list[Any]:
+    if isinstance(table, AttemptColumns):
+        values = table.columns[name]
+        return values.tolist() if isinstance(values, np.ndarray) else list(values)
+    return _py_list(table[name])
+
+
+def _table_ns(table: _Table, name: str) -> np.ndarray:
+    if isinstance(table, AttemptColumns):
+        return np.asarray(table.columns[name], dtype=np.int64)
+    return _ns(table[name], name)
+
+
 class _Columns:
     """Column access over one or more contract frames (rows of all frames, in order).
 
@@ -536,7 +642,7 @@ class _Columns:
     Python lists, which avoids pandas' per-call overhead. Both give the same codes semantics.
     """
 
-    def __init__(self, frames: list[pd.DataFrame], *, history_frames: int = 0) -> None:
+    def __init__(self, frames: list[_Table], *, history_frames: int = 0) -> None:
         for i, frame in enumerate(frames):
             absent = [c for c in _REQUIRED_FOR_FEATURES if c not in frame.columns]
             if absent:
@@ -544,8 +650,10 @@ class _Columns:
                 raise ValueError(f"{which} frame lacks required contract columns: {absent}")
         self.n = sum(len(f) for f in frames)
         self.small = self.n <= _SMALL_ROWS
+        if not self.small and any(isinstance(f, AttemptColumns) for f in frames):
+            frames = [f.to_frame() if isinstance(f, AttemptColumns) else f for f in frames]
         if not self.small and len(frames) > 1:
-            frames = [pd.concat(frames, ignore_index=True)]
+            frames = [pd.concat(frames, ignore_index=True)]  # type: ignore[arg-type]
             history_frames = 0
         self.frames = frames
         # The last `history_frames` frames hold other charges' rows: only the columns that
@@ -562,12 +670,12 @@ class _Columns:
         if not self.has(name):
             return _Codes(np.full(self.n, -1, dtype=np.int64), np.empty(0, dtype=object))
         if not self.small:
-            return _factorize(self.frames[0][name], self.n)
+            return _factorize(self.frames[0][name], self.n)  # type: ignore[index]
         lookup: dict[str, int] = {}
         codes = np.empty(self.n, dtype=np.int64)
         i = 0
         for frame, names in zip(self.frames, self._names, strict=True):
-            values = _py_list(frame[name]) if name in names else [None] * len(frame)
+            values = _table_list(frame, name) if name in names else [None] * len(frame)
             for v in values:
                 if _is_missing_scalar(v):
                     codes[i] = -1
@@ -582,7 +690,7 @@ class _Columns:
 
     def timestamps(self, name: str) -> np.ndarray:
         parts = [
-            _ns(f[name], name) if name in names else np.full(len(f), NAT_INT, dtype=np.int64)
+            _table_ns(f, name) if name in names else np.full(len(f), NAT_INT, dtype=np.int64)
             for f, names in zip(self.frames, self._names, strict=True)
         ]
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
@@ -591,14 +699,21 @@ class _Columns:
         parts = []
         for f in self.frames:
             try:
-                parts.append(f[name].to_numpy(dtype=np.int64))
+                if isinstance(f, AttemptColumns):
+                    parts.append(np.asarray(f.columns[name], dtype=np.int64))
+                else:
+                    parts.append(f[name].to_numpy(dtype=np.int64))
             except (TypeError, ValueError) as exc:
                 raise ValueError(f"column {name!r} must hold integers ({exc})") from exc
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     def floats(self, name: str) -> np.ndarray:
         parts = [
-            f[name].to_numpy(dtype=np.float64, na_value=np.nan)
+            (
+                np.asarray(f.columns[name], dtype=np.float64)
+                if isinstance(f, AttemptColumns)
+                else f[name].to_numpy(dtype=np.float64, na_value=np.nan)
+            )
             if name in names
             else np.full(len(f), np.nan)
             for f, names in zip(self.frames, self._names, strict=True)
@@ -606,7 +721,12 @@ class _Columns:
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     def objects(self, name: str) -> np.ndarray:
-        parts = [f[name].to_numpy(dtype=object, na_value="") for f in self.frames]
+        parts = [
+            np.asarray(["" if v is None else v for v in f.columns[name]], dtype=object)
+            if isinstance(f, AttemptColumns)
+            else f[name].to_numpy(dtype=object, na_value="")
+            for f in self.frames
+        ]
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
@@ -644,7 +764,7 @@ class _Log:
     propensity: np.ndarray
 
     @classmethod
-    def from_frames(cls, frames: list[pd.DataFrame], *, history_frames: int = 0) -> _Log:
+    def from_frames(cls, frames: list[_Table], *, history_frames: int = 0) -> _Log:
         cols = _Columns(frames, history_frames=history_frames)
         n = cols.n
         t_raw = cols.timestamps(ct.ATTEMPTED_AT)
@@ -1377,7 +1497,7 @@ def encode_candidate_features(
     """Model matrix for a decision batch: ``encode_features(build_candidate_features(...))``.
 
     Same values as the two-step call, but categoricals are mapped to the spec's levels from
-    their per-decision codes, without materialising string columns (the serving hot path).
+    their per-decision codes, without materialising string columns.
 
     Parameters
     ----------
@@ -1392,38 +1512,109 @@ def encode_candidate_features(
         As :func:`encode_features`.
     """
     columns, n = _online_columns(batch, candidate_times)
-    known = set(NUMERIC_FEATURES) | set(CATEGORICAL_FEATURES)
-    if not set(spec.names) <= known or set(spec.categorical) - set(CATEGORICAL_FEATURES):
+    if not _spec_is_native(spec):
         return encode_features(_frame(columns, n), spec)
-    numeric = np.empty((n, len(spec.numeric)), dtype=np.float64)
-    for j, name in enumerate(spec.numeric):
-        values = columns[name]
-        if isinstance(values, _Codes):  # a categorical used as numeric: not encodable
-            return encode_features(_frame(columns, n), spec)
-        numeric[:, j] = values
+    numeric = _numeric_block(columns, spec, n)
     cats: dict[str, Any] = {}
     for name in spec.categorical:
-        dtype, _, lookup = _level_lookup(spec.levels[name])
-        other = lookup[OTHER_LEVEL]
-        missing = lookup[MISSING_LEVEL]
-        cat: _Codes = columns[name]
-        mapped = np.asarray(
-            [
-                missing
-                if u is None or u == ""
-                else (other if u == MISSING_LEVEL else lookup.get(str(u), other))
-                for u in cat.uniques.tolist()
-            ]
-            + [missing],
-            dtype=np.int64,
-        )
-        codes = mapped[np.where(cat.codes < 0, len(cat.uniques), cat.codes)]
+        dtype, _, _ = _level_lookup(spec.levels[name])
+        codes = _spec_codes(columns[name], spec.levels[name])
         cats[name] = pd.Categorical.from_codes(codes, dtype=dtype, validate=False)
     return _join_blocks(numeric, spec.numeric, cats, pd.RangeIndex(n))
 
 
+def encode_candidate_matrix(
+    batch: DecisionBatch,
+    candidate_times: np.ndarray,
+    spec: FeatureSpec,
+    *,
+    attempts: AttemptColumns | None = None,
+    history: AttemptColumns | None = None,
+) -> np.ndarray:
+    """The model matrix of a decision batch as one float64 array (the serving hot path).
+
+    Same numbers as :func:`encode_candidate_features`, with each categorical as its integer
+    code in ``spec.levels`` order (as float64): exactly what LightGBM sees when it is given the
+    pandas frame, since it converts pandas categoricals to their codes.
+
+    Parameters
+    ----------
+    batch, candidate_times
+        As for :func:`build_candidate_features`.
+    spec
+        The spec fixed at training time.
+    attempts, history
+        Optional :class:`AttemptColumns` holding the same rows as ``batch.attempts`` /
+        ``batch.history``; when given they are read instead of the frames (no pandas access).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(n_charges * n_candidates, len(spec.names))`` float64, C-contiguous, columns in
+        ``spec.names`` order, rows in row-major (charge, candidate) order.
+    """
+    columns, n = _online_columns(batch, candidate_times, attempts=attempts, history=history)
+    if not _spec_is_native(spec):
+        enc = encode_features(_frame(columns, n), spec)
+        out = np.empty((n, len(spec.names)), dtype=np.float64)
+        for j, name in enumerate(spec.names):
+            col = enc[name]
+            if isinstance(col.dtype, pd.CategoricalDtype):
+                out[:, j] = col.cat.codes.to_numpy()
+            else:
+                out[:, j] = col.to_numpy(dtype=np.float64, na_value=np.nan)
+        return out
+    k = len(spec.numeric)
+    out = np.empty((n, k + len(spec.categorical)), dtype=np.float64)
+    for j, name in enumerate(spec.numeric):
+        out[:, j] = columns[name]
+    for j, name in enumerate(spec.categorical, start=k):
+        out[:, j] = _spec_codes(columns[name], spec.levels[name])
+    return out
+
+
+def _spec_is_native(spec: FeatureSpec) -> bool:
+    """Whether every feature of ``spec`` is one of ours with its own kind (numeric/categorical)."""
+    return set(spec.numeric) <= set(NUMERIC_FEATURES) and set(spec.categorical) <= set(
+        CATEGORICAL_FEATURES
+    )
+
+
+def _numeric_block(columns: dict[str, Any], spec: FeatureSpec, n: int) -> np.ndarray:
+    numeric = np.empty((n, len(spec.numeric)), dtype=np.float64)
+    for j, name in enumerate(spec.numeric):
+        numeric[:, j] = columns[name]
+    return numeric
+
+
+def _spec_codes(cat: _Codes, levels: tuple[str, ...]) -> np.ndarray:
+    """Codes in ``levels`` of a factorised categorical (unseen/rare -> other, missing)."""
+    _, _, lookup = _level_lookup(levels)
+    other = lookup[OTHER_LEVEL]
+    missing = lookup[MISSING_LEVEL]
+    mapped = np.asarray(
+        [
+            missing
+            if u is None or u == ""
+            else (other if u == MISSING_LEVEL else lookup.get(str(u), other))
+            for u in cat.uniques.tolist()
+        ]
+        + [missing],
+        dtype=np.int64,
+    )
+    return mapped[np.where(cat.codes < 0, len(cat.uniques), cat.codes)]
+
+
+def _attempt_ids(table: _Table) -> list[Any]:
+    return _table_list(table, ct.ATTEMPT_ID)
+
+
 def _online_columns(
-    batch: DecisionBatch, candidate_times: np.ndarray
+    batch: DecisionBatch,
+    candidate_times: np.ndarray,
+    *,
+    attempts: AttemptColumns | None = None,
+    history: AttemptColumns | None = None,
 ) -> tuple[dict[str, Any], int]:
     """Feature columns (numeric arrays, categorical codes) for a decision batch."""
     charge_ids = np.asarray(batch.charge_ids, dtype=object)
@@ -1432,18 +1623,20 @@ def _online_columns(
     now = np.asarray(batch.now).astype("datetime64[ns]").view(np.int64).reshape(-1)
     if now.size != n_charges:
         raise ValueError(f"batch.now has {now.size} values for {n_charges} charges")
-    frames = [batch.attempts]
-    if batch.history is not None and len(batch.history):
+    own: _Table = batch.attempts if attempts is None else attempts
+    frames: list[_Table] = [own]
+    hist: _Table | None = batch.history if history is None else history
+    if hist is not None and len(hist):
         # History rows repeating an attempt of batch.attempts are dropped (same attempt_id).
-        hist = batch.history
-        if len(hist) <= _SMALL_ROWS and len(batch.attempts) <= _SMALL_ROWS:
-            seen = set(_py_list(batch.attempts[ct.ATTEMPT_ID]))
-            ids = _py_list(hist[ct.ATTEMPT_ID])
-            keep = np.asarray([a not in seen for a in ids], dtype=bool)
+        if len(hist) <= _SMALL_ROWS and len(own) <= _SMALL_ROWS:
+            seen = set(_attempt_ids(own))
+            keep = np.asarray([a not in seen for a in _attempt_ids(hist)], dtype=bool)
         else:
-            keep = ~hist[ct.ATTEMPT_ID].isin(batch.attempts[ct.ATTEMPT_ID]).to_numpy()
+            own_df = own.to_frame() if isinstance(own, AttemptColumns) else own
+            hist = hist.to_frame() if isinstance(hist, AttemptColumns) else hist
+            keep = ~hist[ct.ATTEMPT_ID].isin(own_df[ct.ATTEMPT_ID]).to_numpy()
         if not bool(keep.all()):
-            hist = hist[keep]
+            hist = hist.take(keep) if isinstance(hist, AttemptColumns) else hist[keep]
         if len(hist):
             frames.append(hist)
     log = _Log.from_frames(frames, history_frames=len(frames) - 1)
@@ -1455,7 +1648,7 @@ def _online_columns(
         bad = charge_ids[codes < 0][:5].tolist()
         raise ValueError(f"batch.attempts has no rows for charge_ids {bad}")
     # batch.attempts rows must not be after their charge's now (DecisionBatch contract).
-    own_rows = np.flatnonzero(log.order < len(batch.attempts))
+    own_rows = np.flatnonzero(log.order < len(own))
     now_of_code = np.full(int(log.charge.max(initial=0)) + 1, np.iinfo(np.int64).max)
     now_of_code[codes] = now
     late = own_rows[log.t[own_rows] > now_of_code[log.charge[own_rows]]]

@@ -8,8 +8,16 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Mapping,
+    MutableMapping,
+    Sequence,
+)
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
@@ -220,7 +228,9 @@ class DecisionService:
             else:
                 policy = loaded.greedy if self.settings.policy == "greedy" else loaded.planner
                 try:
-                    decisions = policy.decide_detailed(prep.batch, current_cards=prep.current_cards)
+                    decisions = policy.decide_detailed(
+                        prep.batch, current_cards=prep.current_cards, columns=prep.columns
+                    )
                 except Exception:
                     log.exception("model policy failed; answering from the fallback")
                     self.metrics.observe_model_error()
@@ -231,6 +241,28 @@ class DecisionService:
                 self.metrics.observe_decision(action=d.action, reason=d.reason, policy=d.policy)
                 out[i] = _decision_out(d)
         return [d for d in out if d is not None]
+
+
+def performance_options(env: Mapping[str, str] | None = None) -> tuple[str, str]:
+    """Scoring engine and planner search from ``RETRYOPT_ENGINE`` / ``RETRYOPT_PLANNER_SEARCH``.
+
+    ``RETRYOPT_ENGINE``: ``lightgbm`` (default) or ``lleaves`` (compiled; verified at load,
+    falls back to LightGBM). ``RETRYOPT_PLANNER_SEARCH``: ``hourly`` (default, exact) or
+    ``coarse`` (coarse-to-fine, see docs/serving.md).
+
+    Raises
+    ------
+    ValueError
+        On any other value (naming the variable).
+    """
+    env = os.environ if env is None else env
+    engine = env.get("RETRYOPT_ENGINE", "lightgbm").strip().lower() or "lightgbm"
+    search = env.get("RETRYOPT_PLANNER_SEARCH", "hourly").strip().lower() or "hourly"
+    if engine not in ("lightgbm", "lleaves"):
+        raise ValueError(f"RETRYOPT_ENGINE must be 'lightgbm' or 'lleaves', got {engine!r}")
+    if search not in ("hourly", "coarse"):
+        raise ValueError(f"RETRYOPT_PLANNER_SEARCH must be 'hourly' or 'coarse', got {search!r}")
+    return engine, search
 
 
 def create_app(settings: Settings | None = None, *, store: ModelStore | None = None) -> FastAPI:
@@ -246,10 +278,12 @@ def create_app(settings: Settings | None = None, *, store: ModelStore | None = N
     """
     settings = settings or Settings()
     metrics = Metrics()
+    engine, search = performance_options()
     store = store or ModelStore(
         location=settings.model,
-        config=PlannerConfig(later_attempt_decay=settings.later_attempt_decay),
+        config=PlannerConfig(later_attempt_decay=settings.later_attempt_decay, search=search),
         model_threads=settings.model_threads,
+        engine=engine,
     )
     service = DecisionService(settings=settings, store=store, metrics=metrics)
 

@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from features import contract as c
+from features.build import AttemptColumns
 from features.decisions import Constraints, DecisionBatch, PolicyDecisions
 from serving.rules import (
     HOUR_NS,
@@ -75,64 +76,109 @@ class SuccessModel(Protocol):
 
 
 CHUNK_ROWS = 4096
+ENGINES = ("lightgbm", "lleaves")
 
 
 class BundleSuccessModel:
     """:class:`SuccessModel` backed by a trained model bundle (``training.bundle.ModelBundle``).
 
-    Builds the point-in-time features with :func:`features.build.build_candidate_features` and
-    scores the non-padding rows with ``bundle.predict_proba``.
+    Fast path (default, verified at load by :func:`serving.model_store.verify_policy`): the
+    candidate features go straight into a float64 matrix
+    (:func:`features.build.encode_candidate_matrix`, categoricals as their codes in the spec's
+    level order, exactly what LightGBM derives from the pandas frame) and are scored by the
+    booster (``num_threads`` per call) or by a compiled engine (``engine``, e.g. lleaves), then
+    calibrated. Slow path: :func:`features.build.build_candidate_features` and
+    ``bundle.predict_proba`` on the pandas frame.
+
+    Parameters
+    ----------
+    bundle
+        The model bundle.
+    fast_path
+        Use the numpy fast path when the bundle exposes ``booster``, ``calibrator`` and
+        ``feature_spec``.
+    engine
+        Optional compiled model with ``predict(X: ndarray) -> ndarray`` returning the same
+        uncalibrated probabilities as ``bundle.booster.predict`` (checked at load).
     """
 
-    def __init__(self, bundle: object, *, fast_path: bool = True) -> None:
+    def __init__(self, bundle: object, *, fast_path: bool = True, engine: Any = None) -> None:
         self.bundle = bundle
         self.version = str(getattr(bundle, "version", "unknown"))
-        self.fast_path = fast_path and hasattr(bundle, "booster") and hasattr(bundle, "calibrator")
+        self.fast_path = fast_path and all(
+            hasattr(bundle, a) for a in ("booster", "calibrator", "feature_spec")
+        )
+        self.engine = engine
+        spec = getattr(bundle, "feature_spec", None)
+        names = getattr(spec, "names", ()) if spec is not None else ()
+        # The explanation reads payday-like raw features when the model has any.
+        self._needs_raw = any("payday" in n.lower() or "pay_day" in n.lower() for n in names)
 
-    def predict_rows(self, rows: pd.DataFrame) -> np.ndarray:
-        """Calibrated P(success) of raw feature rows.
-
-        The fast path encodes with the bundle's feature spec and hands LightGBM a float matrix
-        (categorical codes in the spec's level order, the order the model was trained with)
-        instead of a DataFrame, skipping LightGBM's per-call pandas conversion. It must give the
-        same predictions as ``bundle.predict_proba``; :func:`serving.model_store.verify_policy`
-        checks that at load time and turns it off otherwise.
-        """
-        bundle: Any = self.bundle
+    @property
+    def engine_name(self) -> str:
+        """Scoring engine in use: ``lleaves``, ``lightgbm`` or ``bundle`` (slow path)."""
         if not self.fast_path:
-            return np.asarray(bundle.predict_proba(rows), dtype=np.float64)
-        if len(rows) == 0:
+            return "bundle"
+        return "lightgbm" if self.engine is None else "lleaves"
+
+    def predict_matrix(self, X: np.ndarray) -> np.ndarray:
+        """Calibrated P(success) of model-matrix rows (:func:`encode_candidate_matrix`)."""
+        bundle: Any = self.bundle
+        if X.shape[0] == 0:
             return np.empty(0, dtype=np.float64)
-        X = bundle.encode(rows)
-        mat = np.empty((len(X), X.shape[1]), dtype=np.float64)
-        for k, name in enumerate(X.columns):
-            col = X[name]
-            if isinstance(col.dtype, pd.CategoricalDtype):
-                codes = col.cat.codes.to_numpy().astype(np.float64)
-                codes[codes < 0] = np.nan
-                mat[:, k] = codes
-            else:
-                mat[:, k] = col.to_numpy(dtype=np.float64, na_value=np.nan)
-        raw = bundle.booster.predict(mat, num_threads=getattr(bundle, "num_threads", 1))
+        if self.engine is not None:
+            raw = self.engine.predict(X)
+        else:
+            raw = bundle.booster.predict(X, num_threads=getattr(bundle, "num_threads", 1))
         return np.asarray(bundle.calibrator.apply(np.asarray(raw, dtype=np.float64)))
 
+    def predict_rows(self, rows: pd.DataFrame) -> np.ndarray:
+        """Calibrated P(success) of raw feature rows (``bundle.predict_proba``)."""
+        bundle: Any = self.bundle
+        if len(rows) == 0:
+            return np.empty(0, dtype=np.float64)
+        return np.asarray(bundle.predict_proba(rows), dtype=np.float64)
+
     def predict_candidates(
-        self, batch: DecisionBatch, candidate_times: np.ndarray
+        self,
+        batch: DecisionBatch,
+        candidate_times: np.ndarray,
+        *,
+        attempts: AttemptColumns | None = None,
+        history: AttemptColumns | None = None,
     ) -> CandidateScores:
-        """Score the candidate grid of every charge of ``batch``."""
+        """Score the candidate grid of every charge of ``batch``.
+
+        ``attempts`` / ``history`` optionally hold the same rows as the batch's frames as
+        :class:`features.build.AttemptColumns` (read instead of the frames on the fast path).
+        """
+        flat_valid = ~np.isnat(candidate_times.ravel())
+        proba = np.full(candidate_times.size, np.nan)
+        if self.fast_path and not self._needs_raw:
+            from features.build import encode_candidate_matrix
+
+            bundle: Any = self.bundle
+            X = encode_candidate_matrix(
+                batch, candidate_times, bundle.feature_spec, attempts=attempts, history=history
+            )
+            if flat_valid.any():
+                rows = X if flat_valid.all() else X[flat_valid]
+                proba[flat_valid] = np.concatenate(
+                    [
+                        self.predict_matrix(rows[k : k + CHUNK_ROWS * 4])
+                        for k in range(0, len(rows), CHUNK_ROWS * 4)
+                    ]
+                )
+            return CandidateScores(proba=proba.reshape(candidate_times.shape), features=None)
         from features.build import build_candidate_features
 
         raw = build_candidate_features(batch, candidate_times)
-        flat_valid = ~np.isnat(candidate_times.ravel())
-        proba = np.full(candidate_times.size, np.nan)
         if flat_valid.any():
-            rows = raw if flat_valid.all() else raw.iloc[np.flatnonzero(flat_valid)]
-            # Scored in blocks of at most CHUNK_ROWS rows: bounds memory on big batches, and
-            # features.build's large-frame categorical encoder currently fails on a categorical
-            # column that is entirely missing (e.g. no advice codes at all in the block).
+            sel = raw if flat_valid.all() else raw.iloc[np.flatnonzero(flat_valid)]
+            # Scored in blocks of at most CHUNK_ROWS rows (bounds memory on big batches).
             parts = [
-                self.predict_rows(rows.iloc[k : k + CHUNK_ROWS])
-                for k in range(0, len(rows), CHUNK_ROWS)
+                self.predict_rows(sel.iloc[k : k + CHUNK_ROWS])
+                for k in range(0, len(sel), CHUNK_ROWS)
             ]
             proba[flat_valid] = np.concatenate(parts)
         return CandidateScores(proba=proba.reshape(candidate_times.shape), features=raw)
@@ -154,6 +200,13 @@ class PlannerConfig:
         Minimum spacing between reported alternatives (and from the chosen time).
     fallback_ladder_hours
         Fallback schedule: hours after the first failure of retry 1, 2, ...
+    search
+        ``"hourly"`` scores every allowed grid point (exact); ``"coarse"`` scores every
+        ``coarse_step``-th point plus the first ``dense_steps`` points, then every point within
+        ``coarse_step - 1`` of the ``refine_top`` best coarse points (by planned value and by
+        probability), and plans over the scored points only (see ``docs/serving.md``).
+    coarse_step, dense_steps, refine_top
+        Parameters of the coarse-to-fine search (grid steps).
     """
 
     later_attempt_decay: float = 0.8
@@ -161,8 +214,19 @@ class PlannerConfig:
     n_alternatives: int = 3
     alternative_spacing_hours: float = 6.0
     fallback_ladder_hours: tuple[float, ...] = (24.0, 72.0, 120.0, 168.0, 240.0, 336.0, 432.0)
+    search: str = "hourly"
+    coarse_step: int = 4
+    dense_steps: int = 48
+    refine_top: int = 4
 
     def __post_init__(self) -> None:
+        if self.search not in ("hourly", "coarse"):
+            raise ValueError(f"search must be 'hourly' or 'coarse', got {self.search!r}")
+        if self.coarse_step < 1 or self.dense_steps < 0 or self.refine_top < 1:
+            raise ValueError(
+                "coarse_step and refine_top must be >= 1 and dense_steps >= 0, got "
+                f"{self.coarse_step}, {self.refine_top}, {self.dense_steps}"
+            )
         if not 0 < self.later_attempt_decay <= 1:
             raise ValueError(
                 f"later_attempt_decay must be in (0, 1], got {self.later_attempt_decay}"
@@ -333,7 +397,9 @@ def _sub_batch(batch: DecisionBatch, keep: np.ndarray) -> DecisionBatch:
     ids = batch.charge_ids[keep]
     attempts = batch.attempts
     if len(attempts):
-        attempts = attempts[attempts[c.CHARGE_ID].isin(ids).to_numpy()]
+        wanted = set(ids.tolist())
+        mask = np.asarray([x in wanted for x in attempts[c.CHARGE_ID].tolist()], dtype=bool)
+        attempts = attempts[mask]
     return DecisionBatch(
         charge_ids=ids,
         now=batch.now[keep],
@@ -344,10 +410,16 @@ def _sub_batch(batch: DecisionBatch, keep: np.ndarray) -> DecisionBatch:
 
 
 def _amounts(batch: DecisionBatch, charge_ids: Sequence[str]) -> np.ndarray:
+    """The amount of each charge's last attempt (0 when the charge has no rows)."""
     if not len(batch.attempts):
         return np.zeros(len(charge_ids))
-    last = batch.attempts.groupby(c.CHARGE_ID, sort=False)[c.AMOUNT].last()
-    return last.reindex(list(charge_ids)).fillna(0).to_numpy(dtype=np.float64)
+    ids = batch.attempts[c.CHARGE_ID].tolist()
+    amounts = batch.attempts[c.AMOUNT].to_numpy(dtype=np.float64, na_value=np.nan)
+    last: dict[Any, float] = {}
+    for cid, amount in zip(ids, amounts.tolist(), strict=True):
+        if amount == amount:  # groupby().last() skips missing values
+            last[cid] = amount
+    return np.asarray([last.get(cid, 0.0) for cid in charge_ids], dtype=np.float64)
 
 
 class _RulesPolicy:
@@ -373,9 +445,17 @@ class _RulesPolicy:
         ]
 
     def decide_detailed(
-        self, batch: DecisionBatch, *, current_cards: Sequence[CardRef | None] | None = None
+        self,
+        batch: DecisionBatch,
+        *,
+        current_cards: Sequence[CardRef | None] | None = None,
+        columns: tuple[AttemptColumns, AttemptColumns | None] | None = None,
     ) -> list[Decision]:
-        """Full decisions (with alternatives and explanation) for every charge of ``batch``."""
+        """Full decisions (with alternatives and explanation) for every charge of ``batch``.
+
+        ``columns`` optionally holds ``batch.attempts`` and ``batch.history`` as
+        :class:`features.build.AttemptColumns` (same rows; the model's fast path reads them).
+        """
         verdicts = self.rules(batch, current_cards=current_cards)
         out: list[Decision | None] = [None] * len(verdicts)
         live = np.array([not r.stop for r, _ in verdicts], dtype=bool)
@@ -384,10 +464,16 @@ class _RulesPolicy:
                 out[i] = _stop_decision(r, policy=self.name, model_version=self.model_version)
         if live.any():
             idx = np.flatnonzero(live)
+            if columns is not None and not live.all():
+                wanted = set(batch.charge_ids[live].tolist())
+                own_ids = columns[0].columns[c.CHARGE_ID]
+                keep = np.asarray([x in wanted for x in own_ids], dtype=bool)
+                columns = (columns[0].take(keep), columns[1])
             chosen = self._choose(
                 _sub_batch(batch, live),
                 [verdicts[i][0] for i in idx],
                 [verdicts[i][1] for i in idx],
+                columns=columns,
             )
             for i, d in zip(idx.tolist(), chosen, strict=True):
                 out[i] = d
@@ -414,7 +500,12 @@ class _RulesPolicy:
         )
 
     def _choose(
-        self, batch: DecisionBatch, rules: list[RuleResult], zones: list[str]
+        self,
+        batch: DecisionBatch,
+        rules: list[RuleResult],
+        zones: list[str],
+        *,
+        columns: tuple[AttemptColumns, AttemptColumns | None] | None = None,
     ) -> list[Decision]:
         raise NotImplementedError
 
@@ -475,12 +566,84 @@ class PlannerPolicy(_RulesPolicy):
             decay=self.config.later_attempt_decay,
         )
 
+    def _score(
+        self,
+        batch: DecisionBatch,
+        grid: np.ndarray,
+        columns: tuple[AttemptColumns, AttemptColumns | None] | None,
+    ) -> CandidateScores:
+        if columns is not None and isinstance(self.model, BundleSuccessModel):
+            return self.model.predict_candidates(
+                batch, grid, attempts=columns[0], history=columns[1]
+            )
+        return self.model.predict_candidates(batch, grid)
+
+    def _score_subset(
+        self,
+        batch: DecisionBatch,
+        grid: np.ndarray,
+        select: np.ndarray,
+        proba: np.ndarray,
+        columns: tuple[AttemptColumns, AttemptColumns | None] | None,
+    ) -> None:
+        """Score the grid points ``select`` (``(n, m)`` bool) into ``proba`` (in place)."""
+        counts = select.sum(axis=1)
+        width = int(counts.max(initial=0))
+        if width == 0:
+            return
+        compact = np.full((grid.shape[0], width), np.datetime64("NaT", "ns"), grid.dtype)
+        rows, cols = np.nonzero(select)
+        slot = np.arange(rows.size) - np.repeat(np.cumsum(counts) - counts, counts)
+        compact[rows, slot] = grid[rows, cols]
+        scored = self._score(batch, compact, columns).proba
+        proba[rows, cols] = scored[rows, slot]
+
+    def _coarse_to_fine(
+        self,
+        batch: DecisionBatch,
+        grid: np.ndarray,
+        allowed: np.ndarray,
+        rules: list[RuleResult],
+        columns: tuple[AttemptColumns, AttemptColumns | None] | None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Probabilities on a coarse grid refined around its best points; the scored mask."""
+        cfg = self.config
+        m = grid.shape[1]
+        j = np.arange(m)
+        coarse = allowed & ((j % cfg.coarse_step == 0) | (j < cfg.dense_steps))[None, :]
+        proba = np.full(grid.shape, np.nan)
+        self._score_subset(batch, grid, coarse, proba, columns)
+        values = self._values(proba, coarse, grid, batch, rules)
+        p_rank = np.where(coarse, np.nan_to_num(proba, nan=-1.0), -np.inf)
+        k = min(cfg.refine_top, m)
+        best = np.concatenate(
+            [np.argsort(-values, axis=1)[:, :k], np.argsort(-p_rank, axis=1)[:, :k]], axis=1
+        )
+        near = np.zeros(grid.shape, dtype=bool)
+        reach = cfg.coarse_step - 1
+        for off in range(-reach, reach + 1):
+            cols = np.clip(best + off, 0, m - 1)
+            near[np.arange(grid.shape[0])[:, None], cols] = True
+        fine = near & allowed & ~coarse
+        self._score_subset(batch, grid, fine, proba, columns)
+        return proba, coarse | fine
+
     def _choose(
-        self, batch: DecisionBatch, rules: list[RuleResult], zones: list[str]
+        self,
+        batch: DecisionBatch,
+        rules: list[RuleResult],
+        zones: list[str],
+        *,
+        columns: tuple[AttemptColumns, AttemptColumns | None] | None = None,
     ) -> list[Decision]:
         grid, allowed = _padded(rules)
-        scores = self.model.predict_candidates(batch, grid)
-        proba = scores.proba
+        if self.config.search == "coarse" and grid.shape[1] > self.config.dense_steps:
+            proba, scored = self._coarse_to_fine(batch, grid, allowed, rules, columns)
+            scores = CandidateScores(proba=proba)
+            allowed = allowed & scored
+        else:
+            scores = self._score(batch, grid, columns)
+            proba = scores.proba
         values = self._values(proba, allowed, grid, batch, rules)
         spacing = max(1, round(self.config.alternative_spacing_hours / self.config.grid_hours))
         out: list[Decision] = []
@@ -594,7 +757,12 @@ class FallbackPolicy(_RulesPolicy):
     name = "fallback"
 
     def _choose(
-        self, batch: DecisionBatch, rules: list[RuleResult], zones: list[str]
+        self,
+        batch: DecisionBatch,
+        rules: list[RuleResult],
+        zones: list[str],
+        *,
+        columns: tuple[AttemptColumns, AttemptColumns | None] | None = None,
     ) -> list[Decision]:
         ladder = self.config.fallback_ladder_hours
         out: list[Decision] = []

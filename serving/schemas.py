@@ -19,13 +19,16 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
 from features import contract as c
+from features.build import AttemptColumns
 from features.decisions import Constraints, DecisionBatch
 from serving.rules import CardRef
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_STR_DTYPE = pd.StringDtype("pyarrow", na_value=np.nan)
 _US = timedelta(microseconds=1)
 
 
@@ -398,6 +401,7 @@ class PreparedBatch:
 
     batch: DecisionBatch
     current_cards: list[CardRef]
+    columns: tuple[AttemptColumns, AttemptColumns | None] | None = None
 
 
 def _frame(cols: dict[str, list[Any]]) -> pd.DataFrame:
@@ -412,8 +416,29 @@ def _frame(cols: dict[str, list[Any]]) -> pd.DataFrame:
         elif col in c.FLOAT_COLUMNS:
             data[col] = np.full(len(values), np.nan)
         else:
-            data[col] = pd.array(values, dtype="str")
-    return pd.DataFrame(data)
+            # pandas' default ``str`` dtype (pyarrow-backed, NaN missing), built straight from
+            # an Arrow array: 10x cheaper than pd.array(values, dtype="str") per column.
+            data[col] = pd.arrays.ArrowStringArray(
+                pa.array(values, type=pa.large_string()),
+                dtype=_STR_DTYPE,  # type: ignore[call-arg]
+            )
+    return pd.DataFrame(data, copy=False)
+
+
+def _columns(cols: dict[str, list[Any]], order: np.ndarray | None = None) -> AttemptColumns:
+    """The same rows as :func:`_frame` as numpy columns (the features' fast path input)."""
+    data: dict[str, Any] = {}
+    for col in c.ALL_COLUMNS:
+        values = cols[col]
+        if col in c.TIMESTAMP_COLUMNS or col in c.INTEGER_COLUMNS:
+            arr: np.ndarray = np.array(values, dtype=np.int64)
+        elif col in c.FLOAT_COLUMNS:
+            arr = np.full(len(values), np.nan)
+        else:
+            arr = np.empty(len(values), dtype=object)
+            arr[:] = values
+        data[col] = arr if order is None else arr[order]
+    return AttemptColumns(columns=data, n_rows=len(cols[c.ATTEMPT_ID]))
 
 
 def _empty_cols() -> dict[str, list[Any]]:
@@ -532,8 +557,11 @@ def to_batch(
                 issuer=h.issuer if h.issuer is not None else card.issuer,
             )
     history = _frame(hist) if hist[c.ATTEMPT_ID] else None
+    history_columns = None
     if history is not None:
-        history = history.sort_values(c.ATTEMPTED_AT, kind="stable", ignore_index=True)
+        order = np.argsort(np.array(hist[c.ATTEMPTED_AT], dtype=np.int64), kind="stable")
+        history = history.iloc[order].reset_index(drop=True)
+        history_columns = _columns(hist, order)
     batch = DecisionBatch(
         charge_ids=np.array([r.charge.charge_id for r in requests], dtype=object),
         now=np.array([_ns(t) for t in nows], dtype=np.int64).astype("datetime64[ns]"),
@@ -541,4 +569,8 @@ def to_batch(
         history=history,
         constraints=constraints,
     )
-    return PreparedBatch(batch=batch, current_cards=[card_ref(r.charge.card) for r in requests])
+    return PreparedBatch(
+        batch=batch,
+        current_cards=[card_ref(r.charge.card) for r in requests],
+        columns=(_columns(cols), history_columns),
+    )
