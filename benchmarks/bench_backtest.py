@@ -18,7 +18,7 @@ import pandas as pd
 
 from features.decisions import Constraints
 from features.validation import validate_attempts
-from training.backtest.runner import run_backtest, stderr_progress
+from training.backtest.runner import Policy, run_backtest, stderr_progress
 from training.backtest.specs import FixedSchedule, UniformRandom
 
 
@@ -76,7 +76,7 @@ def synthetic_history(n: int, *, seed: int, explore: float = 0.3) -> pd.DataFram
                 attempt_id=[f"a{i}_{k}" for i in idx],
                 attempted_at=t0[idx] + pd.to_timedelta(h, unit="h"),
                 outcome=np.where(ok, "succeeded", "failed"),
-                decline_code=np.where(ok, None, code[idx]),
+                decline_code=pd.Series(code[idx], dtype=object).mask(ok, None).to_numpy(),
                 retry_propensity=p,
             )
         )
@@ -92,12 +92,15 @@ def main() -> None:
     ap.add_argument("--charges", type=int, default=100_000)
     ap.add_argument("--bootstrap", type=int, default=200)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--dm-max-examples", type=int, default=300_000, help="cap on the DM model's examples"
+    )
     args = ap.parse_args()
     t = time.perf_counter()
     # 20 % more customers' charges are kept apart to fit the direct-method model
     att = synthetic_history(int(args.charges / 0.8), seed=args.seed)
     gen = time.perf_counter() - t
-    policies = {
+    policies: dict[str, Policy | None] = {
         "logged": None,
         "fixed:72,120,168,216": FixedSchedule((72.0, 120.0, 168.0, 216.0)),
         "fixed:24,96,240,408": FixedSchedule((24.0, 96.0, 240.0, 408.0)),
@@ -110,11 +113,13 @@ def main() -> None:
         n_boot=args.bootstrap,
         seed=args.seed,
         dm_share=0.2,
+        dm_max_examples=args.dm_max_examples,
         constraints=Constraints(),
         progress=stderr_progress,
     )
     run = time.perf_counter() - t
     print(f"history generated: {len(att)} attempts in {gen:.1f} s")
+    print(f"direct-method model: {res.meta['dm_model']}, phases: see the progress lines above")
     print(
         f"backtest: {len(policies)} policies x {res.meta['n_charges']} failed charges x "
         f"{args.bootstrap} resamples: {run:.1f} s (2-core machine shared with other jobs)"

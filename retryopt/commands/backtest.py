@@ -25,18 +25,36 @@ def command(
         None, "--truth", help="World file written by `retryopt simulate` (default: next to --data)."
     ),
     bandwidth: float = typer.Option(6.0, "--bandwidth", help="IPS kernel width in hours."),
+    dm_model: str | None = typer.Option(
+        None,
+        "--dm-model",
+        help="Bundle for the direct method, trained on data kept apart from the evaluated "
+        "policy's training data (default: fit one on other customers).",
+    ),
+    holdout: bool = typer.Option(
+        True,
+        "--holdout/--all-months",
+        help="Evaluate only the charges of the model bundles' test months (default).",
+    ),
 ) -> None:
     """Compare policies with DM, IPS, SNIPS and DR estimates and 95 % bootstrap intervals."""
     from training.backtest.runner import run_cli
+    from training.backtest.specs import SpecError
 
-    path = run_cli(
-        data=data,
-        specs=policy,
-        out=out,
-        simulate=simulate,
-        n_boot=bootstrap,
-        seed=seed,
-        truth=truth,
-        bandwidth_hours=bandwidth,
-    )
+    try:
+        path = run_cli(
+            data=data,
+            specs=policy,
+            out=out,
+            simulate=simulate,
+            n_boot=bootstrap,
+            seed=seed,
+            truth=truth,
+            bandwidth_hours=bandwidth,
+            dm_model=dm_model,
+            holdout=holdout,
+        )
+    except (SpecError, FileNotFoundError) as exc:
+        typer.secho(f"error: {exc}", fg="red", err=True)
+        raise typer.Exit(2) from None
     typer.echo(f"Backtest report: {(path / 'report.html').resolve()}")

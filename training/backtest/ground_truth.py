@@ -11,6 +11,7 @@ value and every estimate are directly comparable, charge by charge.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -96,14 +97,25 @@ def true_contributions(
     cons = constraints or Constraints()
     data = prepare_charges(attempts, charge_ids=charge_ids, keep_history=False)
     ids = data.charge_ids
+    if charge_ids is not None:  # report in the caller's order
+        order = pd.Index(ids).get_indexer(pd.Index(np.asarray(charge_ids, dtype=object)))
+        if (order < 0).any():
+            bad = np.asarray(charge_ids, dtype=object)[order < 0][:5].tolist()
+            raise ValueError(f"charges {bad} are not failed charges of the history")
+    else:
+        order = np.arange(len(ids))
     out: dict[str, np.ndarray] = {}
     for label, policy in policies.items():
         if policy is None:
-            out[label] = observed_contributions(data.steps, mset, data.n)
+            out[label] = observed_contributions(data.steps, mset, data.n)[order]
             continue
-        result = play(policy, world, ids, cons, seed=seed)
-        out[label] = played_contributions(result.attempts, ids, metrics=mset)
-        progress(f"{label}: played in the simulated world on {len(ids)} charges")
+        started = time.perf_counter()
+        result = play(policy, world, ids[order], cons, seed=seed)
+        out[label] = played_contributions(result.attempts, ids[order], metrics=mset)
+        progress(
+            f"{label}: played in the simulated world on {len(ids)} charges "
+            f"({time.perf_counter() - started:.1f} s)"
+        )
     return out, gap_summary(out, mset)
 
 
@@ -120,15 +132,55 @@ def gap_summary(contrib: dict[str, np.ndarray], metrics: MetricSet) -> dict[str,
     }
     fixed = [k for k in means if k.startswith("fixed")]
     summary: dict[str, Any] = {"true_values": means}
-    if fixed and "oracle" in means:
+    if fixed:
         best = max(fixed, key=lambda k: means[k]["recovered_amount"])
-        gap = means["oracle"]["recovered_amount"] - means[best]["recovered_amount"]
         summary["best_fixed"] = best
-        for k in ("model", "greedy"):
-            if k in means and gap > 0:
-                closed = (means[k]["recovered_amount"] - means[best]["recovered_amount"]) / gap
-                summary[f"{k}_gap_closed"] = closed
+        gap = (
+            means["oracle"]["recovered_amount"] - means[best]["recovered_amount"]
+            if "oracle" in means
+            else float("nan")
+        )
+        summary["fixed_to_oracle_gap"] = gap
+        for k in means:
+            if not k.startswith(("model", "greedy")):
+                continue
+            amount = means[k]["recovered_amount"] - means[best]["recovered_amount"]
+            retries = (
+                means[k]["retries_per_failed_charge"] - means[best]["retries_per_failed_charge"]
+            )
+            summary[f"{k}_vs_best_fixed"] = {
+                "recovered_amount_difference": amount,
+                "retries_difference": retries,
+                "beats_best_fixed": bool(amount > 0 and retries < 0),
+            }
+            if gap > 0:
+                summary[f"{k}_gap_closed"] = amount / gap
     return summary
+
+
+def gap_lines(summary: dict[str, Any]) -> list[str]:
+    """Human-readable lines of :func:`gap_summary` (printed by ``retryopt backtest --simulate``)."""
+    lines = []
+    for label, v in summary.get("true_values", {}).items():
+        lines.append(
+            f"truth {label}: recovery rate {v['recovery_rate']:.4f}, recovered amount "
+            f"{v['recovered_amount']:.1f} per failed charge, "
+            f"{v['retries_per_failed_charge']:.3f} retries per failed charge"
+        )
+    best = summary.get("best_fixed")
+    for key, v in summary.items():
+        if key.endswith("_vs_best_fixed"):
+            label = key.removesuffix("_vs_best_fixed")
+            closed = summary.get(f"{label}_gap_closed")
+            share = f"{closed:.1%}" if closed is not None else "n/a (no oracle)"
+            verdict = "beats" if v["beats_best_fixed"] else "does NOT beat"
+            lines.append(
+                f"{label} {verdict} {best} (recovered amount "
+                f"{v['recovered_amount_difference']:+.1f}, retries "
+                f"{v['retries_difference']:+.3f} per failed charge); "
+                f"share of the {best} -> oracle gap closed: {share}"
+            )
+    return lines
 
 
 def covered(lo: float, hi: float, truth: float) -> bool:
@@ -138,6 +190,7 @@ def covered(lo: float, hi: float, truth: float) -> bool:
 
 __all__ = [
     "covered",
+    "gap_lines",
     "gap_summary",
     "load_world",
     "played_contributions",

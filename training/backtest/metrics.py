@@ -165,7 +165,7 @@ def rule_checks(
     *,
     hard_state: np.ndarray,
     target_hours: np.ndarray,
-    attempt_hours_by_row: list[np.ndarray] | None = None,
+    attempt_hours_by_row: list[np.ndarray] | np.ndarray | None = None,
 ) -> dict[str, int]:
     """Count a policy's retries after hard declines and beyond the networks' caps.
 
@@ -179,12 +179,21 @@ def rule_checks(
     attempt_hours_by_row
         Optional attempt times (hours) of the charge before each decision, to count the
         Mastercard caps (10 declines per 24 h, 35 per 30 days) and Visa's 20 reattempts per
-        30 days on the charge's own attempts (domain-facts: card-network retry rules).
+        30 days on the charge's own attempts (domain-facts: card-network retry rules). Either a
+        list of arrays or a ``(n_rows, k)`` matrix padded with NaN (vectorised).
     """
     retries = ~np.isnan(np.asarray(target_hours, dtype=np.float64))
     hard = int((retries & np.asarray(hard_state, dtype=bool)).sum())
     violations = 0
-    if attempt_hours_by_row is not None:
+    if isinstance(attempt_hours_by_row, np.ndarray):
+        t = np.asarray(target_hours, dtype=np.float64)[:, None]
+        with np.errstate(invalid="ignore"):
+            gap = t - attempt_hours_by_row  # NaN padding compares False
+            d24 = (gap < 24).sum(axis=1)
+            d30 = (gap < 24 * 30).sum(axis=1)
+        bad = retries & ((d24 >= 10) | (d30 >= 35) | (d30 > 20))
+        violations = int(bad.sum())
+    elif attempt_hours_by_row is not None:
         for t, prev in zip(np.asarray(target_hours), attempt_hours_by_row, strict=True):
             if np.isnan(t):
                 continue
