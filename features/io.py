@@ -108,7 +108,7 @@ def read_table(path: str | Path) -> pd.DataFrame:
         raise TableIOError(f"{str(p)!r}: no such file")
     try:
         if fmt == "parquet":
-            table = pq.read_table(p)
+            table = _read_parquet(p)
         else:
             table = _read_csv_as_strings(p, compressed=fmt == "csv.gz")
     except TableIOError:
@@ -123,6 +123,22 @@ def read_table(path: str | Path) -> pd.DataFrame:
     ]
     table = table.cast(pa.schema(fields, metadata=table.schema.metadata))
     return table.to_pandas()
+
+
+def _read_parquet(path: Path) -> pa.Table:
+    """Read a Parquet file, decoding text columns straight into ``large_string``.
+
+    pandas' string dtype stores ``large_string``; asking the reader for it avoids a second pass
+    over every text column (a cast that copies all offsets) after reading.
+    """
+    stored = pq.read_schema(path)
+    if not any(pa.types.is_string(field.type) for field in stored):
+        return pq.read_table(path)
+    fields = [
+        field.with_type(pa.large_string()) if pa.types.is_string(field.type) else field
+        for field in stored
+    ]
+    return pq.read_table(path, schema=pa.schema(fields, metadata=stored.metadata))
 
 
 def _read_csv_as_strings(path: Path, *, compressed: bool) -> pa.Table:

@@ -71,6 +71,8 @@ RULES: dict[str, str] = {
 _TS_NS_UTC = pa.timestamp("ns", tz="UTC")
 # A time of day followed by a zone designator: "...10:00Z", "...10:00:00.5+05:30", "...-0800".
 _ZONE_RE = r"\d\d:\d\d(?::\d\d(?:[.,]\d+)?)?\s*(?:[Zz]|[+-]\d\d(?::?\d\d)?)$"
+_HIGH_CARDINALITY = frozenset({c.ATTEMPT_ID, c.CHARGE_ID, c.CUSTOMER_ID, c.CARD_ID})
+"""Identifier columns kept as plain text; every other text column is dictionary-encoded."""
 _NUMBER_RE = r"^[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?$"
 
 
@@ -430,85 +432,132 @@ def _iana_zones() -> frozenset[str]:
     return frozenset(zoneinfo.available_timezones())
 
 
+class _Coded(NamedTuple):
+    """A text column as a dictionary of distinct values and one code per row.
+
+    Low-cardinality columns (codes, brands, countries, ...) are checked once per distinct value
+    and materialised in any row order from the small dictionary, which is much faster than
+    comparing or gathering millions of strings.
+    """
+
+    dictionary: pa.Array  # large_string; may hold an unused "" entry
+    codes: np.ndarray  # int32 index into ``dictionary`` per row; -1 = missing (null or "")
+
+    @property
+    def missing(self) -> np.ndarray:
+        return self.codes < 0
+
+    def lookup(self, per_value: np.ndarray) -> np.ndarray:
+        """Per-row mask from a per-dictionary-value mask (missing rows -> False)."""
+        return np.append(np.asarray(per_value, dtype=bool), False)[self.codes]
+
+    def take(self, rows: np.ndarray) -> pa.Array:
+        """The text values at ``rows`` (missing -> null) as ``large_string``."""
+        idx = self.codes[rows]
+        if len(self.dictionary) == 0:
+            return pa.nulls(idx.size, pa.large_string())
+        return self.dictionary.take(pa.array(idx, mask=idx < 0))
+
+
+def _encode(arr: pa.Array | pa.ChunkedArray | None, n: int) -> _Coded:
+    """Dictionary-encode one text column (``None``: absent column, all missing)."""
+    if arr is None or n == 0:
+        return _Coded(pa.array([], pa.large_string()), np.full(n, -1, dtype=np.int32))
+    if not pa.types.is_large_string(arr.type):
+        arr = _as_string(arr)
+    encoded = pc.dictionary_encode(arr)
+    if isinstance(encoded, pa.ChunkedArray):
+        encoded = encoded.unify_dictionaries()
+        dictionary = encoded.chunk(0).dictionary
+        indices = pa.chunked_array([ch.indices for ch in encoded.chunks], pa.int32())
+    else:
+        dictionary, indices = encoded.dictionary, encoded.indices
+    codes = np.asarray(pc.fill_null(indices, -1).to_numpy(), dtype=np.int32)
+    empty = np.flatnonzero(_np_bool(pc.equal(dictionary, "")))
+    if empty.size:  # an empty string counts as missing
+        codes = np.where(codes == empty[0], np.int32(-1), codes)
+    return _Coded(dictionary.cast(pa.large_string()), codes)
+
+
+def _value_mask(dictionary: pa.Array, values: frozenset[str] | Sequence[str]) -> np.ndarray:
+    """Per-dictionary-value membership in ``values``."""
+    value_set = pa.array(sorted(values), type=pa.large_string())
+    return _np_bool(pc.is_in(dictionary, value_set=value_set))
+
+
 def _check_codes(
     checks: _Checks,
     column: str,
-    text: pa.Array,
-    missing: np.ndarray,
+    coded: _Coded,
     allowed: frozenset[str],
     *,
     case: str,
     case_rule: str,
     unknown_rule: str,
-) -> np.ndarray:
-    """Membership check with a dedicated rule for wrong letter case; returns the valid mask."""
-    value_set = pa.array(sorted(allowed), type=pa.large_string())
-    member = _np_bool(pc.is_in(text, value_set=value_set))
-    bad = ~missing & ~member
+) -> None:
+    """Membership check with a dedicated rule for wrong letter case."""
+    dictionary = coded.dictionary
+    bad = ~_value_mask(dictionary, allowed) & ~_np_bool(pc.equal(dictionary, ""))
     if bad.any():
-        recased = pc.utf8_lower(text) if case == "lower" else pc.utf8_upper(text)
-        wrong_case = bad & _np_bool(pc.is_in(recased, value_set=value_set))
-        checks.add(column, case_rule, wrong_case)
-        checks.add(column, unknown_rule, bad & ~wrong_case)
-    return ~bad
+        recased = pc.utf8_lower(dictionary) if case == "lower" else pc.utf8_upper(dictionary)
+        wrong_case = bad & _value_mask(recased, allowed)
+        checks.add(column, case_rule, coded.lookup(wrong_case))
+        checks.add(column, unknown_rule, coded.lookup(bad & ~wrong_case))
 
 
-def _dictionary_codes(
-    values: pa.Array | pa.ChunkedArray, *, sort: bool = False
-) -> tuple[np.ndarray, int]:
-    """Integer code per value (-1 for missing) and the number of distinct values.
-
-    With ``sort=True`` the codes are the values' ranks in ascending (string) order.
-    """
-    if isinstance(values, pa.ChunkedArray):
-        values = values.combine_chunks()
-    encoded = pc.dictionary_encode(values)
-    codes = np.asarray(
-        pc.fill_null(encoded.indices.cast(pa.int64()), -1).to_numpy(), dtype=np.int64
+def _duplicates(ids: pa.Array | pa.ChunkedArray, n: int) -> np.ndarray:
+    """Mask of rows whose (present) id occurred in an earlier row."""
+    duplicate = np.zeros(n, dtype=bool)
+    counts = pc.value_counts(ids)
+    repeated = counts.field("values").filter(
+        pc.and_(pc.greater(counts.field("counts"), 1), pc.is_valid(counts.field("values")))
     )
-    n_distinct = len(encoded.dictionary)
-    if sort and n_distinct:
-        rank = np.asarray(pc.rank(encoded.dictionary, sort_keys="ascending"), dtype=np.int64) - 1
-        codes = np.where(codes >= 0, rank[np.maximum(codes, 0)], -1)
-    return codes, n_distinct
+    if len(repeated) == 0:
+        return duplicate
+    # Only the few rows holding a repeated id: keep each id's first occurrence.
+    rows = np.flatnonzero(_np_bool(pc.is_in(ids, value_set=repeated)))
+    later = pd.Series(ids.take(pa.array(rows)).to_pylist()).duplicated(keep="first").to_numpy()
+    duplicate[rows[later]] = True
+    return duplicate
 
 
 def _sort_order(
-    charge_codes: np.ndarray, ts_ns: np.ndarray, attempt: pa.Array, rows: np.ndarray
+    charge: pa.ChunkedArray, ts_ns: np.ndarray, attempt: pa.ChunkedArray, sortable: np.ndarray
 ) -> np.ndarray:
-    """Positions ``rows`` ordered by (charge_id, attempted_at, attempt_id).
+    """Positions of the ``sortable`` rows ordered by (charge_id, attempted_at, attempt_id).
 
-    ``charge_codes`` are the charge ids' ranks in sorted order (``pd.factorize(sort=True)``).
+    Strings compare in code-point (UTF-8 byte) order; missing attempt ids sort last; the sort
+    is stable, so rows equal on all three keys keep their input order.
     """
-    if rows.size == 0:
-        return rows
-    charge_code = charge_codes[rows]
-    ts_sub = ts_ns[rows]
-    # One int64 key (charge rank, time rank) sorts faster than np.lexsort over two keys. Equal
-    # times get distinct ranks in arbitrary order; such ties are resolved by attempt_id below.
-    by_time = np.argsort(ts_sub)
-    time_rank = np.empty(rows.size, dtype=np.int64)
-    time_rank[by_time] = np.arange(rows.size, dtype=np.int64)
-    order = np.argsort(charge_code.astype(np.int64) * rows.size + time_rank)
-    ordered = rows[order]
-    code_o, ts_o = charge_code[order], ts_sub[order]
-    tie = np.zeros(rows.size, dtype=bool)
-    same = (code_o[1:] == code_o[:-1]) & (ts_o[1:] == ts_o[:-1])
-    tie[1:] |= same
-    tie[:-1] |= same
-    if tie.any():
-        # Break ties in (charge, time) by attempt_id; the tied slots keep their positions.
-        slots = np.flatnonzero(tie)
-        sub = pd.DataFrame(
-            {
-                "c": code_o[slots],
-                "t": ts_o[slots],
-                "a": attempt.take(pa.array(ordered[slots])).to_pandas(),
-                "p": ordered[slots],
-            }
-        ).sort_values(["c", "t", "a"], kind="stable", na_position="last")
-        ordered[slots] = sub["p"].to_numpy()
-    return ordered
+    if not sortable.any():
+        return np.zeros(0, dtype=np.int64)
+    keys = pa.table({"c": charge, "t": ts_ns, "a": attempt})
+    order = pc.sort_indices(
+        keys,
+        sort_keys=[("c", "ascending"), ("t", "ascending"), ("a", "ascending")],
+    )  # nulls (missing attempt ids) are placed at the end by default
+    positions = np.asarray(order.to_numpy(), dtype=np.int64)
+    return positions[sortable[positions]]
+
+
+def _group_ids(sorted_keys: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """Group number per row of a sorted, null-free column (a new group where the value changes)."""
+    n = len(sorted_keys)
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    same = _np_bool(pc.equal(sorted_keys.slice(1), sorted_keys.slice(0, n - 1)))
+    return np.cumsum(np.r_[True, ~same], dtype=np.int64)
+
+
+def _in_order(values: Any, rows: np.ndarray, keep: np.ndarray | None, *, identity: bool) -> Any:
+    """``values`` at ``rows`` (ascending positions selected by mask ``keep`` when monotonic)."""
+    if identity:
+        return values
+    if isinstance(values, np.ndarray):
+        return values[rows]
+    if keep is not None:
+        return values.filter(pa.array(keep))
+    return values.take(pa.array(rows, type=pa.int64()))
 
 
 # --------------------------------------------------------------------------------------------
@@ -584,12 +633,17 @@ def validate_attempts(raw: pd.DataFrame, *, drop_invalid: bool = False) -> Valid
     out: dict[str, Any] = {}
     missing_of: dict[str, np.ndarray] = {}
 
-    # Strings (identifiers and codes); required ones must be present.
+    # Strings (identifiers and codes); required ones must be present. Low-cardinality columns
+    # are dictionary-encoded; identifiers stay plain text.
     for col in c.STRING_COLUMNS:
-        absent = pa.nulls(n, pa.large_string())
-        text = _as_string(raw_arrays[col]) if col in raw_arrays else absent
-        out[col] = text
-        missing_of[col] = np.asarray(text.is_null().to_numpy(zero_copy_only=False), dtype=bool)
+        if col in _HIGH_CARDINALITY:
+            absent = pa.nulls(n, pa.large_string())
+            text = _as_string(raw_arrays[col]) if col in raw_arrays else absent
+            out[col] = text
+            missing_of[col] = np.asarray(text.is_null().to_numpy(zero_copy_only=False), dtype=bool)
+        else:
+            out[col] = _encode(raw_arrays.get(col), n)
+            missing_of[col] = out[col].missing
         if col in c.REQUIRED_COLUMNS and col != c.DECLINE_CODE:
             checks.add(col, "missing_value", missing_of[col])
 
@@ -639,12 +693,11 @@ def validate_attempts(raw: pd.DataFrame, *, drop_invalid: bool = False) -> Valid
     else:
         out[c.RETRY_PROPENSITY] = np.full(n, np.nan)
 
-    # Codes.
+    # Codes, checked once per distinct value.
     _check_codes(
         checks,
         c.CURRENCY,
         out[c.CURRENCY],
-        missing_of[c.CURRENCY],
         CURRENCIES,
         case="lower",
         case_rule="currency_not_lower_case",
@@ -654,29 +707,36 @@ def validate_attempts(raw: pd.DataFrame, *, drop_invalid: bool = False) -> Valid
         checks,
         c.CARD_COUNTRY,
         out[c.CARD_COUNTRY],
-        missing_of[c.CARD_COUNTRY],
         COUNTRIES,
         case="upper",
         case_rule="country_not_upper_case",
         unknown_rule="country_unknown",
     )
-    funding = _np_bool(pc.is_in(out[c.CARD_FUNDING], value_set=pa.array(sorted(c.CARD_FUNDINGS))))
-    checks.add(c.CARD_FUNDING, "card_funding_unknown", ~missing_of[c.CARD_FUNDING] & ~funding)
-    brand = out[c.CARD_BRAND]
-    brand_upper = _np_bool(pc.not_equal(pc.utf8_lower(brand), brand))
-    checks.add(c.CARD_BRAND, "card_brand_not_lower_case", brand_upper)
+    funding: _Coded = out[c.CARD_FUNDING]
+    funding_ok = _value_mask(funding.dictionary, c.CARD_FUNDINGS)
+    checks.add(
+        c.CARD_FUNDING, "card_funding_unknown", ~funding.missing & ~funding.lookup(funding_ok)
+    )
+    brands: pa.Array = out[c.CARD_BRAND].dictionary
+    checks.add(
+        c.CARD_BRAND,
+        "card_brand_not_lower_case",
+        out[c.CARD_BRAND].lookup(_np_bool(pc.not_equal(pc.utf8_lower(brands), brands))),
+    )
     if c.CUSTOMER_TIMEZONE in raw_arrays:
-        tz = out[c.CUSTOMER_TIMEZONE]
-        uniques = [u for u in pc.unique(tz).to_pylist() if u is not None]
-        invalid_zones = [u for u in uniques if u not in _iana_zones()]
-        if invalid_zones:
-            bad_tz = _np_bool(pc.is_in(tz, value_set=pa.array(invalid_zones, pa.large_string())))
-            checks.add(c.CUSTOMER_TIMEZONE, "timezone_unknown", bad_tz)
+        zones: _Coded = out[c.CUSTOMER_TIMEZONE]
+        known = _iana_zones()
+        unknown_zone = np.array(
+            [z is not None and z != "" and z not in known for z in zones.dictionary.to_pylist()],
+            dtype=bool,
+        )
+        if unknown_zone.any():
+            checks.add(c.CUSTOMER_TIMEZONE, "timezone_unknown", zones.lookup(unknown_zone))
 
     # Outcome and decline code.
-    outcome = out[c.OUTCOME]
-    succeeded = _np_bool(pc.equal(outcome, c.SUCCEEDED))
-    failed = _np_bool(pc.equal(outcome, c.FAILED))
+    outcome: _Coded = out[c.OUTCOME]
+    succeeded = outcome.lookup(_np_bool(pc.equal(outcome.dictionary, c.SUCCEEDED)))
+    failed = outcome.lookup(_np_bool(pc.equal(outcome.dictionary, c.FAILED)))
     checks.add(c.OUTCOME, "outcome_unknown", ~missing_of[c.OUTCOME] & ~succeeded & ~failed)
     has_code = ~missing_of[c.DECLINE_CODE]
     checks.add(c.DECLINE_CODE, "decline_code_missing", failed & ~has_code, show=c.OUTCOME)
@@ -684,13 +744,7 @@ def validate_attempts(raw: pd.DataFrame, *, drop_invalid: bool = False) -> Valid
 
     # Duplicate attempt ids (every occurrence after the first).
     attempt_ids = out[c.ATTEMPT_ID]
-    present_ids = ~missing_of[c.ATTEMPT_ID]
-    id_codes, n_ids = _dictionary_codes(attempt_ids)
-    duplicate = np.zeros(n, dtype=bool)
-    if n_ids < present_ids.sum():
-        _, first = np.unique(id_codes, return_index=True)
-        duplicate = present_ids.copy()
-        duplicate[first] = False
+    duplicate = _duplicates(attempt_ids, n)
     checks.add(c.ATTEMPT_ID, "duplicate_attempt_id", duplicate)
 
     # Order, and the charge-level rules on rows whose charge, time and outcome are valid.
@@ -700,14 +754,17 @@ def validate_attempts(raw: pd.DataFrame, *, drop_invalid: bool = False) -> Valid
         dtype=np.int64,
     )
     sortable = ~missing_of[c.CHARGE_ID] & ts_valid[c.ATTEMPTED_AT]
-    charge_codes, _ = _dictionary_codes(out[c.CHARGE_ID], sort=True)
-    order = _sort_order(charge_codes, ts_ns, attempt_ids, np.flatnonzero(sortable))
+    order = _sort_order(out[c.CHARGE_ID], ts_ns, attempt_ids, sortable)
+    identity = order.size == n and bool(np.all(order == np.arange(n)))
+    charge_sorted = out[c.CHARGE_ID] if identity else out[c.CHARGE_ID].take(pa.array(order))
+    group = _group_ids(charge_sorted)
     eligible = sortable & (succeeded | failed) & ~duplicate
-    _check_charges(checks, charge_codes, order, eligible, succeeded)
+    _check_charges(checks, group, order, eligible, succeeded)
 
     invalid = checks.invalid()
     issues = checks.issues()
-    valid_order = order[~invalid[order]]
+    keep_sorted = ~invalid[order]
+    valid_order = order[keep_sorted]
     report = ValidationReport(
         n_rows=n, n_valid=int(valid_order.size), issues=issues, extra_columns=extra
     )
@@ -715,30 +772,36 @@ def validate_attempts(raw: pd.DataFrame, *, drop_invalid: bool = False) -> Valid
     _summarise_declines(report, out[c.DECLINE_CODE], failed_valid)
     if issues and not drop_invalid:
         raise ContractError(report)
-    clean = _canonical_frame(out, valid_order)
+    out[c.CHARGE_ID] = charge_sorted.filter(pa.array(keep_sorted))
+    clean = _canonical_frame(out, valid_order, ~invalid, sorted_columns={c.CHARGE_ID})
     rejects = _rejects(raw, checks.findings, invalid)
     return ValidationResult(clean=clean, rejects=rejects, report=report)
 
 
 def _check_charges(
     checks: _Checks,
-    charge_codes: np.ndarray,
+    group: np.ndarray,
     order: np.ndarray,
     eligible: np.ndarray,
     succeeded: np.ndarray,
 ) -> None:
-    """Flag second successes and attempts after the success within each charge."""
-    rows = order[eligible[order]]
+    """Flag second successes and attempts after the success within each charge.
+
+    ``order`` lists the sortable rows in (charge, time, attempt_id) order and ``group`` numbers
+    their charges (same length as ``order``).
+    """
+    in_scope = eligible[order]
+    rows = order[in_scope]
     if rows.size == 0:
         return
-    codes = charge_codes[rows]
+    codes = group[in_scope]
     success = succeeded[rows].astype(np.int64)
     cumulative = np.cumsum(success)
     starts = np.r_[True, codes[1:] != codes[:-1]]
     # Successes strictly before each row within the same charge.
     base = (cumulative - success)[starts]
-    group = np.cumsum(starts) - 1
-    before = cumulative - success - base[group]
+    index = np.cumsum(starts) - 1
+    before = cumulative - success - base[index]
     after = before > 0
     second = np.zeros(len(eligible), dtype=bool)
     later = np.zeros(len(eligible), dtype=bool)
@@ -748,41 +811,60 @@ def _check_charges(
     checks.add(c.CHARGE_ID, "attempt_after_success", later)
 
 
-def _summarise_declines(report: ValidationReport, codes: pa.Array, rows: np.ndarray) -> None:
+def _summarise_declines(report: ValidationReport, codes: _Coded, rows: np.ndarray) -> None:
     """Decline-family mix and unknown decline codes of the valid failed rows."""
     if rows.size == 0:
         return
+    row_codes = codes.codes[rows]
+    row_codes = row_codes[row_codes >= 0]
+    if row_codes.size == 0:
+        return
+    k = len(codes.dictionary)
+    numbers = np.bincount(row_codes, minlength=k)
+    # Codes in order of first appearance among the rows (ties in the mix keep that order).
+    first = np.full(k, row_codes.size, dtype=np.int64)
+    np.minimum.at(first, row_codes, np.arange(row_codes.size, dtype=np.int64))
+    present = np.flatnonzero(numbers > 0)
+    present = present[np.argsort(first[present], kind="stable")]
+    values = codes.dictionary.take(pa.array(present)).to_pylist()
     from features.taxonomy import classify_codes
 
-    counts = pc.value_counts(codes.take(pa.array(rows)))
-    values = counts.field("values").to_pylist()
-    numbers = counts.field("counts").to_pylist()
-    keep = [i for i, v in enumerate(values) if v is not None]
-    if not keep:
-        return
-    uniques = pd.Series([values[i] for i in keep], dtype="str")
-    info = classify_codes(uniques)
+    info = classify_codes(pd.Series(values, dtype="str"))
     families: dict[str, int] = {}
-    for i, family, known in zip(keep, info["family"], info["known"], strict=True):
+    for i, value, family, known in zip(present, values, info["family"], info["known"], strict=True):
         families[str(family)] = families.get(str(family), 0) + int(numbers[i])
         if not known:
-            report.unknown_decline_codes[str(values[i])] = int(numbers[i])
+            report.unknown_decline_codes[str(value)] = int(numbers[i])
     report.decline_families = dict(sorted(families.items(), key=lambda kv: -kv[1]))
 
 
-def _canonical_frame(out: dict[str, Any], rows: np.ndarray) -> pd.DataFrame:
-    """Contract columns in order with canonical dtypes, rows taken in ``rows`` order."""
-    take = pa.array(rows, type=pa.int64())
+def _canonical_frame(
+    out: dict[str, Any],
+    rows: np.ndarray,
+    valid: np.ndarray,
+    *,
+    sorted_columns: frozenset[str] | set[str] = frozenset(),
+) -> pd.DataFrame:
+    """Contract columns in order with canonical dtypes, rows taken in ``rows`` order.
+
+    ``valid`` is the row mask that ``rows`` orders; columns in ``sorted_columns`` already hold
+    exactly the rows of ``rows`` in that order. Each column is gathered once: not at all when
+    ``rows`` is ``0..n-1``, by a sequential filter when ``rows`` is ascending, by a take
+    otherwise (low-cardinality text from its small dictionary).
+    """
+    n = len(valid)
+    identity = rows.size == n and bool(np.all(rows == np.arange(n)))
+    ascending = identity or bool(np.all(rows[1:] > rows[:-1]))
+    keep = None if identity or not ascending else valid
     data: dict[str, Any] = {}
     for col in c.ALL_COLUMNS:
         values = out[col]
-        if isinstance(values, np.ndarray):
-            data[col] = values[rows]
+        if col in sorted_columns:
+            data[col] = values
+        elif isinstance(values, _Coded):
+            data[col] = values.take(rows)
         else:
-            # A random take from one contiguous array is much faster than from many chunks.
-            if isinstance(values, pa.ChunkedArray):
-                values = values.combine_chunks()
-            data[col] = values.take(take)
+            data[col] = _in_order(values, rows, keep, identity=identity)
     frame = pa.table(data).to_pandas()
     for col in c.STRING_COLUMNS:
         if frame[col].dtype != "str":
