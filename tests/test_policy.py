@@ -18,6 +18,7 @@ from test_rules import FAIL, T0, Z, request
 from features.decisions import Constraints, DecisionBatch, RetryPolicy
 from serving.policy import (
     CandidateScores,
+    Decision,
     FallbackPolicy,
     GreedyPolicy,
     PlannerConfig,
@@ -55,10 +56,12 @@ def early_vs_peak(hours: np.ndarray) -> np.ndarray:
     return p
 
 
-def _decide(policy: object, req: DecisionRequest, cons: Constraints) -> object:
+def _decide(
+    policy: PlannerPolicy | GreedyPolicy | FallbackPolicy, req: DecisionRequest, cons: Constraints
+) -> Decision:
     assert req.now is not None
     prep = to_batch([req], nows=[req.now], constraints=cons)
-    return policy.decide_detailed(prep.batch, current_cards=prep.current_cards)[0]  # type: ignore[attr-defined]
+    return policy.decide_detailed(prep.batch, current_cards=prep.current_cards)[0]
 
 
 def test_policies_implement_the_protocol() -> None:
@@ -83,6 +86,7 @@ def test_planner_weighs_the_retries_left() -> None:
     assert one.action == "retry" and one.success_probability == pytest.approx(0.6)
     assert greedy.success_probability == pytest.approx(0.6)
     assert greedy.reason == Reason.GREEDY_ARGMAX and many.reason == Reason.MODEL_OPTIMUM
+    assert many.retry_at is not None and one.retry_at is not None
     assert many.retry_at < one.retry_at
 
 
@@ -93,6 +97,7 @@ def test_planner_output_fields() -> None:
     )
     assert d.model_version == "curve-1" and d.policy == "model"
     assert len(d.alternatives) == 3
+    assert d.retry_at is not None
     times = [d.retry_at] + [a.retry_at for a in d.alternatives]
     gaps = [abs((a - b).total_seconds()) for a, b in itertools.combinations(times, 2)]
     assert min(gaps) >= 6 * 3600
@@ -125,6 +130,7 @@ def test_daily_discount_pulls_the_retry_earlier() -> None:
     disc = _decide(
         PlannerPolicy(CurveModel(late_better)), req, Constraints(max_retries=1, daily_discount=0.2)
     )
+    assert disc.retry_at is not None and plain.retry_at is not None
     assert disc.retry_at < plain.retry_at
 
 

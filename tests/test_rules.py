@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -32,7 +33,7 @@ CARD: dict[str, Any] = {
 
 
 def request(
-    attempts: list[tuple[timedelta, str, str | None, str | None]],
+    attempts: Sequence[tuple[timedelta, str, str | None, str | None]],
     *,
     card: dict[str, Any] | None = None,
     attempt_cards: list[dict[str, Any] | None] | None = None,
