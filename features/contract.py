@@ -76,6 +76,17 @@ OUTCOMES: Final[frozenset[str]] = frozenset({SUCCEEDED, FAILED})
 
 CARD_FUNDINGS: Final[frozenset[str]] = frozenset({"credit", "debit", "prepaid", "unknown"})
 KNOWN_CARD_BRANDS: Final[frozenset[str]] = frozenset(
-    {"visa", "mastercard", "amex", "discover", "jcb", "diners", "unionpay", "cartes_bancaires",
-     "eftpos_au", "interac", "unknown"}
+    {
+        "visa",
+        "mastercard",
+        "amex",
+        "discover",
+        "jcb",
+        "diners",
+        "unionpay",
+        "cartes_bancaires",
+        "eftpos_au",
+        "interac",
+        "unknown",
+    }
 )
