@@ -36,6 +36,7 @@ import pandas as pd
 from features import contract as c
 from features.build import AttemptColumns
 from features.decisions import Constraints, DecisionBatch, PolicyDecisions
+from serving.columnar import ColumnarBatch
 from serving.rules import (
     HOUR_NS,
     CardRef,
@@ -411,10 +412,15 @@ def _sub_batch(batch: DecisionBatch, keep: np.ndarray) -> DecisionBatch:
 
 def _amounts(batch: DecisionBatch, charge_ids: Sequence[str]) -> np.ndarray:
     """The amount of each charge's last attempt (0 when the charge has no rows)."""
-    if not len(batch.attempts):
+    if isinstance(batch, ColumnarBatch):
+        cols = batch.attempt_columns
+        ids = list(cols.columns[c.CHARGE_ID])
+        amounts = np.asarray(cols.columns[c.AMOUNT], dtype=np.float64)
+    elif not len(batch.attempts):
         return np.zeros(len(charge_ids))
-    ids = batch.attempts[c.CHARGE_ID].tolist()
-    amounts = batch.attempts[c.AMOUNT].to_numpy(dtype=np.float64, na_value=np.nan)
+    else:
+        ids = batch.attempts[c.CHARGE_ID].tolist()
+        amounts = batch.attempts[c.AMOUNT].to_numpy(dtype=np.float64, na_value=np.nan)
     last: dict[Any, float] = {}
     for cid, amount in zip(ids, amounts.tolist(), strict=True):
         if amount == amount:  # groupby().last() skips missing values
@@ -435,10 +441,19 @@ class _RulesPolicy:
         return None
 
     def rules(
-        self, batch: DecisionBatch, *, current_cards: Sequence[CardRef | None] | None = None
+        self,
+        batch: DecisionBatch,
+        *,
+        current_cards: Sequence[CardRef | None] | None = None,
+        columns: tuple[AttemptColumns, AttemptColumns | None] | None = None,
     ) -> list[tuple[RuleResult, str]]:
-        """The rules' verdict and the customer's zone for every charge of ``batch``."""
-        states = charge_states(batch, current_cards=current_cards)
+        """The rules' verdict and the customer's zone for every charge of ``batch``.
+
+        ``columns`` (or a :class:`serving.columnar.ColumnarBatch`) is read instead of the frames.
+        """
+        if columns is None and isinstance(batch, ColumnarBatch):
+            columns = batch.columns
+        states = charge_states(batch, current_cards=current_cards, columns=columns)
         return [
             (evaluate_rules(s, batch.constraints, grid_hours=self.config.grid_hours), s.timezone)
             for s in states
@@ -456,7 +471,9 @@ class _RulesPolicy:
         ``columns`` optionally holds ``batch.attempts`` and ``batch.history`` as
         :class:`features.build.AttemptColumns` (same rows; the model's fast path reads them).
         """
-        verdicts = self.rules(batch, current_cards=current_cards)
+        if columns is None and isinstance(batch, ColumnarBatch):
+            columns = batch.columns
+        verdicts = self.rules(batch, current_cards=current_cards, columns=columns)
         out: list[Decision | None] = [None] * len(verdicts)
         live = np.array([not r.stop for r, _ in verdicts], dtype=bool)
         for i, (r, _) in enumerate(verdicts):
@@ -464,13 +481,25 @@ class _RulesPolicy:
                 out[i] = _stop_decision(r, policy=self.name, model_version=self.model_version)
         if live.any():
             idx = np.flatnonzero(live)
-            if columns is not None and not live.all():
-                wanted = set(batch.charge_ids[live].tolist())
-                own_ids = columns[0].columns[c.CHARGE_ID]
-                keep = np.asarray([x in wanted for x in own_ids], dtype=bool)
-                columns = (columns[0].take(keep), columns[1])
+            sub: DecisionBatch = batch
+            if live.all():
+                pass
+            elif (
+                isinstance(batch, ColumnarBatch)
+                and columns is not None
+                and columns[0] is batch.attempt_columns
+            ):
+                sub = batch.select(live)
+                columns = (sub.attempt_columns, sub.history_columns)
+            else:
+                sub = _sub_batch(batch, live)
+                if columns is not None:
+                    wanted = set(batch.charge_ids[live].tolist())
+                    own_ids = columns[0].columns[c.CHARGE_ID]
+                    keep = np.asarray([x in wanted for x in own_ids], dtype=bool)
+                    columns = (columns[0].take(keep), columns[1])
             chosen = self._choose(
-                _sub_batch(batch, live),
+                sub,
                 [verdicts[i][0] for i in idx],
                 [verdicts[i][1] for i in idx],
                 columns=columns,

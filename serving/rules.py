@@ -32,6 +32,7 @@ import pandas as pd
 
 from features import contract as c
 from features import taxonomy
+from features.build import AttemptColumns
 from features.decisions import Constraints, DecisionBatch
 
 HOUR_NS = np.int64(3_600_000_000_000)
@@ -488,12 +489,236 @@ def card_refs(frame: pd.DataFrame) -> list[CardRef]:
     ]
 
 
-def _column_list(frame: pd.DataFrame, column: str) -> list[object]:
-    return frame[column].tolist() if column in frame else [None] * len(frame)
+@dataclass(frozen=True, kw_only=True)
+class RuleRows:
+    """The contract columns the rules read, as plain lists / int64 arrays (no pandas).
+
+    Built once per batch from a canonical frame (:meth:`from_frame`) or from
+    :class:`features.build.AttemptColumns` (:meth:`from_columns`); strings are ``None`` when
+    missing, brands lower-case (``"unknown"`` when missing), expiry ``None`` when missing.
+    """
+
+    charge_id: list[Any]
+    customer_id: list[Any]
+    attempted_at: np.ndarray
+    outcome: list[str]
+    decline_code: list[str | None]
+    advice_code: list[str | None]
+    brand: list[str]
+    card_id: list[str | None]
+    exp_month: list[int | None]
+    exp_year: list[int | None]
+    timezone: list[Any]
+    country: list[Any]
+
+    def __len__(self) -> int:
+        return len(self.charge_id)
+
+    def card(self, i: int) -> CardRef:
+        """The card of row ``i``."""
+        return CardRef(
+            brand=self.brand[i],
+            card_id=self.card_id[i],
+            exp_month=self.exp_month[i],
+            exp_year=self.exp_year[i],
+        )
+
+    def same_card(self, card: CardRef, rows: np.ndarray) -> np.ndarray:
+        """Whether each row of ``rows`` used ``card`` (:meth:`CardRef.same_as`)."""
+        key = (card.brand, card.exp_month, card.exp_year)
+        out = np.empty(rows.size, dtype=bool)
+        for k, i in enumerate(rows.tolist()):
+            other_id = self.card_id[i]
+            if card.card_id is not None and other_id is not None:
+                out[k] = card.card_id == other_id
+            else:
+                out[k] = key == (self.brand[i], self.exp_month[i], self.exp_year[i])
+        return out
+
+    @classmethod
+    def from_frame(cls, frame: pd.DataFrame) -> RuleRows:
+        """The rules' columns of a canonical contract frame."""
+        n = len(frame)
+
+        def strs(col: str) -> list[str | None]:
+            return [_opt_str(v) for v in frame[col].tolist()] if col in frame else [None] * n
+
+        def ints(col: str) -> list[int | None]:
+            return [_opt_int(v) for v in frame[col].tolist()] if col in frame else [None] * n
+
+        times = frame[c.ATTEMPTED_AT].to_numpy(dtype="datetime64[ns]").astype(np.int64)
+        return cls(
+            charge_id=frame[c.CHARGE_ID].tolist(),
+            customer_id=frame[c.CUSTOMER_ID].tolist() if c.CUSTOMER_ID in frame else [None] * n,
+            attempted_at=times,
+            outcome=[str(o) for o in frame[c.OUTCOME].tolist()],
+            decline_code=strs(c.DECLINE_CODE),
+            advice_code=strs(c.NETWORK_ADVICE_CODE),
+            brand=[b.lower() if b else "unknown" for b in strs(c.CARD_BRAND)],
+            card_id=strs(c.CARD_ID),
+            exp_month=ints(c.CARD_EXP_MONTH),
+            exp_year=ints(c.CARD_EXP_YEAR),
+            timezone=frame[c.CUSTOMER_TIMEZONE].tolist()
+            if c.CUSTOMER_TIMEZONE in frame
+            else [None] * n,
+            country=frame[c.CARD_COUNTRY].tolist() if c.CARD_COUNTRY in frame else [None] * n,
+        )
+
+    @classmethod
+    def from_columns(cls, cols: AttemptColumns) -> RuleRows:
+        """The rules' columns of :class:`features.build.AttemptColumns` (serving's fast path)."""
+        n = cols.n_rows
+        data = cols.columns
+
+        def raw(col: str) -> list[Any]:
+            values = data.get(col)
+            if values is None:
+                return [None] * n
+            return values.tolist() if isinstance(values, np.ndarray) else list(values)
+
+        def strs(col: str) -> list[str | None]:
+            return [None if v is None or v != v else str(v) for v in raw(col)]
+
+        def ints(col: str) -> list[int | None]:
+            return [None if v is None or v != v else int(v) for v in raw(col)]
+
+        return cls(
+            charge_id=raw(c.CHARGE_ID),
+            customer_id=raw(c.CUSTOMER_ID),
+            attempted_at=np.asarray(data[c.ATTEMPTED_AT], dtype=np.int64),
+            outcome=[str(o) for o in raw(c.OUTCOME)],
+            decline_code=strs(c.DECLINE_CODE),
+            advice_code=strs(c.NETWORK_ADVICE_CODE),
+            brand=[b.lower() if b else "unknown" for b in strs(c.CARD_BRAND)],
+            card_id=strs(c.CARD_ID),
+            exp_month=ints(c.CARD_EXP_MONTH),
+            exp_year=ints(c.CARD_EXP_YEAR),
+            timezone=raw(c.CUSTOMER_TIMEZONE),
+            country=raw(c.CARD_COUNTRY),
+        )
+
+
+def _group_sorted(keys: list[Any], times: np.ndarray) -> tuple[dict[Any, np.ndarray], np.ndarray]:
+    """Rows grouped by key, each group in time order (stable): key -> row positions."""
+    if not keys:
+        return {}, np.array([], dtype=np.int64)
+    lookup: dict[Any, int] = {}
+    codes = np.fromiter(
+        (lookup.setdefault(k, len(lookup)) for k in keys), dtype=np.int64, count=len(keys)
+    )
+    order = np.lexsort((times, codes))  # stable: ties keep the input order
+    sorted_codes = codes[order]
+    bounds = np.searchsorted(sorted_codes, np.arange(len(lookup) + 1))
+    groups = {k: order[bounds[v] : bounds[v + 1]] for k, v in lookup.items()}
+    return groups, codes
+
+
+def charge_states_from_rows(
+    *,
+    charge_ids: Sequence[Any],
+    now: np.ndarray,
+    attempts: RuleRows,
+    history: RuleRows | None = None,
+    current_cards: Sequence[CardRef | None] | None = None,
+) -> list[ChargeState]:
+    """Build the rules' view of every charge from plain columns (no pandas).
+
+    Parameters
+    ----------
+    charge_ids
+        The charges to decide.
+    now
+        Decision time per charge (``datetime64[ns]``, UTC naive).
+    attempts
+        The charges' attempts (any order; sorted by time per charge here, stable).
+    history
+        The customers' other attempts (rows of the decided charge itself are ignored).
+    current_cards
+        Optional card per charge that the next retry would use; ``None`` = the card of the
+        charge's last attempt.
+    """
+    groups, _ = _group_sorted(attempts.charge_id, attempts.attempted_at)
+    hist_groups: dict[Any, np.ndarray] = {}
+    hist_retry = np.array([], dtype=bool)
+    if history is not None and len(history):
+        hist_groups, _ = _group_sorted(history.customer_id, history.attempted_at)
+        # A history row is a reattempt when an earlier row of the same customer has the same
+        # charge (time order, stable; the decided charge's own rows are dropped below and never
+        # precede another charge's rows, so this is exact after the drop).
+        hist_retry = np.zeros(len(history), dtype=bool)
+        for rows in hist_groups.values():
+            seen: set[Any] = set()
+            for i in rows.tolist():
+                cid = history.charge_id[i]
+                hist_retry[i] = cid in seen
+                seen.add(cid)
+    now_ns = np.asarray(now).astype("datetime64[ns]")
+    empty_t = np.array([], dtype="datetime64[ns]")
+    states: list[ChargeState] = []
+    for k, charge_id in enumerate(list(charge_ids)):
+        t_now = now_ns[k]
+        idx = groups.get(charge_id)
+        if idx is None or idx.size == 0:
+            states.append(
+                ChargeState(
+                    charge_id=str(charge_id),
+                    now=t_now,
+                    attempt_times=empty_t,
+                    outcomes=(),
+                    decline_codes=(),
+                    advice_codes=(),
+                    cards=(),
+                    current_card=CardRef(brand="unknown"),
+                )
+            )
+            continue
+        rows = idx.tolist()
+        times = attempts.attempted_at[idx].astype("datetime64[ns]")
+        cards = tuple(attempts.card(i) for i in rows)
+        current = None if current_cards is None else current_cards[k]
+        current = current or cards[-1]
+        outcomes = tuple(attempts.outcome[i] for i in rows)
+        last = rows[-1]
+        zone = resolve_zone(attempts.timezone[last], attempts.country[last])
+        # Card events: this charge's attempts plus the customer's other charges on this card.
+        ev_t = [attempts.attempted_at[idx]]
+        ev_f = [np.array([o == c.FAILED for o in outcomes], dtype=bool)]
+        ev_r = [np.arange(len(outcomes)) > 0]
+        ev_same = [attempts.same_card(current, idx)]
+        if history is not None and hist_groups:
+            hidx = hist_groups.get(attempts.customer_id[last])
+            if hidx is not None and hidx.size:
+                hidx = hidx[np.array([history.charge_id[i] != charge_id for i in hidx.tolist()])]
+                if hidx.size:
+                    ev_t.append(history.attempted_at[hidx])
+                    ev_f.append(np.array([history.outcome[i] == c.FAILED for i in hidx.tolist()]))
+                    ev_r.append(hist_retry[hidx])
+                    ev_same.append(history.same_card(current, hidx))
+        same = np.concatenate(ev_same)
+        states.append(
+            ChargeState(
+                charge_id=str(charge_id),
+                now=t_now,
+                attempt_times=times,
+                outcomes=outcomes,
+                decline_codes=tuple(attempts.decline_code[i] for i in rows),
+                advice_codes=tuple(attempts.advice_code[i] for i in rows),
+                cards=cards,
+                current_card=current,
+                timezone=zone,
+                card_event_times=np.concatenate(ev_t)[same].astype("datetime64[ns]"),
+                card_event_failed=np.concatenate(ev_f).astype(bool)[same],
+                card_event_is_retry=np.concatenate(ev_r).astype(bool)[same],
+            )
+        )
+    return states
 
 
 def charge_states(
-    batch: DecisionBatch, *, current_cards: Sequence[CardRef | None] | None = None
+    batch: DecisionBatch,
+    *,
+    current_cards: Sequence[CardRef | None] | None = None,
+    columns: tuple[AttemptColumns, AttemptColumns | None] | None = None,
 ) -> list[ChargeState]:
     """Build the rules' view of every charge of ``batch``.
 
@@ -504,84 +729,23 @@ def charge_states(
     current_cards
         Optional card per charge that the next retry would use (after a card update); ``None``
         (or a ``None`` entry) means the card of the charge's last attempt.
+    columns
+        Optional ``(attempts, history)`` holding the same rows as ``batch.attempts`` /
+        ``batch.history`` as :class:`features.build.AttemptColumns`; read instead of the frames.
     """
-    attempts = batch.attempts
-    groups: dict[Any, Any] = (
-        attempts.groupby(c.CHARGE_ID, sort=False).indices if len(attempts) else {}
+    if columns is not None:
+        attempts = RuleRows.from_columns(columns[0])
+        history = None if columns[1] is None else RuleRows.from_columns(columns[1])
+    else:
+        attempts = RuleRows.from_frame(batch.attempts)
+        hist_frame = batch.history
+        history = (
+            None if hist_frame is None or not len(hist_frame) else RuleRows.from_frame(hist_frame)
+        )
+    return charge_states_from_rows(
+        charge_ids=batch.charge_ids.tolist(),
+        now=np.asarray(batch.now),
+        attempts=attempts,
+        history=history,
+        current_cards=current_cards,
     )
-    history = batch.history
-    hist_groups: dict[Any, Any] = {}
-    if history is not None and len(history):
-        hist_groups = history.groupby(c.CUSTOMER_ID, sort=False).indices
-    empty_t = np.array([], dtype="datetime64[ns]")
-    states: list[ChargeState] = []
-    for k, charge_id in enumerate(batch.charge_ids.tolist()):
-        now = np.datetime64(batch.now[k], "ns")
-        idx = groups.get(charge_id)
-        if idx is None or len(idx) == 0:
-            states.append(
-                ChargeState(
-                    charge_id=str(charge_id),
-                    now=now,
-                    attempt_times=empty_t,
-                    outcomes=(),
-                    decline_codes=(),
-                    advice_codes=(),
-                    cards=(),
-                    current_card=CardRef(brand="unknown"),
-                )
-            )
-            continue
-        rows = attempts.iloc[idx]
-        times = rows[c.ATTEMPTED_AT].to_numpy(dtype="datetime64[ns]")
-        order = np.argsort(times, kind="stable")
-        rows = rows.iloc[order]
-        times = times[order]
-        cards = card_refs(rows)
-        current = None if current_cards is None else current_cards[k]
-        current = current or cards[-1]
-        outcomes = tuple(str(o) for o in rows[c.OUTCOME].tolist())
-        codes = tuple(_opt_str(v) for v in rows[c.DECLINE_CODE].tolist())
-        advice = tuple(_opt_str(v) for v in _column_list(rows, c.NETWORK_ADVICE_CODE))
-        last = rows.iloc[-1]
-        zone = resolve_zone(
-            last[c.CUSTOMER_TIMEZONE] if c.CUSTOMER_TIMEZONE in rows else None,
-            last[c.CARD_COUNTRY],
-        )
-        # Card events: this charge's attempts plus the customer's other charges on this card.
-        ev_t = [times]
-        ev_f = [np.array([o == c.FAILED for o in outcomes], dtype=bool)]
-        ev_r = [np.arange(len(outcomes)) > 0]
-        ev_same = [np.array([current.same_as(cd) for cd in cards], dtype=bool)]
-        if hist_groups:
-            hidx = hist_groups.get(last[c.CUSTOMER_ID])
-            if hidx is not None and len(hidx):
-                hrows = history.iloc[hidx]  # type: ignore[union-attr]
-                hrows = hrows[hrows[c.CHARGE_ID].to_numpy() != charge_id]
-                if len(hrows):
-                    hrows = hrows.sort_values(c.ATTEMPTED_AT, kind="stable")
-                    ht = hrows[c.ATTEMPTED_AT].to_numpy(dtype="datetime64[ns]")
-                    ev_t.append(ht)
-                    ev_f.append(hrows[c.OUTCOME].to_numpy(dtype=object) == c.FAILED)
-                    ev_r.append(hrows[c.CHARGE_ID].duplicated().to_numpy())
-                    ev_same.append(
-                        np.array([current.same_as(cd) for cd in card_refs(hrows)], dtype=bool)
-                    )
-        same = np.concatenate(ev_same)
-        states.append(
-            ChargeState(
-                charge_id=str(charge_id),
-                now=now,
-                attempt_times=times,
-                outcomes=outcomes,
-                decline_codes=codes,
-                advice_codes=advice,
-                cards=tuple(cards),
-                current_card=current,
-                timezone=zone,
-                card_event_times=np.concatenate(ev_t)[same],
-                card_event_failed=np.concatenate(ev_f)[same],
-                card_event_is_retry=np.concatenate(ev_r)[same],
-            )
-        )
-    return states

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from features.decisions import Constraints
@@ -36,8 +36,18 @@ class Settings(BaseSettings):
     quiet_hours: Annotated[tuple[int, ...] | None, NoDecode] = None
     cost_per_attempt: float = Field(default=0.0, ge=0)
     daily_discount: float = Field(default=0.0, ge=0, lt=1)
-    # Planner.
+    # Planner and scoring (performance switches, see docs/serving.md).
     later_attempt_decay: float = Field(default=0.8, gt=0, le=1)
+    engine: Literal["lightgbm", "lleaves"] = Field(
+        default="lightgbm",
+        description="scoring engine: 'lightgbm' or 'lleaves' (compiled at load, ~2 s per "
+        "worker; used only if it reproduces LightGBM's probabilities, else LightGBM serves)",
+    )
+    planner_search: Literal["hourly", "coarse"] = Field(
+        default="hourly",
+        description="'hourly' scores every allowed hour (exact); 'coarse' scores a coarse grid "
+        "refined around its best points (within 2 % of the hourly optimum)",
+    )
     # Limits.
     max_attempts: int = Field(default=1000, ge=1)
     max_history_rows: int = Field(default=100_000, ge=0)
@@ -50,6 +60,14 @@ class Settings(BaseSettings):
     def _split_keys(cls, value: object) -> object:
         if isinstance(value, str):
             return tuple(k.strip() for k in value.split(",") if k.strip())
+        return value
+
+    @field_validator("engine", "planner_search", mode="before")
+    @classmethod
+    def _lower(cls, value: object, info: ValidationInfo) -> object:
+        if isinstance(value, str):
+            default = "lightgbm" if info.field_name == "engine" else "hourly"
+            return value.strip().lower() or default  # empty variable = the default
         return value
 
     @field_validator("quiet_hours", mode="before")

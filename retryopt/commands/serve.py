@@ -16,7 +16,9 @@ def command(
     ),
     host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on."),
     port: int = typer.Option(8000, "--port", min=1, max=65535, help="TCP port."),
-    workers: int = typer.Option(1, "--workers", min=1, help="uvicorn worker processes."),
+    workers: int = typer.Option(
+        2, "--workers", min=1, help="uvicorn worker processes (one per core is a good start)."
+    ),
     policy: str = typer.Option(
         None, "--policy", help="'model' (planner, default) or 'greedy' (RETRYOPT_POLICY)."
     ),
