@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pytest
@@ -114,7 +115,7 @@ def truth(n_kind: dict[int, float], amount_mean: float) -> dict[str, float]:
 
 def model_terms(syn: Synthetic, p_fn: object) -> ModelTerms:
     """Direct-method terms for the target (history-independent times) under a success model."""
-    fn = p_fn  # type: ignore[assignment]
+    fn = p_fn
     log = syn.log
     amount_of_charge = np.zeros(syn.n)
     amount_of_charge[log.charge] = log.amount
@@ -157,12 +158,12 @@ def estimates(syn: Synthetic, p_fn: object, *, seed: int = 0, n_boot: int = 200)
     }
     den = {"snips": rho}
     res = bootstrap_means(num, den, metric_names=METRICS.names, n_boot=n_boot, seed=seed)
-    out = {}
+    out: dict[str, Any] = {}
     for name in num:
         pt = summary_statistics(res.point[name], METRICS)
         reps = summary_statistics(res.replicates[name], METRICS)
         out[name] = {
-            k: percentile_interval(float(pt[k]), np.asarray(reps[k]))  # type: ignore[arg-type]
+            k: percentile_interval(float(pt[k]), np.asarray(reps[k]))
             for k in ("recovery_rate", "recovered_amount", "retries_per_failed_charge")
         }
     out["overlap"] = overlap_diagnostics(log, w, rho, warning=None)
@@ -295,3 +296,56 @@ def test_bootstrap_groups_and_determinism() -> None:
     # the bootstrap standard error is close to the analytic one
     se = np.std(a.replicates["x"][:, 0])
     assert se == pytest.approx(values[:, 0].std() / np.sqrt(1000), rel=0.35)
+
+
+def test_overlap_gate_declares_rare_matches_unsupported() -> None:
+    from training.backtest.estimators import MIN_ESS, select_weights, weight_support
+
+    rng = np.random.default_rng(5)
+    n = 400
+    charge = np.arange(n)
+    step = np.ones(n, dtype=np.int64)
+    logged = np.where(rng.random(n) < 0.7, 72.0, rng.integers(24, 500, n).astype(float))
+    prop = np.where(logged == 72.0, 0.7 + 0.3 / 476, 0.3 / 476)
+    base = dict(
+        charge=charge,
+        step=step,
+        logged_hours=logged,
+        success=rng.random(n) < 0.5,
+        propensity=prop,
+        amount=np.ones(n),
+    )
+    on_schedule = StepLog(**base, target_hours=np.full(n, 72.0))
+    w, method, ok = select_weights(on_schedule, n)
+    assert method == "exact-slot" and ok
+    # a deterministic time the log only reaches by exploration: tiny matched mass, mean << 1
+    off = StepLog(**base, target_hours=np.full(n, 300.0))
+    w, method, ok = select_weights(off, n)
+    assert not ok
+    rho = w  # one step per charge
+    ess, mean, supported = weight_support(off, rho, min_ess=MIN_ESS)
+    assert not supported and (ess < MIN_ESS or abs(mean - 1.0) > 0.2)
+    # exact ratios for a uniform stochastic target over the explored slots
+    probs = np.where((logged >= 24) & (logged < 500), 1.0 / 476, 0.0)
+    w, method, ok = select_weights(on_schedule, n, target_probability=probs)
+    assert method == "exact-ratio"
+    assert np.allclose(w[logged != 72.0], (1.0 / 476) / prop[logged != 72.0])
+
+
+def test_model_replicates_widen_the_interval_not_the_point() -> None:
+    from training.backtest.estimators import bootstrap_means
+
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=(500, 1))
+    arr = np.stack([base, base + 0.2, base - 0.2, base + 0.1, base - 0.1])
+    res = bootstrap_means(
+        {"plain": base, "refit": arr},
+        {"plain": None, "refit": None},
+        metric_names=("x",),
+        n_boot=200,
+        seed=1,
+    )
+    assert np.allclose(res.point["plain"], res.point["refit"])
+    plain = np.quantile(res.replicates["plain"][:, 0], [0.025, 0.975])
+    refit = np.quantile(res.replicates["refit"][:, 0], [0.025, 0.975])
+    assert refit[1] - refit[0] > plain[1] - plain[0] + 0.2

@@ -36,6 +36,20 @@ def command(
         "--holdout/--all-months",
         help="Evaluate only the charges of the model bundles' test months (default).",
     ),
+    dm_refits: int = typer.Option(
+        4,
+        "--dm-refits",
+        min=0,
+        help="Refits of the backtest's direct-method model on customer-bootstrap resamples "
+        "(its interval then includes model error; 0 = charge sampling only).",
+    ),
+    min_ess: float = typer.Option(
+        30.0,
+        "--min-ess",
+        min=1.0,
+        help="Minimum effective sample size of the importance weights below which IPS, SNIPS "
+        "and DR are reported as unavailable (insufficient overlap).",
+    ),
 ) -> None:
     """Compare policies with DM, IPS, SNIPS and DR estimates and 95 % bootstrap intervals."""
     from training.backtest.runner import run_cli
@@ -53,6 +67,8 @@ def command(
             bandwidth_hours=bandwidth,
             dm_model=dm_model,
             holdout=holdout,
+            dm_refits=dm_refits,
+            min_ess=min_ess,
         )
     except (SpecError, FileNotFoundError) as exc:
         typer.secho(f"error: {exc}", fg="red", err=True)

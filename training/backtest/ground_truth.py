@@ -161,6 +161,8 @@ def gap_summary(contrib: dict[str, np.ndarray], metrics: MetricSet) -> dict[str,
 def gap_lines(summary: dict[str, Any]) -> list[str]:
     """Human-readable lines of :func:`gap_summary` (printed by ``retryopt backtest --simulate``)."""
     lines = []
+    if "n_charges" in summary:
+        lines.append(f"true values on {summary['n_charges']} held-out failed charges")
     for label, v in summary.get("true_values", {}).items():
         lines.append(
             f"truth {label}: recovery rate {v['recovery_rate']:.4f}, recovered amount "

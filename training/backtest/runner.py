@@ -27,6 +27,8 @@ import pandas as pd
 from features import contract as c
 from features.decisions import Constraints, DecisionBatch
 from training.backtest.estimators import (
+    INSUFFICIENT_OVERLAP,
+    MIN_ESS,
     MetricSet,
     ModelTerms,
     Overlap,
@@ -37,7 +39,7 @@ from training.backtest.estimators import (
     ips_contributions,
     observed_contributions,
     overlap_diagnostics,
-    step_weights,
+    select_weights,
     trajectory_weights,
 )
 
@@ -254,10 +256,31 @@ def target_decisions(
     progress: Progress = _quiet,
 ) -> np.ndarray:
     """The policy's retry time (hours since first failure, NaN = stop) at every logged state."""
+    return target_decisions_and_probabilities(
+        data, policy, constraints=constraints, chunk=chunk, progress=progress
+    )[0]
+
+
+def target_decisions_and_probabilities(
+    data: ChargeData,
+    policy: Policy,
+    *,
+    constraints: Constraints,
+    chunk: int = 20_000,
+    progress: Progress = _quiet,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Target retry times at every logged state, and the target's probability of the logged slot.
+
+    The probabilities are only known for stochastic policies that expose
+    ``action_probability(batch, retry_at)`` (e.g. :class:`~training.backtest.specs.UniformRandom`);
+    otherwise None (deterministic targets are matched on the slot or a kernel).
+    """
     steps = data.steps
     out = np.full(len(steps.step), np.nan)
+    has_prob = hasattr(policy, "action_probability")
+    prob = np.full(len(steps.step), np.nan) if has_prob else None
     if not len(steps.step):
-        return out
+        return out, prob
     for k in range(1, int(steps.step.max()) + 1):
         rows = np.flatnonzero(steps.step == k)
         for part in _chunks(len(rows), chunk):
@@ -266,8 +289,13 @@ def target_decisions(
             batch = state_batch(data, ch, np.full(len(r), k - 1), constraints=constraints)
             dec = policy.decide(batch)
             out[r] = _hours_since_first(data, ch, dec.retry_at)
+            if prob is not None:
+                at = data.first_failure[ch] + (steps.logged_hours[r] * HOUR_NS).astype(
+                    "timedelta64[ns]"
+                )
+                prob[r] = policy.action_probability(batch, at)  # type: ignore[attr-defined]
         progress(f"{policy.name}: decisions at logged retry {k} ({len(rows)} states)")
-    return out
+    return out, prob
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -289,15 +317,21 @@ def rollout(
     constraints: Constraints,
     fail_last: bool = False,
     chunk: int = 20_000,
+    seed: int = 0,
 ) -> RolloutResult:
     """Play ``policy`` forward from the given states under ``model`` (expected values).
 
-    Every hypothetical retry that fails is appended to the state as a failed attempt with the
-    charge's last decline code (the model decides how likely the next one is); the charge's value
-    accumulates ``survival * (retry cost + q * success reward)``.
+    Every hypothetical retry that fails is appended to the state as a failed attempt. Its decline
+    code is drawn (seeded) from ``model.transitions`` (:class:`DeclineTransitions`: the empirical
+    next-decline distribution given the previous decline code, fitted on the DM's training
+    data), so a hard decline after a soft one stops the policy as it would in reality; models
+    without ``transitions`` keep the charge's last decline code. The charge's value accumulates
+    ``survival * (retry cost + q * success reward)``.
     """
     n_states = len(charges)
     values = np.zeros((n_states, len(metrics.names)))
+    transitions: DeclineTransitions | None = getattr(model, "transitions", None)
+    rng = np.random.default_rng(seed)
     logs: list[pd.DataFrame] = []
     for part in _chunks(n_states, chunk):
         ch = charges[part]
@@ -362,6 +396,14 @@ def rollout(
             # append the hypothetical failed retries to the states
             last = att.groupby(c.CHARGE_ID, sort=False).tail(1).set_index(c.CHARGE_ID)
             new = last.loc[sub_ids[go]].reset_index()
+            if transitions is not None:
+                code, advice = transitions.sample(new[c.DECLINE_CODE].to_numpy(dtype=object), rng)
+                new[c.DECLINE_CODE] = pd.Series(code, index=new.index, dtype=object).astype(
+                    att[c.DECLINE_CODE].dtype
+                )
+                new[c.NETWORK_ADVICE_CODE] = pd.Series(
+                    advice, index=new.index, dtype=object
+                ).astype(att[c.NETWORK_ADVICE_CODE].dtype)
             new[c.ATTEMPTED_AT] = pd.to_datetime(at[go]).tz_localize("UTC")
             new[c.OUTCOME] = c.FAILED
             new[c.ATTEMPT_ID] = [
@@ -417,6 +459,7 @@ def estimate_policy(
     model: CandidateModel | None,
     bandwidth_hours: float = 6.0,
     slot_hours: float = 1.0,
+    min_ess: float = MIN_ESS,
     progress: Progress = _quiet,
 ) -> PolicyEstimate:
     """Contributions of DM, IPS, SNIPS and DR for one policy (``None`` = the logged policy).
@@ -435,7 +478,9 @@ def estimate_policy(
             warning=None,
         )
     warning = exploration_warning(steps.propensity)
-    target = target_decisions(data, policy, constraints=constraints, progress=progress)
+    target, target_prob = target_decisions_and_probabilities(
+        data, policy, constraints=constraints, progress=progress
+    )
     log = StepLog(**{**steps.__dict__, "target_hours": target})
     nums: dict[str, np.ndarray] = {}
     dens: dict[str, np.ndarray | None] = {}
@@ -454,19 +499,53 @@ def estimate_policy(
         roll_df = start.decisions
         nums["dm"] = start.values
         dens["dm"] = None
+        reps = list(getattr(model, "replicates", []) or [])
+        if reps:
+            # (1 + R, n, m): the point model, then R refits on customer-bootstrap reweightings;
+            # bootstrap replicate b plays under refit b mod R (model error + charge sampling)
+            played = [
+                rollout(
+                    data,
+                    policy,
+                    rep,
+                    np.arange(data.n),
+                    np.zeros(data.n, dtype=np.int64),
+                    metrics=metrics,
+                    constraints=constraints,
+                    seed=r + 1,
+                ).values
+                for r, rep in enumerate(reps)
+            ]
+            nums["dm"] = np.stack([start.values, *played])
         progress(f"{label}: direct method played forward on {data.n} charges")
     overlap = None
     if warning is None:
-        w = step_weights(log, bandwidth_hours=bandwidth_hours, slot_hours=slot_hours)
+        w, method, _ok = select_weights(
+            log,
+            data.n,
+            bandwidth_hours=bandwidth_hours,
+            slot_hours=slot_hours,
+            target_probability=target_prob,
+            min_ess=min_ess,
+        )
         W = cumulative_weights(log, w)
         rho = trajectory_weights(log, W, data.n)
-        overlap = overlap_diagnostics(log, w, rho, warning=None)
-        ips = ips_contributions(log, W, metrics, data.n)
-        nums["ips"] = ips
-        dens["ips"] = None
-        nums["snips"] = ips
-        dens["snips"] = rho
-        if model is not None and start is not None:
+        overlap = overlap_diagnostics(log, w, rho, warning=None, method=method, min_ess=min_ess)
+        if not overlap.supported:
+            warning = (
+                f"{label}: IPS, SNIPS and DR unavailable: {INSUFFICIENT_OVERLAP} ({method} "
+                f"weights: effective sample size {overlap.ess:.1f} (minimum {min_ess:g}), mean "
+                f"trajectory weight {overlap.mean_weight:.2f} (expected 1); "
+                f"{overlap.matched_share:.1%} of its retry decisions matched by the log)"
+            )
+            progress(warning)
+        else:
+            ips = ips_contributions(log, W, metrics, data.n)
+            nums["ips"] = ips
+            dens["ips"] = None
+            nums["snips"] = ips
+            dens["snips"] = rho
+        if model is not None and start is not None and overlap.supported:
             nz = np.flatnonzero(W != 0)
             q = np.full(len(W), np.nan)
             after = np.full((len(W), len(metrics.names)), np.nan)
@@ -505,6 +584,58 @@ def estimate_policy(
     )
 
 
+class DeclineTransitions:
+    """Empirical distribution of the next decline given the previous one (for DM roll-outs).
+
+    Fitted on consecutive failed attempts of the same charge (a failed attempt followed by a
+    failed retry) in the DM's training data: for each previous ``decline_code`` the observed
+    ``(decline_code, network_advice_code)`` pairs of the next failure. Unseen previous codes fall
+    back to the pooled distribution.
+    """
+
+    def __init__(self, table: dict[object, tuple[np.ndarray, np.ndarray]]) -> None:
+        self.table = table
+
+    @classmethod
+    def fit(cls, attempts: pd.DataFrame) -> DeclineTransitions:
+        """Fit on a canonical attempts frame (all charges, all attempts)."""
+        df = attempts.sort_values([c.CHARGE_ID, c.ATTEMPTED_AT], kind="stable")
+        failed = (df[c.OUTCOME].astype(str) == c.FAILED).to_numpy()
+        same = (
+            df[c.CHARGE_ID].to_numpy(dtype=object)[1:]
+            == df[c.CHARGE_ID].to_numpy(dtype=object)[:-1]
+        )
+        pair = np.flatnonzero(same & failed[1:] & failed[:-1]) + 1
+        prev = df[c.DECLINE_CODE].to_numpy(dtype=object)[pair - 1]
+        code = df[c.DECLINE_CODE].to_numpy(dtype=object)[pair]
+        adv = df[c.NETWORK_ADVICE_CODE].to_numpy(dtype=object)[pair]
+        table: dict[object, tuple[np.ndarray, np.ndarray]] = {None: (code, adv)}
+        if len(pair):
+            for key, idx in (
+                pd.Series(np.arange(len(pair))).groupby(prev.astype(str)).indices.items()
+            ):
+                table[key] = (code[idx], adv[idx])
+        return cls(table)
+
+    def sample(
+        self, previous: np.ndarray, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Draw the next ``(decline_code, network_advice_code)`` per previous decline code."""
+        prev = np.asarray(previous, dtype=object).astype(str)
+        code = np.asarray(previous, dtype=object).copy()
+        adv = np.full(len(prev), None, dtype=object)
+        pooled = self.table[None]
+        for key in np.unique(prev):
+            rows = np.flatnonzero(prev == key)
+            codes, advs = self.table.get(key, pooled)
+            if not len(codes):
+                continue
+            pick = rng.integers(0, len(codes), size=len(rows))
+            code[rows] = codes[pick]
+            adv[rows] = advs[pick]
+        return code, adv
+
+
 class FittedSuccessModel:
     """A LightGBM success model for the direct method, fitted by the backtest itself.
 
@@ -515,9 +646,13 @@ class FittedSuccessModel:
 
     version = "backtest-dm"
 
-    def __init__(self, booster: Any, spec: Any) -> None:
+    def __init__(
+        self, booster: Any, spec: Any, transitions: DeclineTransitions | None = None
+    ) -> None:
         self.booster = booster
         self.spec = spec
+        self.transitions = transitions
+        self.replicates: list[FittedSuccessModel] = []
 
     def predict_rows(self, raw: pd.DataFrame) -> np.ndarray:
         """P(success) per raw feature row."""
@@ -546,7 +681,7 @@ class _Scores:
 
 
 def fit_success_model(
-    attempts: pd.DataFrame, *, seed: int = 0, num_boost_round: int = 200
+    attempts: pd.DataFrame, *, seed: int = 0, num_boost_round: int = 200, refits: int = 0
 ) -> FittedSuccessModel:
     """Fit the direct-method LightGBM on the logged retries of ``attempts``.
 
@@ -558,6 +693,10 @@ def fit_success_model(
         LightGBM seed (deterministic, single thread).
     num_boost_round
         Boosting rounds (small learning rate, shallow trees: a smooth, calibrated-enough model).
+    refits
+        Number of extra fits on customer-bootstrap reweightings of the same data, kept in
+        ``model.replicates``; the direct method plays every policy under each of them so its
+        interval includes model error, not only charge sampling.
     """
     import lightgbm as lgb
 
@@ -584,7 +723,21 @@ def fit_success_model(
         "verbose": -1,
     }
     booster = lgb.train(params, lgb.Dataset(X, label=ex.label), num_boost_round=num_boost_round)
-    return FittedSuccessModel(booster, spec)
+    transitions = DeclineTransitions.fit(attempts)
+    main = FittedSuccessModel(booster, spec, transitions)
+    if not refits:
+        return main
+    # model-error replicates: the same fit on Poisson(1)-reweighted *customers* (a customer
+    # bootstrap of the DM's training data, as sample weights so histories stay intact)
+    cust = pd.factorize(ex.meta["customer_id"].astype(str))[0]
+    rng = np.random.default_rng(seed + 7919)
+    main.replicates = []
+    for r in range(refits):
+        wc = rng.poisson(1.0, size=int(cust.max()) + 1).astype(np.float64)
+        ds = lgb.Dataset(X, label=ex.label, weight=wc[cust])
+        b = lgb.train({**params, "seed": seed + r + 1}, ds, num_boost_round=num_boost_round)
+        main.replicates.append(FittedSuccessModel(b, spec, transitions))
+    return main
 
 
 def dm_customers(
@@ -670,6 +823,8 @@ def run_backtest(
     truth: dict[str, np.ndarray] | None = None,
     truth_fn: Callable[[np.ndarray], dict[str, np.ndarray]] | None = None,
     dm_max_examples: int = 300_000,
+    dm_refits: int = 4,
+    min_ess: float = MIN_ESS,
     progress: Progress = _quiet,
 ) -> BacktestResult:
     """Compare policies on logged history with DM, IPS, SNIPS and DR and bootstrap intervals.
@@ -699,6 +854,12 @@ def run_backtest(
     dm_max_examples
         Cap on the logged retries the backtest's own DM model is fitted on: the kept-apart
         customers are subsampled (whole customers, seeded) until their retries fit the cap.
+    dm_refits
+        Refits of the backtest's own DM model on customer-bootstrap reweightings; the DM is
+        played under each and its interval combines model error with charge sampling.
+    min_ess
+        Minimum effective sample size of a policy's importance weights for IPS/SNIPS/DR to be
+        reported (below: "unavailable: insufficient overlap").
     """
     from training.backtest.estimators import bootstrap_means
     from training.backtest.metrics import (
@@ -722,18 +883,18 @@ def run_backtest(
         )
         fit_ids = ids[fit_part]
         ids = ids[~fit_part]
-        fit_customers = dm_customers(
-            attempts,
-            np.unique(all_failed.attrs["customer_id"].to_numpy()[fit_part]),
-            max_examples=dm_max_examples,
-            seed=seed,
-        )
+        # the DM may learn from every customer that is not evaluated (capped), not only the
+        # kept-apart half of the evaluated period's customers
+        evaluated = pd.Index(pd.unique(all_failed.attrs["customer_id"].to_numpy()[~fit_part]))
+        everyone = pd.unique(attempts[c.CUSTOMER_ID].astype(str).to_numpy(dtype=object))
+        others = everyone[evaluated.get_indexer(everyone) < 0]
+        fit_customers = dm_customers(attempts, others, max_examples=dm_max_examples, seed=seed)
         fit_rows = attempts[member(attempts[c.CUSTOMER_ID], fit_customers)]
         progress(
             f"fitting the direct-method model on {len(fit_customers)} customers kept apart "
             f"({len(fit_rows)} attempts; {len(fit_ids)} failed charges in the split)"
         )
-        model = fit_success_model(fit_rows, seed=seed)
+        model = fit_success_model(fit_rows, seed=seed, refits=dm_refits)
         progress("direct-method model fitted")
     data = prepare_charges(attempts, charge_ids=ids)
     progress(f"evaluating {data.n} failed charges with {len(data.steps.step)} logged retries")
@@ -753,6 +914,7 @@ def run_backtest(
             constraints=cons,
             model=model,
             bandwidth_hours=bandwidth_hours,
+            min_ess=min_ess,
             progress=progress,
         )
         for name, num in est.numerators.items():
@@ -803,6 +965,8 @@ def run_backtest(
             "seed": seed,
             "baseline": baseline,
             "bandwidth_hours": bandwidth_hours,
+            "min_ess": min_ess,
+            "dm_refits": len(getattr(model, "replicates", []) or []),
             "constraints": cons.__dict__,
             "dm_model": getattr(model, "version", None),
             "seconds": round(time.perf_counter() - started, 2),
@@ -897,6 +1061,8 @@ def run_cli(
     bandwidth_hours: float = 6.0,
     dm_model: str | None = None,
     holdout: bool = True,
+    dm_refits: int = 4,
+    min_ess: float = MIN_ESS,
     progress: Progress = stderr_progress,
 ) -> Any:
     """Parse specs, load the history, run the backtest and write the outputs; return the dir.
@@ -948,11 +1114,21 @@ def run_cli(
         from training.backtest.ground_truth import true_contributions
 
         def truth_fn(ids: np.ndarray) -> dict[str, np.ndarray]:
+            # the truth needs no DM split: play every held-out failed charge (both halves), so
+            # the model-vs-fixed verdict rests on twice the charges; the estimators are compared
+            # with the truth on the evaluated half only
+            wide = ids
+            if eval_charges is not None:
+                wide = np.asarray(pd.unique(np.asarray(eval_charges, dtype=object)), dtype=object)
             contrib, gaps = true_contributions(
-                world, attempts, policies, seed=seed, charge_ids=ids, progress=progress
+                world, attempts, policies, seed=seed, charge_ids=wide, progress=progress
             )
             summary.update(gaps)
-            return contrib
+            summary["n_charges"] = len(wide)
+            pos = pd.Index(wide).get_indexer(pd.Index(np.asarray(ids, dtype=object)))
+            if (pos < 0).any():
+                raise ValueError("evaluated charges missing from the ground-truth play")
+            return {k: v[pos] for k, v in contrib.items()}
 
     result = run_backtest(
         attempts,
@@ -963,6 +1139,8 @@ def run_cli(
         eval_charges=eval_charges,
         dm_model=dm,
         truth_fn=truth_fn,
+        dm_refits=dm_refits,
+        min_ess=min_ess,
         progress=progress,
     )
     result.truth = summary

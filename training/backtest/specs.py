@@ -179,6 +179,25 @@ class UniformRandom:
         reason = np.where(stop, "stop", "uniform_random").astype(object)
         return PolicyDecisions(retry_at=at, propensity=prop, reason=reason)
 
+    def action_probability(self, batch: DecisionBatch, retry_at: np.ndarray) -> np.ndarray:
+        """Probability that :meth:`decide` picks the hourly slot of ``retry_at`` (per charge).
+
+        ``1 / (span + 1)`` when ``retry_at`` is on the policy's grid ``lo + {0..span}`` hours,
+        0 outside it or where the policy stops. Used for exact importance ratios.
+        """
+        n = len(batch.charge_ids)
+        t0, used = _charge_times(batch)
+        cons = batch.constraints
+        now = np.asarray(batch.now, dtype="datetime64[ns]")
+        lo = (now - t0).astype(np.int64) / 3.6e12 + max(cons.min_gap_hours, 1.0)
+        hi = np.full(n, cons.window_hours)
+        span = np.maximum(0, np.floor(hi - lo))
+        stop = (span <= 0) | (used >= cons.max_retries) | _hard_last_decline(batch)
+        h = (np.asarray(retry_at, dtype="datetime64[ns]") - t0).astype(np.int64) / 3.6e12
+        off = h - lo
+        on_grid = (off > -1e-6) & (off < span + 1e-6) & (np.abs(off - np.round(off)) < 1e-6)
+        return np.where(~stop & on_grid, 1.0 / np.maximum(span + 1, 1), 0.0)
+
 
 def build_policy(spec: PolicySpec, *, seed: int = 0, world: object | None = None) -> object:
     """Instantiate the :class:`~features.decisions.RetryPolicy` of a spec.
