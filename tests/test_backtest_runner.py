@@ -14,7 +14,7 @@ from features.decisions import Constraints, DecisionBatch
 from features.validation import validate_attempts
 from training.backtest.estimators import NO_EXPLORATION_WARNING
 from training.backtest.report import headline_markdown, write_outputs
-from training.backtest.runner import prepare_charges, run_backtest
+from training.backtest.runner import Policy, prepare_charges, run_backtest
 from training.backtest.specs import FixedSchedule, SpecError, UniformRandom, parse_spec
 
 T0 = pd.Timestamp("2025-03-01T10:00:00Z")
@@ -101,6 +101,11 @@ class HoursModel:
         return _Scores(proba=p_true(hours))
 
 
+def _cell(rate: pd.DataFrame, policy: str, estimator: str, column: str) -> float:
+    """One numeric cell of the estimates table indexed by (policy, estimator)."""
+    return float(rate[column].loc[(policy, estimator)])
+
+
 def test_specs_parse_and_reject() -> None:
     assert parse_spec("fixed:72,120,168,216").hours == (72, 120, 168, 216)
     assert parse_spec("model:models/v1").model == "models/v1"
@@ -139,7 +144,7 @@ def test_fixed_policy_follows_schedule_and_skips_hard_declines() -> None:
 
 def test_backtest_recovers_the_better_schedule_and_writes_outputs(tmp_path: Path) -> None:
     att = history(1500, seed=5)
-    policies = {
+    policies: dict[str, Policy | None] = {
         "logged": None,
         "fixed:96,168": FixedSchedule((96.0, 168.0)),
         "fixed:2,4": FixedSchedule((2.0, 4.0)),
@@ -161,15 +166,16 @@ def test_backtest_recovers_the_better_schedule_and_writes_outputs(tmp_path: Path
     late = (1 - hard_share) * (1 - 0.6 * 0.6)
     early = (1 - hard_share) * (1 - 0.85 * 0.85)
     for est_name in ("dm", "ips", "snips", "dr"):
-        lo, hi = rate.loc[("fixed:96,168", est_name), ["ci_low", "ci_high"]]
+        lo = _cell(rate, "fixed:96,168", est_name, "ci_low")
+        hi = _cell(rate, "fixed:96,168", est_name, "ci_high")
         assert lo - 0.03 <= late <= hi + 0.03, (est_name, lo, hi, late)
     # the early schedule is only seen through rare random retries: IPS/SNIPS/DR declare
     # insufficient overlap (not a number); compare the direct method
     assert res.overlap["fixed:2,4"]["weighted_estimators"] == "unavailable: insufficient overlap"
     assert not {"ips", "snips", "dr"} & set(est.loc[est["policy"] == "fixed:2,4", "estimator"])
     assert any("fixed:2,4: IPS, SNIPS and DR unavailable" in w for w in res.warnings)
-    assert rate.loc[("fixed:96,168", "dm"), "value"] > rate.loc[("fixed:2,4", "dm"), "value"]
-    assert rate.loc[("fixed:2,4", "dm"), "value"] == pytest.approx(early, abs=0.02)
+    assert _cell(rate, "fixed:96,168", "dm", "value") > _cell(rate, "fixed:2,4", "dm", "value")
+    assert _cell(rate, "fixed:2,4", "dm", "value") == pytest.approx(early, abs=0.02)
     assert res.rules["fixed:96,168"]["retries_of_hard_declines"] == 0
     assert res.overlap["fixed:96,168"]["effective_sample_size"] > 10
     assert set(res.breakdowns["breakdown"]) == {"decline_family", "card_funding", "card_country"}
