@@ -738,9 +738,14 @@ class PlannerPolicy(_RulesPolicy):
     ) -> list[str]:
         n = len(rule.grid)
         p = np.where(rule.allowed, proba[:n], np.nan)
+        next_day = p[: min(n, 24)]
+        # No allowed time in the next 24 h (e.g. Mastercard advice 26: retry after 2 days).
+        best_next_day = (
+            f"{np.nanmax(next_day):.2f}" if np.isfinite(next_day).any() else "no allowed time"
+        )
         factors = [
             f"retry {_local_label(rule.grid[j], zone, int(rule.local_hours[j]))}",
-            f"P(success) {proba[j]:.2f} there vs {np.nanmax(p[: min(n, 24)]):.2f} best in the next "
+            f"P(success) {proba[j]:.2f} there vs {best_next_day} best in the next "
             f"24 h and {np.nanmax(p):.2f} best in the window",
             f"planned over {rule.retries_left} retr{'y' if rule.retries_left == 1 else 'ies'} left",
         ]
