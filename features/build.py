@@ -506,6 +506,9 @@ _REQUIRED_FOR_FEATURES: Final[tuple[str, ...]] = (
 
 
 _SMALL_ROWS: Final = 2048
+_INT64_MAX: Final = int(np.iinfo(np.int64).max)  # np.iinfo() costs microseconds per call
+# Up to this many (event, query) pairs, point-in-time sums use explicit masks (online path).
+_SMALL_PRODUCT: Final = 1 << 16
 # Columns never read from other charges' rows (only from the decision's own charge).
 _HISTORY_UNUSED: Final[frozenset[str]] = frozenset(
     {
@@ -518,6 +521,20 @@ _HISTORY_UNUSED: Final[frozenset[str]] = frozenset(
         ct.RETRY_PROPENSITY,
     }
 )
+
+
+def _unique_inverse(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``np.unique(values, return_inverse=True)`` of a 1-d int64 array (dicts when small)."""
+    if values.size > 256:
+        uniq, inv = np.unique(values, return_inverse=True)
+        return uniq, inv.reshape(-1)
+    items = values.tolist()
+    ordered = sorted(set(items))
+    rank = {v: i for i, v in enumerate(ordered)}
+    return (
+        np.asarray(ordered, dtype=values.dtype),
+        np.asarray([rank[v] for v in items], dtype=np.int64),
+    )
 
 
 def _is_missing_scalar(value: object) -> bool:
@@ -671,21 +688,27 @@ class _Columns:
             return _Codes(np.full(self.n, -1, dtype=np.int64), np.empty(0, dtype=object))
         if not self.small:
             return _factorize(self.frames[0][name], self.n)  # type: ignore[index]
-        lookup: dict[str, int] = {}
-        codes = np.empty(self.n, dtype=np.int64)
-        i = 0
+        values: list[Any] = []
         for frame, names in zip(self.frames, self._names, strict=True):
-            values = _table_list(frame, name) if name in names else [None] * len(frame)
-            for v in values:
-                if _is_missing_scalar(v):
-                    codes[i] = -1
-                else:
-                    key = v if isinstance(v, str) else str(v)
-                    code = lookup.get(key)
-                    if code is None:
-                        code = lookup[key] = len(lookup)
-                    codes[i] = code
-                i += 1
+            values += _table_list(frame, name) if name in names else [None] * len(frame)
+        # Fast path: plain str / None values (AttemptColumns, Arrow strings) map through one
+        # dict in a comprehension; anything else (NaN, NA, non-str) takes the general loop.
+        lookup: dict[str, int] = {}
+        setdefault = lookup.setdefault
+        fast = [-1 if v is None else setdefault(v, len(lookup)) for v in values]
+        if all(type(k) is str for k in lookup):
+            return _Codes(np.asarray(fast, dtype=np.int64), np.asarray(list(lookup), dtype=object))
+        lookup = {}
+        codes = np.empty(self.n, dtype=np.int64)
+        for i, v in enumerate(values):
+            if _is_missing_scalar(v):
+                codes[i] = -1
+            else:
+                key = v if isinstance(v, str) else str(v)
+                code = lookup.get(key)
+                if code is None:
+                    code = lookup[key] = len(lookup)
+                codes[i] = code
         return _Codes(codes, np.asarray(list(lookup), dtype=object))
 
     def timestamps(self, name: str) -> np.ndarray:
@@ -829,7 +852,7 @@ class _Log:
         surrogate = (brand.codes.astype(np.int64) + 1) * 1_000_000 + exp_key
         card_part = np.where(card_id >= 0, card_id, -1 - surrogate)
         if n <= _SMALL_ROWS:
-            card_part_codes = np.unique(card_part, return_inverse=True)[1].reshape(-1)
+            card_part_codes = _unique_inverse(card_part)[1]
         else:
             card_part_codes = pd.factorize(card_part)[0].astype(np.int64)
         card_key = customer * (int(card_part_codes.max(initial=0)) + 1) + card_part_codes
@@ -845,7 +868,7 @@ class _Log:
         advice = _normalized_codes(cols.strings(ct.NETWORK_ADVICE_CODE), _normalize_advice)
         advice = advice.take(order)
         pair = code.codes.astype(np.int64) * (len(advice.uniques) + 1) + advice.codes
-        pair_u, pair_inv = np.unique(pair, return_inverse=True)
+        pair_u, pair_inv = _unique_inverse(pair)
         del pair
         infos = [
             _decline_info(
@@ -861,7 +884,7 @@ class _Log:
         tz = cols.strings(ct.CUSTOMER_TIMEZONE)
         cc = cols.strings(ct.CARD_COUNTRY)
         zpair = (tz.codes.astype(np.int64) + 1) * (len(cc.uniques) + 1) + (cc.codes + 1)
-        zp_u, zp_inv = np.unique(zpair, return_inverse=True)
+        zp_u, zp_inv = _unique_inverse(zpair)
         del zpair
         tz_ext = np.asarray([*tz.uniques.tolist(), None], dtype=object)
         cc_ext = np.asarray([*cc.uniques.tolist(), None], dtype=object)
@@ -877,9 +900,16 @@ class _Log:
 
         amount = cols.ints(ct.AMOUNT)[order]
         card_added = cols.timestamps(ct.CARD_ADDED_AT)[order]
-        ny, nm = shift_month(exp_year, exp_month, 1)
-        # A card is valid through the last day of its expiry month (UTC here).
-        exp_end = days_from_civil(ny, nm, np.ones_like(nm)) * NS_PER_DAY
+        if n <= _SMALL_ROWS:
+            exp_end = np.asarray(
+                [
+                    _expiry_end_ns(y, m)
+                    for y, m in zip(exp_year.tolist(), exp_month.tolist(), strict=True)
+                ],
+                dtype=np.int64,
+            )
+        else:
+            exp_end = _expiry_end(exp_year, exp_month)
         propensity = cols.floats(ct.RETRY_PROPENSITY)[order]
         return cls(
             n=n,
@@ -954,6 +984,30 @@ class _Log:
             out[rows] = np.rint(trig * _Q).astype(np.int64)
         return out
 
+    def customer_event_matrix(self) -> np.ndarray:
+        """All :data:`_CUSTOMER_EVENTS` as one ``(len(_CUSTOMER_EVENTS), n)`` int64 array.
+
+        Same values as :meth:`customer_event` per name (shared intermediates computed once);
+        used for small logs (online scoring), where per-call overhead dominates.
+        """
+        pos = self.pos
+        first = pos == 0
+        succ = self.succ
+        recovery = succ & (self.succ_before() == 0) & (pos > 0)
+        out = np.zeros((len(_CUSTOMER_EVENTS), self.n), dtype=np.int64)
+        out[0] = first
+        out[1] = first & ~succ
+        out[2] = np.where(first, self.amount, 0)
+        out[3] = succ
+        rows = np.flatnonzero(succ)
+        if rows.size:
+            local = to_local_ns(self.t[rows], self.zone.codes[rows], self.zone.uniques)
+            days = np.floor_divide(local, NS_PER_DAY).tolist()
+            out[4:8, rows] = np.asarray([_success_day_trig(day) for day in days]).T
+        out[8] = recovery
+        out[9] = np.where(recovery, (self.t - self.t[self.start]) // NS_PER_SECOND, 0)
+        return out
+
     @cached_property
     def _success_calendar(
         self,
@@ -966,6 +1020,37 @@ class _Log:
         wd = weekday_of_days(days)
         # Small integer types: this cache lives through the customer aggregates (memory).
         return rows, y.astype(np.int16), m.astype(np.int8), d.astype(np.int8), wd.astype(np.int8)
+
+
+@lru_cache(maxsize=65536)
+def _success_day_trig(day: int) -> tuple[int, int, int, int]:
+    """Quantised (dom cos, dom sin, weekday cos, weekday sin) of a local day since 1970-01-01.
+
+    The same expressions as :meth:`_Log.customer_event` (and :attr:`_Log._success_calendar`'s
+    small integer types), on a one-element array: identical values, cached per day.
+    """
+    days = np.asarray([day], dtype=np.int64)
+    y, m, d = civil_from_days(days)
+    wd = weekday_of_days(days)
+    y, m, d, wd = y.astype(np.int16), m.astype(np.int8), d.astype(np.int8), wd.astype(np.int8)
+    a_dom = _TWO_PI * (d - 1) / days_in_month(y, m)
+    a_wd = _TWO_PI * wd / 7.0
+    q = [np.rint(f(a) * _Q).astype(np.int64)[0] for a in (a_dom, a_wd) for f in (np.cos, np.sin)]
+    return int(q[0]), int(q[1]), int(q[2]), int(q[3])
+
+
+def _expiry_end(exp_year: np.ndarray, exp_month: np.ndarray) -> np.ndarray:
+    """UTC ns of the first day after the expiry month (int64 arrays in, int64 out)."""
+    ny, nm = shift_month(exp_year, exp_month, 1)
+    # A card is valid through the last day of its expiry month (UTC here).
+    return days_from_civil(ny, nm, np.ones_like(nm)) * NS_PER_DAY
+
+
+@lru_cache(maxsize=65536)
+def _expiry_end_ns(exp_year: int, exp_month: int) -> int:
+    """:func:`_expiry_end` of one card (exact integer arithmetic, cached)."""
+    arr = _expiry_end(np.asarray([exp_year], dtype=np.int64), np.asarray([exp_month], np.int64))
+    return int(arr[0])
 
 
 _CUSTOMER_EVENTS: Final[tuple[str, ...]] = (
@@ -983,12 +1068,30 @@ _CUSTOMER_EVENTS: Final[tuple[str, ...]] = (
 
 
 def _normalize_code(code: object) -> str:
+    if code.__class__ is str:
+        return _normalize_code_str(code)
+    from features.taxonomy import normalize_code
+
+    return normalize_code(code)
+
+
+@lru_cache(maxsize=65536)
+def _normalize_code_str(code: str) -> str:
     from features.taxonomy import normalize_code
 
     return normalize_code(code)
 
 
 def _normalize_advice(code: object) -> str:
+    if code.__class__ is str:
+        return _normalize_advice_str(code)
+    from features.taxonomy import normalize_advice_code
+
+    return normalize_advice_code(code)
+
+
+@lru_cache(maxsize=65536)
+def _normalize_advice_str(code: str) -> str:
     from features.taxonomy import normalize_advice_code
 
     return normalize_advice_code(code)
@@ -1051,6 +1154,13 @@ def _pit_counts(
     ev_group: np.ndarray, ev_time: np.ndarray, q_group: np.ndarray, q_time: np.ndarray
 ) -> np.ndarray:
     """Per query: number of events of its group with time < query time."""
+    if q_group.size > 1 and ev_group.size <= _SMALL_ROWS and bool((q_group == q_group[0]).all()):
+        # One group (one decision's card): sorted event times, counts by binary search.
+        ev_t = np.sort(ev_time[ev_group == q_group[0]])
+        return np.searchsorted(ev_t, q_time, side="left").astype(np.int64)
+    if ev_group.size * q_group.size <= _SMALL_PRODUCT:
+        hit = (ev_group == q_group[:, None]) & (ev_time < q_time[:, None])
+        return hit.sum(axis=1, dtype=np.int64)
     return _PitIndex(ev_group, ev_time, q_group, q_time).sums()
 
 
@@ -1080,7 +1190,7 @@ def _sequence_codes(log: _Log, li: np.ndarray, has_prev: np.ndarray) -> _Codes:
     last_codes = log.code.codes[li].astype(np.int64)
     n_u = len(log.code.uniques) + 2
     pair = (prev_codes + 2) * n_u + last_codes
-    pair_u, inv = np.unique(pair, return_inverse=True)
+    pair_u, inv = _unique_inverse(pair)
     names = []
     for p in pair_u.tolist():
         a = p // n_u - 2
@@ -1106,23 +1216,32 @@ def _decision_state(log: _Log, li: np.ndarray, now: np.ndarray) -> _State:
     # Own rows with attempted_at < now end at `end` (exclusive); customer aggregates are the
     # customer's events before now minus the charge's own.
     end = np.where(last_t < now, li + 1, log.run_start[li])
-    pit = _PitIndex(log.customer, log.t, cust, now)
     agg: dict[str, np.ndarray] = {}
-    for name in _CUSTOMER_EVENTS:
-        ev = log.customer_event(name)
-        total = pit.sums(ev)
-        cs = np.concatenate([[0], np.cumsum(ev)])
-        del ev
-        agg[name] = total - (cs[end] - cs[s])
-        del cs
-    del pit
+    if log.n * li.size <= _SMALL_PRODUCT:
+        # Small logs (online scoring): one integer matrix product over explicit masks (the
+        # same integer sums as the cumulative path below, without its per-event overhead).
+        idx = np.arange(log.n, dtype=np.int64)
+        weight = ((log.customer == cust[:, None]) & (log.t < now[:, None])).astype(np.int64)
+        weight -= (idx >= s[:, None]) & (idx < end[:, None])
+        sums = log.customer_event_matrix() @ weight.T
+        agg = dict(zip(_CUSTOMER_EVENTS, sums, strict=True))
+    else:
+        pit = _PitIndex(log.customer, log.t, cust, now)
+        for name in _CUSTOMER_EVENTS:
+            ev = log.customer_event(name)
+            total = pit.sums(ev)
+            cs = np.concatenate([[0], np.cumsum(ev)])
+            del ev
+            agg[name] = total - (cs[end] - cs[s])
+            del cs
+        del pit
     vars(log).pop("_success_calendar", None)  # drop the cached success calendar
 
     key = log.card_key[li]
     card_known_now = _pit_counts(log.card_key, log.t, key, now)
     card_at_now = np.where(last_t == now, log.tie_rank[li] + 1, 0)
 
-    cust_min = np.full(int(log.customer.max(initial=0)) + 1, np.iinfo(np.int64).max)
+    cust_min = np.full(int(log.customer.max(initial=0)) + 1, _INT64_MAX)
     np.minimum.at(cust_min, log.customer, log.t)
     tenure_start = cust_min[cust]
 
@@ -1213,6 +1332,17 @@ def _decision_state(log: _Log, li: np.ndarray, now: np.ndarray) -> _State:
 def _distinct_codes(log: _Log, s: np.ndarray, li: np.ndarray) -> np.ndarray:
     """Distinct non-missing decline codes among rows s..li of each decision's charge."""
     codes = log.code.codes
+    if s.size * log.n <= _SMALL_PRODUCT:
+        # Few decisions on a small log (online): count distinct strings with sets.
+        uniq = log.code.uniques.tolist()
+        code_list = codes.tolist()
+        return np.asarray(
+            [
+                len({uniq[c] for c in code_list[a : b + 1] if c >= 0 and uniq[c] is not None})
+                for a, b in zip(s.tolist(), li.tolist(), strict=True)
+            ],
+            dtype=np.int64,
+        )
     # Mark, per log row, whether its code value first appears at this row within its charge.
     first_seen: dict[str, int] = {}
     dense = np.asarray(  # equal strings share a code
@@ -1241,6 +1371,56 @@ def _distinct_codes(log: _Log, s: np.ndarray, li: np.ndarray) -> np.ndarray:
 def _circular_distance(angle: np.ndarray, mean: np.ndarray, period: np.ndarray) -> np.ndarray:
     diff = np.abs(np.mod(angle - mean + math.pi, _TWO_PI) - math.pi)
     return diff * period / _TWO_PI
+
+
+# Calendar tables cover at most this many days (the batch path's full span stays vectorised).
+_CALENDAR_SPAN_MAX: Final = 1 << 16
+
+
+def _calendar_columns(days: np.ndarray) -> dict[str, np.ndarray]:
+    """Local-date features of int64 local days since 1970-01-01 (plus ``_a_dom``, ``_a_wd``,
+    ``_dim``: the day-of-month / weekday angles and the days of the month)."""
+    out: dict[str, np.ndarray] = {}
+    y, m, d = civil_from_days(days)
+    wd = weekday_of_days(days)
+    dim = days_in_month(y, m)
+    out["local_weekday"] = wd.astype(np.float64)
+    out["local_day_of_month"] = d.astype(np.float64)
+    out["days_to_month_end"] = (dim - d).astype(np.float64)
+    out["is_business_day"] = (wd < 5).astype(np.float64)
+
+    # Pay-cycle signals (calendar days; public holidays are not modelled).
+    py, pm = shift_month(y, m, -1)
+    ny, nm = shift_month(y, m, 1)
+    dim_prev = days_in_month(py, pm)
+    lbd = last_business_day(y, m)
+    lbd_prev = last_business_day(py, pm)
+    lbd_next = last_business_day(ny, nm)
+    out["days_since_1st"] = (d - 1).astype(np.float64)
+    out["days_until_1st"] = (dim - d + 1).astype(np.float64)
+    out["days_since_15th"] = np.where(d >= 15, d - 15, d + dim_prev - 15).astype(np.float64)
+    out["days_until_15th"] = np.where(d <= 15, 15 - d, dim - d + 15).astype(np.float64)
+    out["days_since_last_business_day"] = np.where(
+        d >= lbd, d - lbd, d + dim_prev - lbd_prev
+    ).astype(np.float64)
+    out["days_until_last_business_day"] = np.where(d <= lbd, lbd - d, dim - d + lbd_next).astype(
+        np.float64
+    )
+    out["days_since_friday"] = ((wd - 4) % 7).astype(np.float64)
+    out["days_until_friday"] = ((4 - wd) % 7).astype(np.float64)
+    out["_a_dom"] = _TWO_PI * (d - 1) / dim
+    out["_a_wd"] = _TWO_PI * wd / 7.0
+    out["_dim"] = dim
+    return out
+
+
+@lru_cache(maxsize=1024)
+def _calendar_table(lo: int, span: int) -> dict[str, np.ndarray]:
+    """:func:`_calendar_columns` of the days ``lo .. lo + span - 1`` (read-only arrays)."""
+    table = _calendar_columns(np.arange(lo, lo + span, dtype=np.int64))
+    for values in table.values():
+        values.flags.writeable = False
+    return table
 
 
 def _candidate_features(
@@ -1283,37 +1463,21 @@ def _candidate_features(
     # Local civil time in the customer's zone (DST-correct offset tables).
     local = to_local_ns(tt, log.zone.codes[st.li[dec]], log.zone.uniques)
     days = np.floor_divide(local, NS_PER_DAY)
-    y, m, d = civil_from_days(days)
-    wd = weekday_of_days(days)
-    dim = days_in_month(y, m)
     out["local_hour"] = (local - days * NS_PER_DAY) / h
-    out["local_weekday"] = wd.astype(np.float64)
-    out["local_day_of_month"] = d.astype(np.float64)
-    out["days_to_month_end"] = (dim - d).astype(np.float64)
-    out["is_business_day"] = (wd < 5).astype(np.float64)
-
-    # Pay-cycle signals (calendar days; public holidays are not modelled).
-    py, pm = shift_month(y, m, -1)
-    ny, nm = shift_month(y, m, 1)
-    dim_prev = days_in_month(py, pm)
-    lbd = last_business_day(y, m)
-    lbd_prev = last_business_day(py, pm)
-    lbd_next = last_business_day(ny, nm)
-    out["days_since_1st"] = (d - 1).astype(np.float64)
-    out["days_until_1st"] = (dim - d + 1).astype(np.float64)
-    out["days_since_15th"] = np.where(d >= 15, d - 15, d + dim_prev - 15).astype(np.float64)
-    out["days_until_15th"] = np.where(d <= 15, 15 - d, dim - d + 15).astype(np.float64)
-    out["days_since_last_business_day"] = np.where(
-        d >= lbd, d - lbd, d + dim_prev - lbd_prev
-    ).astype(np.float64)
-    out["days_until_last_business_day"] = np.where(d <= lbd, lbd - d, dim - d + lbd_next).astype(
-        np.float64
-    )
-    out["days_since_friday"] = ((wd - 4) % 7).astype(np.float64)
-    out["days_until_friday"] = ((4 - wd) % 7).astype(np.float64)
-
-    a_dom = _TWO_PI * (d - 1) / dim
-    a_wd = _TWO_PI * wd / 7.0
+    # Everything else of the local date depends on the day only: computed once per calendar
+    # day of the span (a few days online; cached) and gathered per row.
+    lo = int(days.min()) if n else 0
+    span = int(days.max()) - lo + 1 if n else 0
+    if n and span <= n and span <= _CALENDAR_SPAN_MAX:
+        table = _calendar_table(lo, span)
+        at = days - lo
+        for name, values in table.items():
+            out[name] = values[at]
+    else:
+        out.update(_calendar_columns(days))
+    a_dom = out.pop("_a_dom")
+    a_wd = out.pop("_a_wd")
+    dim = out.pop("_dim")
     out["success_dom_distance"] = _circular_distance(a_dom, st.dom_mean[dec], dim)
     out["success_weekday_distance"] = _circular_distance(a_wd, st.wd_mean[dec], np.full(n, 7.0))
 
@@ -1573,11 +1737,21 @@ def encode_candidate_matrix(
     return out
 
 
+_NATIVE_SPECS: dict[int, tuple[FeatureSpec, bool]] = {}
+
+
 def _spec_is_native(spec: FeatureSpec) -> bool:
     """Whether every feature of ``spec`` is one of ours with its own kind (numeric/categorical)."""
-    return set(spec.numeric) <= set(NUMERIC_FEATURES) and set(spec.categorical) <= set(
+    hit = _NATIVE_SPECS.get(id(spec))
+    if hit is not None and hit[0] is spec:  # the spec is frozen: cache per instance
+        return hit[1]
+    native = set(spec.numeric) <= set(NUMERIC_FEATURES) and set(spec.categorical) <= set(
         CATEGORICAL_FEATURES
     )
+    if len(_NATIVE_SPECS) >= 64:
+        _NATIVE_SPECS.clear()
+    _NATIVE_SPECS[id(spec)] = (spec, native)
+    return native
 
 
 def _numeric_block(columns: dict[str, Any], spec: FeatureSpec, n: int) -> np.ndarray:
@@ -1587,22 +1761,30 @@ def _numeric_block(columns: dict[str, Any], spec: FeatureSpec, n: int) -> np.nda
     return numeric
 
 
-def _spec_codes(cat: _Codes, levels: tuple[str, ...]) -> np.ndarray:
-    """Codes in ``levels`` of a factorised categorical (unseen/rare -> other, missing)."""
+@lru_cache(maxsize=256)
+def _spec_value_lookup(levels: tuple[str, ...]) -> tuple[dict[str | None, int], int, int]:
+    """(value -> code in ``levels``, other code, missing code); None/"" -> missing and the
+    literal ``"missing"`` -> other (it is not a real value)."""
     _, _, lookup = _level_lookup(levels)
     other = lookup[OTHER_LEVEL]
     missing = lookup[MISSING_LEVEL]
+    values: dict[str | None, int] = {k: v for k, v in lookup.items()}
+    values[MISSING_LEVEL] = other
+    values[""] = missing
+    values[None] = missing
+    return values, other, missing
+
+
+def _spec_codes(cat: _Codes, levels: tuple[str, ...]) -> np.ndarray:
+    """Codes in ``levels`` of a factorised categorical (unseen/rare -> other, missing)."""
+    lookup, other, missing = _spec_value_lookup(levels)
+    get = lookup.get
     mapped = np.asarray(
-        [
-            missing
-            if u is None or u == ""
-            else (other if u == MISSING_LEVEL else lookup.get(str(u), other))
-            for u in cat.uniques.tolist()
-        ]
+        [get(u if u is None or u.__class__ is str else str(u), other) for u in cat.uniques.tolist()]
         + [missing],
         dtype=np.int64,
     )
-    return mapped[np.where(cat.codes < 0, len(cat.uniques), cat.codes)]
+    return mapped[cat.codes]  # code -1 (missing) reads the last slot
 
 
 def _attempt_ids(table: _Table) -> list[Any]:
@@ -1649,7 +1831,7 @@ def _online_columns(
         raise ValueError(f"batch.attempts has no rows for charge_ids {bad}")
     # batch.attempts rows must not be after their charge's now (DecisionBatch contract).
     own_rows = np.flatnonzero(log.order < len(own))
-    now_of_code = np.full(int(log.charge.max(initial=0)) + 1, np.iinfo(np.int64).max)
+    now_of_code = np.full(int(log.charge.max(initial=0)) + 1, _INT64_MAX)
     now_of_code[codes] = now
     late = own_rows[log.t[own_rows] > now_of_code[log.charge[own_rows]]]
     if late.size:
