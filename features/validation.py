@@ -18,8 +18,10 @@ at once and a slower path that locates the offending rows only runs when the fas
 
 from __future__ import annotations
 
+import os
 import zoneinfo
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -73,6 +75,8 @@ _TS_NS_UTC = pa.timestamp("ns", tz="UTC")
 _ZONE_RE = r"\d\d:\d\d(?::\d\d(?:[.,]\d+)?)?\s*(?:[Zz]|[+-]\d\d(?::?\d\d)?)$"
 _HIGH_CARDINALITY = frozenset({c.ATTEMPT_ID, c.CHARGE_ID, c.CUSTOMER_ID, c.CARD_ID})
 """Identifier columns kept as plain text; every other text column is dictionary-encoded."""
+_GATHER_THREADS = min(4, os.cpu_count() or 1)
+"""Threads gathering the columns of the canonical frame into sorted order."""
 _NUMBER_RE = r"^[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?$"
 
 
@@ -456,7 +460,8 @@ class _Coded(NamedTuple):
         idx = self.codes[rows]
         if len(self.dictionary) == 0:
             return pa.nulls(idx.size, pa.large_string())
-        return self.dictionary.take(pa.array(idx, mask=idx < 0))
+        absent = idx < 0
+        return self.dictionary.take(pa.array(idx, mask=absent) if absent.any() else pa.array(idx))
 
 
 def _encode(arr: pa.Array | pa.ChunkedArray | None, n: int) -> _Coded:
@@ -505,17 +510,89 @@ def _check_codes(
         checks.add(column, unknown_rule, coded.lookup(bad & ~wrong_case))
 
 
+_MAX_KEY_BYTES = 32
+"""Widest text (in UTF-8 bytes) turned into integer sort/hash keys; wider text uses arrow."""
+
+
+def _text_keys(arr: pa.Array | pa.ChunkedArray) -> list[np.ndarray] | None:
+    """Order-preserving integer keys of a ``large_string`` column, most significant first.
+
+    The UTF-8 bytes of each value, zero-padded to the longest value, are packed big-endian into
+    ``uint64`` words (byte positions that hold the same byte in every row are skipped: they never
+    decide an order); a final length key breaks ties between values that differ only by trailing
+    NUL bytes. Comparing the key tuples lexicographically is comparing the strings byte by byte
+    (arrow's string order). Nulls get the keys of ``""``. ``None`` when a value is longer than
+    :data:`_MAX_KEY_BYTES` bytes.
+    """
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks() if arr.num_chunks else pa.array([], pa.large_string())
+    n = len(arr)
+    if n == 0:
+        return [np.zeros(0, dtype=np.uint64)]
+    _, offsets_buf, data_buf = arr.buffers()
+    offsets = np.frombuffer(offsets_buf, dtype=np.int64)[arr.offset : arr.offset + n + 1]
+    starts = offsets[:-1]
+    lengths = np.diff(offsets)
+    if arr.null_count:  # a null slot may span bytes: treat it as ""
+        lengths = np.where(_np_bool(arr.is_valid()), lengths, 0)
+    width = int(lengths.max())
+    if width > _MAX_KEY_BYTES:
+        return None
+    data = (
+        np.frombuffer(data_buf, dtype=np.uint8) if data_buf is not None else np.zeros(1, np.uint8)
+    )
+    uniform = bool(np.all(lengths == width))  # then the values are back to back
+    if uniform:
+        block = data[int(starts[0]) : int(starts[0]) + n * width].reshape(n, width)
+        varies = np.flatnonzero(~np.all(block == block[:1], axis=0))
+        columns = [block[:, j] for j in varies]
+    else:
+        columns = []
+        for j in range(width):
+            present = lengths > j
+            byte = np.where(present, data[np.where(present, starts + j, 0)], np.uint8(0))
+            if not np.all(byte == byte[0]):
+                columns.append(byte)
+    n_words = -(-len(columns) // 8)
+    packed = np.zeros((n, 8 * n_words), dtype=np.uint8)
+    for j, byte in enumerate(columns):
+        packed[:, j] = byte
+    words = packed.view(">u8")  # big-endian: the first byte is the most significant
+    keys = [words[:, i].astype(np.uint64) for i in range(n_words)]
+    if not uniform and not np.all(lengths == lengths[0]):
+        keys.append(lengths.astype(np.uint64))
+    return keys or [np.zeros(n, dtype=np.uint64)]
+
+
 def _duplicates(ids: pa.Array | pa.ChunkedArray, n: int) -> np.ndarray:
     """Mask of rows whose (present) id occurred in an earlier row."""
     duplicate = np.zeros(n, dtype=bool)
-    counts = pc.value_counts(ids)
-    repeated = counts.field("values").filter(
-        pc.and_(pc.greater(counts.field("counts"), 1), pc.is_valid(counts.field("values")))
-    )
-    if len(repeated) == 0:
+    keys = _text_keys(ids)
+    if keys is None:
+        counts = pc.value_counts(ids)
+        repeated = counts.field("values").filter(
+            pc.and_(pc.greater(counts.field("counts"), 1), pc.is_valid(counts.field("values")))
+        )
+        if len(repeated) == 0:
+            return duplicate
+        rows = np.flatnonzero(_np_bool(pc.is_in(ids, value_set=repeated)))
+    else:
+        # One 64-bit hash per id (exact when the id fits one key word); the few rows whose
+        # hash repeats are compared as text below.
+        hashed = keys[0].copy()
+        for key in keys[1:]:
+            hashed = (hashed * np.uint64(0x9E3779B97F4A7C15)) ^ key
+        present = np.flatnonzero(~np.asarray(ids.is_null().to_numpy(zero_copy_only=False)))
+        hashed = hashed[present]
+        by_hash = np.argsort(hashed)  # sorting beats a hash table on 64-bit keys here
+        equal = hashed[by_hash[1:]] == hashed[by_hash[:-1]]
+        repeats = np.zeros(present.size, dtype=bool)
+        repeats[by_hash[1:][equal]] = True
+        repeats[by_hash[:-1][equal]] = True
+        rows = present[repeats]
+    if rows.size == 0:
         return duplicate
     # Only the few rows holding a repeated id: keep each id's first occurrence.
-    rows = np.flatnonzero(_np_bool(pc.is_in(ids, value_set=repeated)))
     later = pd.Series(ids.take(pa.array(rows)).to_pylist()).duplicated(keep="first").to_numpy()
     duplicate[rows[later]] = True
     return duplicate
@@ -523,21 +600,49 @@ def _duplicates(ids: pa.Array | pa.ChunkedArray, n: int) -> np.ndarray:
 
 def _sort_order(
     charge: pa.ChunkedArray, ts_ns: np.ndarray, attempt: pa.ChunkedArray, sortable: np.ndarray
-) -> np.ndarray:
+) -> tuple[np.ndarray, np.ndarray | None]:
     """Positions of the ``sortable`` rows ordered by (charge_id, attempted_at, attempt_id).
 
     Strings compare in code-point (UTF-8 byte) order; missing attempt ids sort last; the sort
-    is stable, so rows equal on all three keys keep their input order.
+    is stable, so rows equal on all three keys keep their input order. Also returns the charge
+    group number of each ordered row when it falls out of the sort (else ``None``).
+
+    Charge ids are sorted as integer keys (:func:`_text_keys`) with the time by a stable
+    ``numpy.lexsort``; only the rows tied on (charge, time) are then ordered by attempt id.
     """
     if not sortable.any():
-        return np.zeros(0, dtype=np.int64)
-    keys = pa.table({"c": charge, "t": ts_ns, "a": attempt})
-    order = pc.sort_indices(
-        keys,
-        sort_keys=[("c", "ascending"), ("t", "ascending"), ("a", "ascending")],
-    )  # nulls (missing attempt ids) are placed at the end by default
-    positions = np.asarray(order.to_numpy(), dtype=np.int64)
-    return positions[sortable[positions]]
+        return np.zeros(0, dtype=np.int64), None
+    keys = _text_keys(charge)
+    if keys is None:
+        table = pa.table({"c": charge, "t": ts_ns, "a": attempt})
+        order = pc.sort_indices(
+            table,
+            sort_keys=[("c", "ascending"), ("t", "ascending"), ("a", "ascending")],
+        )  # nulls (missing attempt ids) are placed at the end by default
+        positions = np.asarray(order.to_numpy(), dtype=np.int64)
+        return positions[sortable[positions]], None
+    rows = np.flatnonzero(sortable)
+    sub_keys = [key[rows] for key in keys]
+    times = ts_ns[rows]
+    local = np.lexsort([times, *reversed(sub_keys)])  # stable; last key is the primary one
+    positions = rows[local]
+    same_charge = np.ones(max(positions.size - 1, 0), dtype=bool)
+    for key in sub_keys:
+        ordered = key[local]
+        same_charge &= ordered[1:] == ordered[:-1]
+    ordered_times = times[local]
+    tie = same_charge & (ordered_times[1:] == ordered_times[:-1])
+    if tie.any():
+        # Runs of rows equal on (charge, time): order each run by attempt id (stable, nulls last).
+        tied_before = np.r_[False, tie]
+        in_run = tied_before | np.r_[tie, False]
+        slots = np.flatnonzero(in_run)
+        run = np.cumsum(~tied_before[slots])
+        ties = pa.table({"r": run, "a": attempt.take(pa.array(positions[slots]))})
+        within = pc.sort_indices(ties, sort_keys=[("r", "ascending"), ("a", "ascending")])
+        positions[slots] = positions[slots][np.asarray(within.to_numpy(), dtype=np.int64)]
+    group = np.cumsum(np.r_[True, ~same_charge], dtype=np.int64)
+    return positions, group
 
 
 def _group_ids(sorted_keys: pa.ChunkedArray | pa.Array) -> np.ndarray:
@@ -754,10 +859,12 @@ def validate_attempts(raw: pd.DataFrame, *, drop_invalid: bool = False) -> Valid
         dtype=np.int64,
     )
     sortable = ~missing_of[c.CHARGE_ID] & ts_valid[c.ATTEMPTED_AT]
-    order = _sort_order(out[c.CHARGE_ID], ts_ns, attempt_ids, sortable)
-    identity = order.size == n and bool(np.all(order == np.arange(n)))
-    charge_sorted = out[c.CHARGE_ID] if identity else out[c.CHARGE_ID].take(pa.array(order))
-    group = _group_ids(charge_sorted)
+    order, group = _sort_order(out[c.CHARGE_ID], ts_ns, attempt_ids, sortable)
+    charge_sorted = None
+    if group is None:  # the arrow fallback sort: number the charges from their sorted text
+        identity = order.size == n and bool(np.all(order == np.arange(n)))
+        charge_sorted = out[c.CHARGE_ID] if identity else out[c.CHARGE_ID].take(pa.array(order))
+        group = _group_ids(charge_sorted)
     eligible = sortable & (succeeded | failed) & ~duplicate
     _check_charges(checks, group, order, eligible, succeeded)
 
@@ -772,8 +879,11 @@ def validate_attempts(raw: pd.DataFrame, *, drop_invalid: bool = False) -> Valid
     _summarise_declines(report, out[c.DECLINE_CODE], failed_valid)
     if issues and not drop_invalid:
         raise ContractError(report)
-    out[c.CHARGE_ID] = charge_sorted.filter(pa.array(keep_sorted))
-    clean = _canonical_frame(out, valid_order, ~invalid, sorted_columns={c.CHARGE_ID})
+    if charge_sorted is None:  # gathered with the other columns
+        clean = _canonical_frame(out, valid_order, ~invalid)
+    else:
+        out[c.CHARGE_ID] = charge_sorted.filter(pa.array(keep_sorted))
+        clean = _canonical_frame(out, valid_order, ~invalid, sorted_columns={c.CHARGE_ID})
     rejects = _rejects(raw, checks.findings, invalid)
     return ValidationResult(clean=clean, rejects=rejects, report=report)
 
@@ -856,15 +966,18 @@ def _canonical_frame(
     identity = rows.size == n and bool(np.all(rows == np.arange(n)))
     ascending = identity or bool(np.all(rows[1:] > rows[:-1]))
     keep = None if identity or not ascending else valid
-    data: dict[str, Any] = {}
-    for col in c.ALL_COLUMNS:
+
+    def gather(col: str) -> Any:
         values = out[col]
         if col in sorted_columns:
-            data[col] = values
-        elif isinstance(values, _Coded):
-            data[col] = values.take(rows)
-        else:
-            data[col] = _in_order(values, rows, keep, identity=identity)
+            return values
+        if isinstance(values, _Coded):
+            return values.take(rows)
+        return _in_order(values, rows, keep, identity=identity)
+
+    # The gathers are arrow/numpy kernels that release the GIL: run them on a few threads.
+    with ThreadPoolExecutor(max_workers=_GATHER_THREADS) as pool:
+        data = dict(zip(c.ALL_COLUMNS, pool.map(gather, c.ALL_COLUMNS), strict=True))
     frame = pa.table(data).to_pandas()
     for col in c.STRING_COLUMNS:
         if frame[col].dtype != "str":
