@@ -50,7 +50,12 @@ from features._fe_time import (
     weekday_of_days,
 )
 from features.decisions import DecisionBatch
-from features.taxonomy import classify_decline, mastercard_advice
+from features.taxonomy import (
+    classify_decline,
+    mastercard_advice,
+    normalize_advice_code,
+    normalize_code,
+)
 from features.timezones import resolve_timezones
 
 __all__ = [
@@ -1067,34 +1072,17 @@ _CUSTOMER_EVENTS: Final[tuple[str, ...]] = (
 )
 
 
+# Codes repeat a lot: cache the normalisation of string codes (non-strings, e.g. NA, go uncached).
+_normalize_code_str = lru_cache(maxsize=65536)(normalize_code)
+_normalize_advice_str = lru_cache(maxsize=65536)(normalize_advice_code)
+
+
 def _normalize_code(code: object) -> str:
-    if code.__class__ is str:
-        return _normalize_code_str(code)
-    from features.taxonomy import normalize_code
-
-    return normalize_code(code)
-
-
-@lru_cache(maxsize=65536)
-def _normalize_code_str(code: str) -> str:
-    from features.taxonomy import normalize_code
-
-    return normalize_code(code)
+    return _normalize_code_str(code) if code.__class__ is str else normalize_code(code)
 
 
 def _normalize_advice(code: object) -> str:
-    if code.__class__ is str:
-        return _normalize_advice_str(code)
-    from features.taxonomy import normalize_advice_code
-
-    return normalize_advice_code(code)
-
-
-@lru_cache(maxsize=65536)
-def _normalize_advice_str(code: str) -> str:
-    from features.taxonomy import normalize_advice_code
-
-    return normalize_advice_code(code)
+    return _normalize_advice_str(code) if code.__class__ is str else normalize_advice_code(code)
 
 
 # --------------------------------------------------------------------------------------------
