@@ -65,6 +65,7 @@ __all__ = [
     "NUMERIC_FEATURES",
     "OTHER_LEVEL",
     "AttemptColumns",
+    "CandidateEncoder",
     "FeatureSpec",
     "TrainingExamples",
     "build_candidate_features",
@@ -1706,23 +1707,7 @@ def encode_candidate_matrix(
         ``spec.names`` order, rows in row-major (charge, candidate) order.
     """
     columns, n = _online_columns(batch, candidate_times, attempts=attempts, history=history)
-    if not _spec_is_native(spec):
-        enc = encode_features(_frame(columns, n), spec)
-        out = np.empty((n, len(spec.names)), dtype=np.float64)
-        for j, name in enumerate(spec.names):
-            col = enc[name]
-            if isinstance(col.dtype, pd.CategoricalDtype):
-                out[:, j] = col.cat.codes.to_numpy()
-            else:
-                out[:, j] = col.to_numpy(dtype=np.float64, na_value=np.nan)
-        return out
-    k = len(spec.numeric)
-    out = np.empty((n, k + len(spec.categorical)), dtype=np.float64)
-    for j, name in enumerate(spec.numeric):
-        out[:, j] = columns[name]
-    for j, name in enumerate(spec.categorical, start=k):
-        out[:, j] = _spec_codes(columns[name], spec.levels[name])
-    return out
+    return _model_matrix(columns, spec, n)
 
 
 _NATIVE_SPECS: dict[int, tuple[FeatureSpec, bool]] = {}
@@ -1779,17 +1764,15 @@ def _attempt_ids(table: _Table) -> list[Any]:
     return _table_list(table, ct.ATTEMPT_ID)
 
 
-def _online_columns(
+def _online_state(
     batch: DecisionBatch,
-    candidate_times: np.ndarray,
     *,
     attempts: AttemptColumns | None = None,
     history: AttemptColumns | None = None,
-) -> tuple[dict[str, Any], int]:
-    """Feature columns (numeric arrays, categorical codes) for a decision batch."""
+) -> tuple[_Log, _State]:
+    """The attempt log and the per-decision state of a decision batch (candidate-independent)."""
     charge_ids = np.asarray(batch.charge_ids, dtype=object)
     n_charges = charge_ids.size
-    cand = _candidate_ns(candidate_times, n_charges)
     now = np.asarray(batch.now).astype("datetime64[ns]").view(np.int64).reshape(-1)
     if now.size != n_charges:
         raise ValueError(f"batch.now has {now.size} values for {n_charges} charges")
@@ -1834,8 +1817,112 @@ def _online_columns(
     first_row = np.zeros(int(log.charge.max(initial=0)) + 1, dtype=np.int64)
     first_row[log.charge] = log.start
     li = first_row[codes] + counts - 1
+    return log, _decision_state(log, li, now)
 
-    st = _decision_state(log, li, now)
+
+def _online_columns(
+    batch: DecisionBatch,
+    candidate_times: np.ndarray,
+    *,
+    attempts: AttemptColumns | None = None,
+    history: AttemptColumns | None = None,
+) -> tuple[dict[str, Any], int]:
+    """Feature columns (numeric arrays, categorical codes) for a decision batch."""
+    n_charges = np.asarray(batch.charge_ids, dtype=object).size
+    cand = _candidate_ns(candidate_times, n_charges)
+    log, st = _online_state(batch, attempts=attempts, history=history)
     n_cand = cand.shape[1]
     dec = np.repeat(np.arange(n_charges, dtype=np.int64), n_cand)
     return _candidate_features(log, st, dec, cand.reshape(-1)), dec.size
+
+
+class CandidateEncoder:
+    """Model-matrix rows of a decision batch at any candidate times (the serving hot path).
+
+    The candidate-independent work (attempt log, per-decision state) is done once at
+    construction; :meth:`matrix` then encodes only the (decision, time) rows asked for, e.g. the
+    rows a coarse-to-fine search actually scores. Rows equal those of
+    :func:`encode_candidate_matrix` for the same (decision, time) pairs.
+
+    Parameters
+    ----------
+    batch
+        The decision batch (as :func:`build_candidate_features`).
+    spec
+        The spec fixed at training time.
+    attempts, history
+        Optional :class:`AttemptColumns` holding the same rows as ``batch.attempts`` /
+        ``batch.history`` (read instead of the frames).
+    """
+
+    def __init__(
+        self,
+        batch: DecisionBatch,
+        spec: FeatureSpec,
+        *,
+        attempts: AttemptColumns | None = None,
+        history: AttemptColumns | None = None,
+    ) -> None:
+        self.batch = batch
+        self.spec = spec
+        self.n_charges = int(np.asarray(batch.charge_ids, dtype=object).size)
+        self._log, self._state = _online_state(batch, attempts=attempts, history=history)
+
+    def matrix(self, dec: np.ndarray, times: np.ndarray, *, order: str = "C") -> np.ndarray:
+        """Model matrix of the rows ``(dec[r], times[r])``.
+
+        Parameters
+        ----------
+        dec
+            ``(n,)`` int, decision (charge) index of each row, ``0 <= dec < n_charges``.
+        times
+            ``(n,)`` candidate times, ``datetime64[ns]`` (UTC, naive) or int64 ns; NaT rows get
+            NaN candidate-dependent features.
+        order
+            ``"C"`` (row-major, as :func:`encode_candidate_matrix`) or ``"F"`` (column-major;
+            cheaper to fill, and LightGBM reads it without a copy).
+
+        Returns
+        -------
+        numpy.ndarray
+            ``(n, len(spec.names))`` float64, columns in ``spec.names`` order.
+        """
+        dec = np.asarray(dec, dtype=np.int64).reshape(-1)
+        t = np.asarray(times)
+        if t.dtype.kind == "M":
+            t = t.astype("datetime64[ns]").view(np.int64)
+        t = np.ascontiguousarray(t, dtype=np.int64).reshape(-1)
+        if dec.shape != t.shape:
+            raise ValueError(f"dec and times differ in length: {dec.size} and {t.size}")
+        if dec.size and (int(dec.min()) < 0 or int(dec.max()) >= self.n_charges):
+            raise ValueError(f"dec must be in [0, {self.n_charges}), got {dec.min()}..{dec.max()}")
+        columns = _candidate_features(self._log, self._state, dec, t)
+        return _model_matrix(columns, self.spec, dec.size, order=order)
+
+
+def _model_matrix(
+    columns: dict[str, Any], spec: FeatureSpec, n: int, *, order: str = "C"
+) -> np.ndarray:
+    """Float64 model matrix from feature columns (categoricals as codes in the spec's levels)."""
+    if order not in ("C", "F"):
+        raise ValueError(f"order must be 'C' or 'F', got {order!r}")
+    if not _spec_is_native(spec):
+        enc = encode_features(_frame(columns, n), spec)
+        out = np.empty((n, len(spec.names)), dtype=np.float64, order="F" if order == "F" else "C")
+        for j, name in enumerate(spec.names):
+            col = enc[name]
+            if isinstance(col.dtype, pd.CategoricalDtype):
+                out[:, j] = col.cat.codes.to_numpy()
+            else:
+                out[:, j] = col.to_numpy(dtype=np.float64, na_value=np.nan)
+        return out
+    k = len(spec.numeric)
+    width = k + len(spec.categorical)
+    # Filled one feature at a time: contiguous writes into a (features, rows) block, then
+    # transposed (a blocked copy for C order; a free view for F order).
+    block = np.empty((width, n), dtype=np.float64)
+    for j, name in enumerate(spec.numeric):
+        block[j] = columns[name]
+    for j, name in enumerate(spec.categorical, start=k):
+        block[j] = _spec_codes(columns[name], spec.levels[name])
+    return block.T if order == "F" else np.ascontiguousarray(block.T)

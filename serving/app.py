@@ -19,7 +19,7 @@ from collections.abc import (
     Sequence,
 )
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
@@ -170,8 +170,16 @@ def _iso(t: Any) -> str | None:
     """``2026-01-05T13:00:00Z`` for a UTC timestamp (pydantic's rendering of aware UTC times)."""
     if t is None:
         return None
+    ns = int(t.value)
+    if ns % 1000 == 0 and t.tzinfo is not None:
+        # Whole microseconds (always, on the hourly grid): datetime's isoformat, ~3x cheaper
+        # than the pandas conversions, same text.
+        return f"{(_EPOCH + timedelta(microseconds=ns // 1000)).isoformat()}Z"
     text = t.tz_convert("UTC").tz_localize(None).isoformat()
     return f"{text}Z"
+
+
+_EPOCH = datetime(1970, 1, 1)
 
 
 def decision_json(d: Decision) -> dict[str, Any]:

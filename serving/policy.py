@@ -28,13 +28,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Protocol, runtime_checkable
+from zoneinfo import ZoneInfo
 
 import numpy as np
 import pandas as pd
 
 from features import contract as c
-from features.build import AttemptColumns
+from features.build import AttemptColumns, CandidateEncoder
 from features.decisions import Constraints, DecisionBatch, PolicyDecisions
 from serving.columnar import ColumnarBatch
 from serving.rules import (
@@ -49,6 +51,8 @@ from serving.rules import (
 _WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
 # Hours (local) when issuers' batch/maintenance windows make authorisations least likely.
 NIGHT_HOURS = (0, 1, 2, 3, 4, 5)
+_NIGHT_TABLE = np.isin(np.arange(24), NIGHT_HOURS)
+_UTC = "UTC"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -133,6 +137,41 @@ class BundleSuccessModel:
             raw = bundle.booster.predict(X, num_threads=getattr(bundle, "num_threads", 1))
         return np.asarray(bundle.calibrator.apply(np.asarray(raw, dtype=np.float64)))
 
+    def encoder(
+        self,
+        batch: DecisionBatch,
+        *,
+        attempts: AttemptColumns | None = None,
+        history: AttemptColumns | None = None,
+    ) -> CandidateEncoder | None:
+        """A :class:`features.build.CandidateEncoder` of ``batch`` (None off the fast path).
+
+        Build it once per batch, then score any (charge, time) rows with :meth:`score_rows`.
+        """
+        if not self.fast_path or self._needs_raw:
+            return None
+        bundle: Any = self.bundle
+        return CandidateEncoder(batch, bundle.feature_spec, attempts=attempts, history=history)
+
+    def score_rows(
+        self, encoder: CandidateEncoder, dec: np.ndarray, times: np.ndarray
+    ) -> np.ndarray:
+        """Calibrated P(success) of charge ``dec[r]`` retried at ``times[r]`` (no NaT).
+
+        Encoded and scored in blocks of at most ``4 * CHUNK_ROWS`` rows (bounded memory); the
+        LightGBM booster reads column-major blocks without a copy, lleaves needs row-major.
+        """
+        n = int(dec.size)
+        if n == 0:
+            return np.empty(0, dtype=np.float64)
+        order = "C" if self.engine is not None else "F"
+        step = CHUNK_ROWS * 4
+        parts = [
+            self.predict_matrix(encoder.matrix(dec[k : k + step], times[k : k + step], order=order))
+            for k in range(0, n, step)
+        ]
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
     def predict_rows(self, rows: pd.DataFrame) -> np.ndarray:
         """Calibrated P(success) of raw feature rows (``bundle.predict_proba``)."""
         bundle: Any = self.bundle
@@ -155,6 +194,22 @@ class BundleSuccessModel:
         """
         flat_valid = ~np.isnat(candidate_times.ravel())
         proba = np.full(candidate_times.size, np.nan)
+        n_charges = len(batch.charge_ids)
+        if (
+            self.fast_path
+            and not self._needs_raw
+            and candidate_times.ndim == 2
+            and candidate_times.shape[0] == n_charges
+            and candidate_times.dtype == np.dtype("datetime64[ns]")
+        ):
+            # Only the valid (non-padding) rows are encoded and scored.
+            enc = self.encoder(batch, attempts=attempts, history=history)
+            assert enc is not None
+            valid_idx = np.flatnonzero(flat_valid)
+            dec = valid_idx // max(candidate_times.shape[1], 1)
+            times = candidate_times.ravel()[valid_idx]
+            proba[valid_idx] = self.score_rows(enc, dec, times)
+            return CandidateScores(proba=proba.reshape(candidate_times.shape), features=None)
         if self.fast_path and not self._needs_raw:
             from features.build import encode_candidate_matrix
 
@@ -332,27 +387,47 @@ def _pick_alternatives(
     k: int,
     spacing_steps: int,
 ) -> tuple[Alternative, ...]:
-    order = np.argsort(-score, kind="stable")
-    taken = [chosen]
     out: list[Alternative] = []
-    for j in order.tolist():
-        if len(out) >= k or not np.isfinite(score[j]):
-            break
-        if any(abs(j - t) < spacing_steps for t in taken):
-            continue
-        taken.append(j)
-        pj = proba[j]
+    if np.isnan(score).any():  # NaN ordering: keep the reference (sort-based) selection
+        order = np.argsort(-score, kind="stable")
+        taken = [chosen]
+        picks: list[int] = []
+        for j in order.tolist():
+            if len(picks) >= k or not np.isfinite(score[j]):
+                break
+            if any(abs(j - t) < spacing_steps for t in taken):
+                continue
+            taken.append(j)
+            picks.append(j)
+    else:
+        # Same picks as walking the stable descending sort: the best remaining score (first
+        # index on ties) outside ``spacing_steps`` of every time already taken, k times.
+        left = score.copy()
+        m = left.size
+        picks = []
+        t = chosen
+        while True:
+            left[max(0, t - spacing_steps + 1) : min(m, t + spacing_steps)] = -np.inf
+            if len(picks) >= k:
+                break
+            t = int(np.argmax(left))
+            if not np.isfinite(left[t]):
+                break
+            picks.append(t)
+    for j in picks:
+        pj = float(proba[j])
         out.append(
             Alternative(
-                retry_at=pd.Timestamp(grid[j]).tz_localize("UTC"),
-                success_probability=None if np.isnan(pj) else round(float(pj), 4),
+                retry_at=pd.Timestamp(int(grid[j].astype(np.int64)), tz=_UTC),
+                success_probability=None if pj != pj else round(pj, 4),
             )
         )
     return tuple(out)
 
 
 def _local_label(t: np.datetime64, zone: str, hour: int) -> str:
-    ts = pd.Timestamp(t).tz_localize("UTC").tz_convert(zone)
+    ns = int(np.asarray(t).astype("datetime64[ns]").astype(np.int64))
+    ts = datetime.fromtimestamp(ns // 1_000_000_000, tz=UTC).astimezone(ZoneInfo(zone))
     return f"{_WEEKDAYS[ts.weekday()]} {hour:02d}:00 {zone} (day {ts.day} of the month)"
 
 
@@ -614,8 +689,17 @@ class PlannerPolicy(_RulesPolicy):
         select: np.ndarray,
         proba: np.ndarray,
         columns: tuple[AttemptColumns, AttemptColumns | None] | None,
+        encoder: CandidateEncoder | None = None,
     ) -> None:
-        """Score the grid points ``select`` (``(n, m)`` bool) into ``proba`` (in place)."""
+        """Score the grid points ``select`` (``(n, m)`` bool) into ``proba`` (in place).
+
+        With ``encoder`` (built once per batch) only the selected rows are encoded and scored.
+        """
+        if encoder is not None and isinstance(self.model, BundleSuccessModel):
+            rows, cols = np.nonzero(select)
+            if rows.size:
+                proba[rows, cols] = self.model.score_rows(encoder, rows, grid[rows, cols])
+            return
         counts = select.sum(axis=1)
         width = int(counts.max(initial=0))
         if width == 0:
@@ -635,13 +719,24 @@ class PlannerPolicy(_RulesPolicy):
         rules: list[RuleResult],
         columns: tuple[AttemptColumns, AttemptColumns | None] | None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Probabilities on a coarse grid refined around its best points; the scored mask."""
+        """Probabilities on a coarse grid refined around its best points; the scored mask.
+
+        The candidate-independent feature state is built once (one
+        :class:`features.build.CandidateEncoder`); each pass encodes and scores only its rows.
+        """
         cfg = self.config
         m = grid.shape[1]
         j = np.arange(m)
         coarse = allowed & ((j % cfg.coarse_step == 0) | (j < cfg.dense_steps))[None, :]
         proba = np.full(grid.shape, np.nan)
-        self._score_subset(batch, grid, coarse, proba, columns)
+        encoder: CandidateEncoder | None = None
+        if isinstance(self.model, BundleSuccessModel):
+            encoder = self.model.encoder(
+                batch,
+                attempts=None if columns is None else columns[0],
+                history=None if columns is None else columns[1],
+            )
+        self._score_subset(batch, grid, coarse, proba, columns, encoder)
         values = self._values(proba, coarse, grid, batch, rules)
         p_rank = np.where(coarse, np.nan_to_num(proba, nan=-1.0), -np.inf)
         k = min(cfg.refine_top, m)
@@ -654,7 +749,7 @@ class PlannerPolicy(_RulesPolicy):
             cols = np.clip(best + off, 0, m - 1)
             near[np.arange(grid.shape[0])[:, None], cols] = True
         fine = near & allowed & ~coarse
-        self._score_subset(batch, grid, fine, proba, columns)
+        self._score_subset(batch, grid, fine, proba, columns, encoder)
         return proba, coarse | fine
 
     def _choose(
@@ -703,7 +798,7 @@ class PlannerPolicy(_RulesPolicy):
                 Decision(
                     charge_id=r.charge_id,
                     action="retry",
-                    retry_at=pd.Timestamp(grid[i, j]).tz_localize("UTC"),
+                    retry_at=pd.Timestamp(int(grid[i, j].astype(np.int64)), tz=_UTC),
                     success_probability=round(float(p_row[j]), 4),
                     reason=str(self._reason),
                     source="model",
@@ -740,18 +835,25 @@ class PlannerPolicy(_RulesPolicy):
         p = np.where(rule.allowed, proba[:n], np.nan)
         next_day = p[: min(n, 24)]
         # No allowed time in the next 24 h (e.g. Mastercard advice 26: retry after 2 days).
+        # fmax.reduce = nanmax without its warnings (NaN only when every value is NaN).
         best_next_day = (
-            f"{np.nanmax(next_day):.2f}" if np.isfinite(next_day).any() else "no allowed time"
+            f"{np.fmax.reduce(next_day):.2f}" if np.isfinite(next_day).any() else "no allowed time"
         )
         factors = [
             f"retry {_local_label(rule.grid[j], zone, int(rule.local_hours[j]))}",
             f"P(success) {proba[j]:.2f} there vs {best_next_day} best in the next "
-            f"24 h and {np.nanmax(p):.2f} best in the window",
+            f"24 h and {np.fmax.reduce(p):.2f} best in the window",
             f"planned over {rule.retries_left} retr{'y' if rule.retries_left == 1 else 'ies'} left",
         ]
-        night = np.isin(rule.local_hours, NIGHT_HOURS) & rule.allowed
-        if night.any() and int(rule.local_hours[j]) not in NIGHT_HOURS:
-            p_night = float(np.nanmean(p[night]))
+        hours = rule.local_hours
+        night = _NIGHT_TABLE[hours] & rule.allowed
+        if int(hours[j]) not in NIGHT_HOURS and night.any():
+            # np.nanmean's arithmetic (zeros for NaN, sum, divide), without its warning.
+            at_night = p[night]
+            missing = np.isnan(at_night)
+            count = int(at_night.size - missing.sum())
+            total = float(np.where(missing, 0.0, at_night).sum())
+            p_night = total / count if count else float("nan")
             if p_night < proba[j]:
                 factors.append(f"issuer night window avoided (mean P {p_night:.2f} at 00-06 local)")
         factors.extend(_feature_factors(features, feature_row))

@@ -31,6 +31,7 @@ import pytest
 from features._fe_synth import synthetic_attempts
 from features.build import (
     AttemptColumns,
+    CandidateEncoder,
     build_candidate_features,
     build_training_examples,
     encode_candidate_matrix,
@@ -40,7 +41,13 @@ from features.build import (
 from features.decisions import Constraints, DecisionBatch
 from serving.app import performance_options
 from serving.model_store import ModelStore
-from serving.policy import BundleSuccessModel, PlannerConfig, PlannerPolicy
+from serving.policy import (
+    BundleSuccessModel,
+    Decision,
+    PlannerConfig,
+    PlannerPolicy,
+    _pick_alternatives,
+)
 from serving.schemas import DecisionRequest, to_batch
 from training.bundle import load_bundle, write_bundle
 from training.calibration import fit_calibrator
@@ -313,3 +320,107 @@ def test_sighup_reloads_new_version(bundle_dir: Path, tmp_path: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def _pick_reference(score: np.ndarray, chosen: int, *, k: int, spacing_steps: int) -> list[int]:
+    """The original sort-based alternative selection (walk the stable descending order)."""
+    order = np.argsort(-score, kind="stable")
+    taken = [chosen]
+    picks: list[int] = []
+    for j in order.tolist():
+        if len(picks) >= k or not np.isfinite(score[j]):
+            break
+        if any(abs(j - t) < spacing_steps for t in taken):
+            continue
+        taken.append(j)
+        picks.append(j)
+    return picks
+
+
+def test_pick_alternatives_equals_sort_walk() -> None:
+    rng = np.random.default_rng(4)
+    grid = np.datetime64("2026-01-05T09:00", "ns") + np.arange(120) * np.timedelta64(1, "h")
+    for trial in range(300):
+        m = int(rng.integers(1, 120))
+        # Few distinct values so ties are common; some candidates not allowed (-inf).
+        score = rng.integers(0, 6, size=m).astype(np.float64)
+        score[rng.random(m) < 0.3] = -np.inf
+        if trial % 7 == 0:
+            score[:] = -np.inf
+            score[0] = 1.0
+        chosen = int(np.argmax(score))
+        spacing = int(rng.integers(1, 9))
+        proba = rng.random(m)
+        got = _pick_alternatives(grid[:m], score, proba, chosen, k=3, spacing_steps=spacing)
+        want = _pick_reference(score, chosen, k=3, spacing_steps=spacing)
+        assert [a.retry_at for a in got] == [pd.Timestamp(grid[j]).tz_localize("UTC") for j in want]
+        assert [a.success_probability for a in got] == [round(float(proba[j]), 4) for j in want]
+
+
+def test_candidate_encoder_rows_equal_full_matrix(synth: pd.DataFrame) -> None:
+    ex = build_training_examples(synth)
+    spec = fit_feature_spec(ex.features, min_level_count=5)
+    rng = np.random.default_rng(2)
+    for batch, cand in _decisions(synth, 12, seed=5):
+        full = encode_candidate_matrix(batch, cand, spec)
+        enc = CandidateEncoder(batch, spec)
+        rows = np.sort(rng.choice(cand.shape[1], size=37, replace=False))
+        dec = np.zeros(rows.size, dtype=np.int64)
+        for order in ("C", "F"):
+            sub = enc.matrix(dec, cand[0, rows], order=order)
+            np.testing.assert_array_equal(sub, full[rows])
+        assert enc.matrix(dec[:0], cand[0, :0]).shape == (0, len(spec.names))
+    with pytest.raises(ValueError, match="dec must be in"):
+        enc.matrix(np.array([1]), cand[0, :1])
+    with pytest.raises(ValueError, match="order must be"):
+        enc.matrix(dec[:1], cand[0, :1], order="K")
+
+
+def _decision_key(d: Decision) -> tuple[Any, ...]:
+    return (
+        d.charge_id,
+        d.action,
+        d.reason,
+        d.retry_at,
+        d.explanation,
+        tuple(a.retry_at for a in d.alternatives),
+        d.action_required,
+    )
+
+
+def _assert_same_decisions(got: list[Decision], want: list[Decision]) -> None:
+    assert len(got) == len(want)
+    for g, w in zip(got, want, strict=True):
+        assert _decision_key(g) == _decision_key(w)
+        for a, b in [
+            (g.success_probability, w.success_probability),
+            (g.expected_value, w.expected_value),
+            *[
+                (x.success_probability, y.success_probability)
+                for x, y in zip(g.alternatives, w.alternatives, strict=True)
+            ],
+        ]:
+            assert (a is None) == (b is None)
+            if a is not None and b is not None:
+                assert abs(a - b) <= 1e-9
+
+
+@pytest.mark.parametrize("search", ["hourly", "coarse"])
+def test_fast_planner_decisions_equal_reference_path(bundle_dir: Path, search: str) -> None:
+    """Pins the served decisions: the fast path (one feature state per batch, only the needed
+    rows encoded and scored) decides exactly as the reference path (pandas features and
+    ``bundle.predict_proba`` on every grid point), for the hourly and the coarse search."""
+    bundle = load_bundle(bundle_dir)
+    config = PlannerConfig(search=search)
+    fast = PlannerPolicy(BundleSuccessModel(bundle), config=config)
+    slow = PlannerPolicy(BundleSuccessModel(bundle, fast_path=False), config=config)
+    # Different first-failure times give grids of different lengths (padding in the batch).
+    reqs = [_request(i, hours_ago=float((7 * i) % 90)) for i in range(24)]
+    for cons in (Constraints(), Constraints(max_retries=1, quiet_hours=(22, 7))):
+        prep = to_batch(reqs, nows=[r.now for r in reqs], constraints=cons)
+        got = fast.decide_detailed(
+            prep.batch, current_cards=prep.current_cards, columns=prep.columns
+        )
+        want = slow.decide_detailed(prep.batch.to_frames(), current_cards=prep.current_cards)
+        assert sum(d.action == "retry" for d in want) >= 20
+        _assert_same_decisions(got, want)
