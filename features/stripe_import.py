@@ -44,6 +44,7 @@ import numpy as np
 import pandas as pd
 
 from features import contract as c
+from features.currency import currency_exponent
 
 InputFormat = Literal["auto", "json", "jsonl", "csv"]
 INPUT_FORMATS: Final[tuple[str, ...]] = ("auto", "json", "jsonl", "csv")
@@ -70,30 +71,6 @@ SKIP_UNREADABLE: Final = "unreadable_input"
 # code (outcome.network_decline_code), that code is more specific and is used instead.
 GENERIC_DECLINE_CODES: Final[frozenset[str]] = frozenset({"generic_decline", "card_declined"})
 
-# docs.stripe.com/currencies#zero-decimal: amounts of these currencies are whole units in the API;
-# the three-decimal ones (docs.stripe.com/currencies#three-decimal) use thousandths. Every other
-# currency uses hundredths (Stripe also expresses ISK, HUF and TWD with two decimals in the API).
-ZERO_DECIMAL_CURRENCIES: Final[frozenset[str]] = frozenset(
-    {
-        "bif",
-        "clp",
-        "djf",
-        "gnf",
-        "jpy",
-        "kmf",
-        "krw",
-        "mga",
-        "pyg",
-        "rwf",
-        "ugx",
-        "vnd",
-        "vuv",
-        "xaf",
-        "xof",
-        "xpf",
-    }
-)
-THREE_DECIMAL_CURRENCIES: Final[frozenset[str]] = frozenset({"bhd", "jod", "kwd", "omr", "tnd"})
 
 # Dashboard "Card Brand" display names -> Charge payment_method_details.card.brand values.
 _BRAND_ALIASES: Final[Mapping[str, str]] = {
@@ -361,15 +338,6 @@ def normalize_funding(value: Any) -> str:
         return "unknown"
     text = text.lower()
     return text if text in _FUNDINGS else "unknown"
-
-
-def currency_exponent(currency: str) -> int:
-    """Number of minor-unit digits Stripe uses for ``currency`` (0, 2 or 3)."""
-    if currency in ZERO_DECIMAL_CURRENCIES:
-        return 0
-    if currency in THREE_DECIMAL_CURRENCIES:
-        return 3
-    return 2
 
 
 def parse_major_amount(text: str, currency: str) -> int:

@@ -218,3 +218,34 @@ def test_no_exploration_reports_only_the_direct_method() -> None:
     assert res.warnings == [NO_EXPLORATION_WARNING]
     assert set(res.estimates["estimator"]) == {"observed", "dm"}
     assert res.overlap["fixed:96"]["warning"] == NO_EXPLORATION_WARNING
+
+
+def test_amounts_of_every_currency_are_reported_in_one_currency() -> None:
+    att = history(400, seed=9)
+    # the same dollar price charged in rupees (paise): summing minor units would let these
+    # charges outweigh the dollar ones 84-fold
+    inr = att["customer_id"].astype(str).str.endswith(("0", "1", "2", "3", "4"))
+    att.loc[inr, "amount"] = att.loc[inr, "amount"] * 84
+    att.loc[inr, "currency"] = "inr"
+    data = prepare_charges(att, keep_history=False)
+    assert set(np.round(data.amount, 6)) == {9.0, 25.0}
+    res = run_backtest(
+        att,
+        {"logged": None},
+        n_boot=20,
+        seed=1,
+        dm_model=HoursModel(),
+        fit_dm=False,
+        constraints=Constraints(max_retries=2),
+    )
+    est = res.estimates
+    amount = est[(est["statistic"] == "recovered_amount") & (est["estimator"] == "observed")]
+    rate = est[(est["statistic"] == "recovery_rate") & (est["estimator"] == "observed")]
+    # recovered dollars per failed charge lie between 9 x and 25 x the recovery rate
+    value, share = float(amount["value"].iloc[0]), float(rate["value"].iloc[0])
+    assert 9 * share <= value <= 25 * share
+    assert res.meta["amount_unit"] == "USD"
+    assert "recovered USD / failed charge" in headline_markdown(res)
+    att.loc[att.index[:3], "currency"] = "kwd"
+    with pytest.raises(ValueError, match="'kwd'"):
+        prepare_charges(att, keep_history=False)

@@ -50,6 +50,23 @@ def command(
         help="Minimum effective sample size of the importance weights below which IPS, SNIPS "
         "and DR are reported as unavailable (insufficient overlap).",
     ),
+    fx_rates: Path | None = typer.Option(
+        None,
+        "--fx-rates",
+        help='JSON object of exchange rates, units of each currency per USD ({"eur": 0.92}); '
+        "amounts of all currencies are reported in --reporting-currency (default rates: "
+        "approximate 2025 reference rates, see docs/backtesting.md).",
+    ),
+    reporting_currency: str = typer.Option(
+        "usd", "--reporting-currency", help="Currency of reported amounts (major units)."
+    ),
+    truth_replications: int = typer.Option(
+        3,
+        "--truth-replications",
+        min=1,
+        help="With --simulate: plays per policy (distinct common random numbers) averaged into "
+        "the truth.",
+    ),
 ) -> None:
     """Compare policies with DM, IPS, SNIPS and DR estimates and 95 % bootstrap intervals."""
     from training.backtest.runner import run_cli
@@ -69,8 +86,11 @@ def command(
             holdout=holdout,
             dm_refits=dm_refits,
             min_ess=min_ess,
+            fx_rates=fx_rates,
+            reporting_currency=reporting_currency,
+            truth_replications=truth_replications,
         )
-    except (SpecError, FileNotFoundError) as exc:
+    except (SpecError, FileNotFoundError, ValueError) as exc:
         typer.secho(f"error: {exc}", fg="red", err=True)
         raise typer.Exit(2) from None
     typer.echo(f"Backtest report: {(path / 'report.html').resolve()}")

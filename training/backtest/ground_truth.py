@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from features import contract as c
+from features.currency import FxRates
 from features.decisions import Constraints
 from training.backtest.estimators import MetricSet, observed_contributions
 from training.backtest.runner import Progress, _quiet, prepare_charges
@@ -61,12 +62,14 @@ def played_contributions(
     charge_ids: np.ndarray,
     *,
     metrics: MetricSet,
+    fx: FxRates | None = None,
 ) -> np.ndarray:
     """Per-charge metric values ``(len(charge_ids), m)`` of played trajectories.
 
-    ``played_attempts`` are contract rows (first failure + the policy's retries) of the charges.
+    ``played_attempts`` are contract rows (first failure + the policy's retries) of the charges;
+    amounts are converted with ``fx`` (default: US dollars at the reference rates).
     """
-    data = prepare_charges(played_attempts, charge_ids=charge_ids, keep_history=False)
+    data = prepare_charges(played_attempts, charge_ids=charge_ids, keep_history=False, fx=fx)
     contrib = observed_contributions(data.steps, metrics, data.n)
     pos = pd.Index(data.charge_ids).get_indexer(pd.Index(charge_ids))
     out = np.zeros((len(charge_ids), len(metrics.names)))
@@ -84,18 +87,25 @@ def true_contributions(
     constraints: Constraints | None = None,
     metrics: MetricSet | None = None,
     charge_ids: np.ndarray | None = None,
+    replications: int = 1,
+    fx: FxRates | None = None,
     progress: Progress = _quiet,
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """True per-charge contributions of every policy on the same failed charges (CRN).
 
-    The logged policy's truth is what happened. Returns the contributions and a summary with the
-    fixed-to-oracle gap closed by the model policy when both are present.
+    Every policy is played ``replications`` times, with common random numbers keyed by
+    ``seed``, ``seed + 1``, ...; its truth is the mean contribution per charge (the expected
+    value on these charges; one play's luck on a few large charges can otherwise decide a
+    comparison). The logged policy's truth is what happened. Returns the contributions and a
+    summary with the fixed-to-oracle gap closed by the model policy when both are present.
     """
+    if replications < 1:
+        raise ValueError(f"replications must be >= 1, got {replications}")
     from training.simulate import play
 
     mset = metrics or MetricSet()
     cons = constraints or Constraints()
-    data = prepare_charges(attempts, charge_ids=charge_ids, keep_history=False)
+    data = prepare_charges(attempts, charge_ids=charge_ids, keep_history=False, fx=fx)
     ids = data.charge_ids
     if charge_ids is not None:  # report in the caller's order
         order = pd.Index(ids).get_indexer(pd.Index(np.asarray(charge_ids, dtype=object)))
@@ -110,10 +120,15 @@ def true_contributions(
             out[label] = observed_contributions(data.steps, mset, data.n)[order]
             continue
         started = time.perf_counter()
-        result = play(policy, world, ids[order], cons, seed=seed)
-        out[label] = played_contributions(result.attempts, ids[order], metrics=mset)
+        total: np.ndarray | None = None
+        for r in range(replications):
+            result = play(policy, world, ids[order], cons, seed=seed + r)
+            one = played_contributions(result.attempts, ids[order], metrics=mset, fx=fx)
+            total = one if total is None else total + one
+        assert total is not None
+        out[label] = total / replications
         progress(
-            f"{label}: played in the simulated world on {len(ids)} charges "
+            f"{label}: played in the simulated world on {len(ids)} charges x {replications} "
             f"({time.perf_counter() - started:.1f} s)"
         )
     return out, gap_summary(out, mset)
@@ -166,7 +181,7 @@ def gap_lines(summary: dict[str, Any]) -> list[str]:
     for label, v in summary.get("true_values", {}).items():
         lines.append(
             f"truth {label}: recovery rate {v['recovery_rate']:.4f}, recovered amount "
-            f"{v['recovered_amount']:.1f} per failed charge, "
+            f"{v['recovered_amount']:.2f} per failed charge, "
             f"{v['retries_per_failed_charge']:.3f} retries per failed charge"
         )
     best = summary.get("best_fixed")
@@ -178,7 +193,7 @@ def gap_lines(summary: dict[str, Any]) -> list[str]:
             verdict = "beats" if v["beats_best_fixed"] else "does NOT beat"
             lines.append(
                 f"{label} {verdict} {best} (recovered amount "
-                f"{v['recovered_amount_difference']:+.1f}, retries "
+                f"{v['recovered_amount_difference']:+.2f}, retries "
                 f"{v['retries_difference']:+.3f} per failed charge); "
                 f"share of the {best} -> oracle gap closed: {share}"
             )

@@ -154,9 +154,10 @@ def _fmt(v: object, digits: int = 3) -> str:
 def headline_markdown(result: BacktestResult) -> str:
     """The comparison as a Markdown table (value [95 % CI])."""
     head = result.headline()
+    unit = str(result.meta.get("amount_unit", "USD"))
     cols = [
         ("recovery_rate", "recovery rate", 3),
-        ("recovered_amount", "recovered / failed charge", 0),
+        ("recovered_amount", f"recovered {unit} / failed charge", 2),
         ("retries_per_failed_charge", "retries / failed", 2),
         ("retries_per_recovered_charge", "retries / recovered", 2),
         ("median_days_to_recovery", "median days", 0),
@@ -233,7 +234,9 @@ img{{max-width:100%}}</style></head><body>
 Estimators: <b>observed</b> (the logged policy on-policy), <b>dm</b> (direct method: a success model
 fitted on other customers, played forward), <b>ips</b> / <b>snips</b> (per-decision importance
 sampling with a {result.meta.get("bandwidth_hours")} h kernel on the retry time, and its
-self-normalised form), <b>dr</b> (doubly robust), <b>truth</b> (simulated worlds only).</p>
+self-normalised form), <b>dr</b> (doubly robust), <b>truth</b> (simulated worlds only).
+Amounts in {html.escape(str(result.meta.get("amount_unit", "USD")))} (major units; every
+currency converted at {html.escape(str(result.meta.get("fx_source", "reference rates")))}).</p>
 <h2>Comparison</h2>{_table_html(result.headline())}
 <h2>Plots</h2>{imgs}
 <h2>All estimates</h2>{_table_html(est)}

@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from features import contract as c
+from features.currency import FxRates
 from features.decisions import Constraints, DecisionBatch
 from training.backtest.estimators import (
     INSUFFICIENT_OVERLAP,
@@ -123,6 +124,7 @@ def prepare_charges(
     *,
     charge_ids: np.ndarray | None = None,
     keep_history: bool = True,
+    fx: FxRates | None = None,
 ) -> ChargeData:
     """Failed charges (first attempt failed) and their logged retries.
 
@@ -134,6 +136,10 @@ def prepare_charges(
         Optional subset of charges to evaluate (e.g. the held-out period).
     keep_history
         Keep the other charges as customer history for the policies' features.
+    fx
+        Exchange rates: ``amount`` is each charge's amount in the reporting currency's major
+        units (default: US dollars at :data:`features.currency.REFERENCE_UNITS_PER_USD`), so
+        amounts of different currencies add up.
     """
     from features.taxonomy import classify_codes
 
@@ -170,7 +176,9 @@ def prepare_charges(
     retries = att[att["_step"].to_numpy() > 0]
     rch = retries["_charge"].to_numpy()
     hours = (_naive_ns(retries[c.ATTEMPTED_AT]) - t0[rch]).astype(np.int64) / HOUR_NS
-    amount = firsts[c.AMOUNT].to_numpy(dtype=np.float64)
+    amount = (fx or FxRates()).to_reporting(
+        firsts[c.AMOUNT].to_numpy(dtype=np.float64), firsts[c.CURRENCY].to_numpy(dtype=object)
+    )
     steps = StepLog(
         charge=rch.astype(np.int64),
         step=retries["_step"].to_numpy(dtype=np.int64),
@@ -825,6 +833,7 @@ def run_backtest(
     dm_max_examples: int = 300_000,
     dm_refits: int = 4,
     min_ess: float = MIN_ESS,
+    fx: FxRates | None = None,
     progress: Progress = _quiet,
 ) -> BacktestResult:
     """Compare policies on logged history with DM, IPS, SNIPS and DR and bootstrap intervals.
@@ -860,6 +869,9 @@ def run_backtest(
     min_ess
         Minimum effective sample size of a policy's importance weights for IPS/SNIPS/DR to be
         reported (below: "unavailable: insufficient overlap").
+    fx
+        Exchange rates into the reporting currency of every amount (default: US dollars at
+        the reference rates, :class:`features.currency.FxRates`).
     """
     from training.backtest.estimators import bootstrap_means
     from training.backtest.metrics import (
@@ -873,8 +885,9 @@ def run_backtest(
 
     cons = constraints or Constraints()
     mset = metrics or MetricSet()
+    rates = fx or FxRates()
     started = time.perf_counter()
-    all_failed = prepare_charges(attempts, charge_ids=eval_charges, keep_history=False)
+    all_failed = prepare_charges(attempts, charge_ids=eval_charges, keep_history=False, fx=rates)
     ids = all_failed.charge_ids
     model = dm_model
     if model is None and fit_dm:
@@ -896,7 +909,7 @@ def run_backtest(
         )
         model = fit_success_model(fit_rows, seed=seed, refits=dm_refits)
         progress("direct-method model fitted")
-    data = prepare_charges(attempts, charge_ids=ids)
+    data = prepare_charges(attempts, charge_ids=ids, fx=rates)
     progress(f"evaluating {data.n} failed charges with {len(data.steps.step)} logged retries")
     numerators: dict[str, np.ndarray] = {}
     denominators: dict[str, np.ndarray | None] = {}
@@ -971,6 +984,8 @@ def run_backtest(
             "dm_model": getattr(model, "version", None),
             "seconds": round(time.perf_counter() - started, 2),
             "policies": list(policies),
+            "amount_unit": rates.reporting.upper(),
+            "fx_source": rates.source,
         },
     )
 
@@ -1063,6 +1078,9 @@ def run_cli(
     holdout: bool = True,
     dm_refits: int = 4,
     min_ess: float = MIN_ESS,
+    fx_rates: Any = None,
+    reporting_currency: str = "usd",
+    truth_replications: int = 3,
     progress: Progress = stderr_progress,
 ) -> Any:
     """Parse specs, load the history, run the backtest and write the outputs; return the dir.
@@ -1071,12 +1089,26 @@ def run_cli(
     failed charges first failing in the bundles' test months are evaluated (the evaluated
     policy never trained on them). ``dm_model`` is a bundle for the direct method, trained on
     data kept apart from the evaluated policy's training data; without it the backtest fits its
-    own on other customers (:func:`run_backtest`).
+    own on other customers (:func:`run_backtest`). Amounts are reported in
+    ``reporting_currency`` (major units) at the reference rates or those of the JSON file
+    ``fx_rates`` (:func:`features.currency.load_fx_rates`). With ``simulate`` the truth of every
+    played policy is its mean over ``truth_replications`` plays with distinct common random
+    numbers (the expected value on the same charges, less noisy than one play).
     """
+    from features.currency import REFERENCE_UNITS_PER_USD, load_fx_rates
     from features.validation import load_attempts
     from training.backtest.report import headline_markdown, write_outputs
     from training.backtest.specs import build_policy, parse_spec, unique_labels
 
+    if truth_replications < 1:
+        raise ValueError(f"truth_replications must be >= 1, got {truth_replications}")
+    fx = (
+        load_fx_rates(fx_rates, reporting=reporting_currency)
+        if fx_rates is not None
+        else FxRates(
+            units_per_usd=dict(REFERENCE_UNITS_PER_USD), reporting=reporting_currency.lower()
+        )
+    )
     parsed = unique_labels([parse_spec(s) for s in specs])
     progress(f"loading {data}")
     attempts = load_attempts(data)
@@ -1121,7 +1153,14 @@ def run_cli(
             if eval_charges is not None:
                 wide = np.asarray(pd.unique(np.asarray(eval_charges, dtype=object)), dtype=object)
             contrib, gaps = true_contributions(
-                world, attempts, policies, seed=seed, charge_ids=wide, progress=progress
+                world,
+                attempts,
+                policies,
+                seed=seed,
+                charge_ids=wide,
+                replications=truth_replications,
+                fx=fx,
+                progress=progress,
             )
             summary.update(gaps)
             summary["n_charges"] = len(wide)
@@ -1141,6 +1180,7 @@ def run_cli(
         truth_fn=truth_fn,
         dm_refits=dm_refits,
         min_ess=min_ess,
+        fx=fx,
         progress=progress,
     )
     result.truth = summary
@@ -1150,7 +1190,11 @@ def run_cli(
     if summary:
         from training.backtest.ground_truth import gap_lines
 
-        print("\nGround truth (simulated world, common random numbers, same charges):")
+        print(
+            "\nGround truth (simulated world, common random numbers, same charges, mean of "
+            f"{truth_replications} play{'s' if truth_replications > 1 else ''}; amounts in "
+            f"{fx.reporting.upper()}):"
+        )
         for line in gap_lines(summary):
             print(f"  {line}")
     for w in result.warnings:
