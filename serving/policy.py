@@ -10,7 +10,9 @@ synthetic world's ``play`` can run them exactly as the API does:
 
 The planner (documented in ``docs/serving.md``). For a charge with ``R`` retries left, candidate
 times ``t_1 < ... < t_m`` (allowed by the rules), amount ``A``, cost per attempt ``c``, discount
-``d(t) = (1 - daily_discount) ** days(t - now)`` and minimum gap ``g`` grid steps::
+``d(t) = (1 - daily_discount) ** days(t - now)`` and planning gap ``g`` grid steps (the larger
+of the constraints' minimum gap and ``PlannerConfig.planning_gap_hours``, 24 h by default: a
+failed retry means the funds are still short, so the plan does not count on the next hour)::
 
     W_0(j) = 0
     val_k(j) = p_k(j) * A * d(j) - c + (1 - p_k(j)) * W_{k-1}(j)
@@ -165,7 +167,7 @@ class BundleSuccessModel:
         if n == 0:
             return np.empty(0, dtype=np.float64)
         order = "C" if self.engine is not None else "F"
-        step = CHUNK_ROWS * 4
+        step = 2048
         parts = [
             self.predict_matrix(encoder.matrix(dec[k : k + step], times[k : k + step], order=order))
             for k in range(0, n, step)
@@ -248,6 +250,12 @@ class PlannerConfig:
     ----------
     later_attempt_decay
         Success of each later retry relative to the next one, per failed retry in between.
+    planning_gap_hours
+        Least spacing the plan assumes between a retry and the next one it plans (default 24 h).
+        A failed retry is evidence the customer's funds are still short, so the next real chance
+        is a later day, not the next hour; without it the plan values "retry at a peak, then an
+        hour later at nearly the same odds" and pulls the first retry late. Only the plan uses
+        it: the next retry may still come ``min_gap_hours`` after the last attempt.
     grid_hours
         Spacing of the candidate grid.
     n_alternatives
@@ -266,6 +274,7 @@ class PlannerConfig:
     """
 
     later_attempt_decay: float = 0.8
+    planning_gap_hours: float = 24.0
     grid_hours: int = 1
     n_alternatives: int = 3
     alternative_spacing_hours: float = 6.0
@@ -289,6 +298,10 @@ class PlannerConfig:
             )
         if self.grid_hours < 1:
             raise ValueError(f"grid_hours must be >= 1, got {self.grid_hours}")
+        if not 0 <= self.planning_gap_hours <= 24 * 21:
+            raise ValueError(
+                f"planning_gap_hours must be in [0, 504], got {self.planning_gap_hours}"
+            )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -419,6 +432,58 @@ def _pick_alternatives(
         out.append(
             Alternative(
                 retry_at=pd.Timestamp(int(grid[j].astype(np.int64)), tz=_UTC),
+                success_probability=None if pj != pj else round(pj, 4),
+            )
+        )
+    return tuple(out)
+
+
+def _alternative_picks(
+    score: np.ndarray, chosen: np.ndarray, *, k: int, spacing_steps: int
+) -> list[list[int] | None]:
+    """:func:`_pick_alternatives`' indices for every row of ``score`` at once.
+
+    Row ``i``: the best remaining score (first index on ties) outside ``spacing_steps`` of every
+    time already taken (``chosen[i]`` first), ``k`` times, stopping at the first non-finite
+    best. ``None`` for rows with NaN scores (their order is left to :func:`_pick_alternatives`).
+    """
+    n, m = score.shape
+    out: list[list[int] | None] = [[] for _ in range(n)]
+    if n == 0 or m == 0:
+        return out
+    left = score.copy()
+    cols = np.arange(m)
+    rows = np.arange(n)
+    taken = np.asarray(chosen, dtype=np.int64)
+    going = np.ones(n, dtype=bool)
+    picks = np.empty((n, k), dtype=np.int64)
+    ok = np.zeros((n, k), dtype=bool)
+    for step in range(k + 1):
+        near = np.abs(cols[None, :] - taken[:, None]) < spacing_steps
+        left[near & going[:, None]] = -np.inf
+        if step == k:
+            break
+        taken = np.argmax(left, axis=1)
+        going &= np.isfinite(left[rows, taken])
+        picks[:, step] = taken
+        ok[:, step] = going
+        if not going.any():
+            break
+    has_nan = np.isnan(score).any(axis=1)
+    for i in range(n):
+        out[i] = None if has_nan[i] else picks[i, ok[i]].tolist()
+    return out
+
+
+def _alternatives(grid: np.ndarray, proba: np.ndarray, picks: list[int]) -> tuple[Alternative, ...]:
+    """The :class:`Alternative` of each picked grid index (as :func:`_pick_alternatives`)."""
+    out: list[Alternative] = []
+    grid_ns = grid.view(np.int64)
+    for j in picks:
+        pj = float(proba[j])
+        out.append(
+            Alternative(
+                retry_at=pd.Timestamp(int(grid_ns[j]), tz=_UTC),
                 success_probability=None if pj != pj else round(pj, 4),
             )
         )
@@ -658,7 +723,8 @@ class PlannerPolicy(_RulesPolicy):
         grid_ns = grid.astype(np.int64)
         days = np.clip((grid_ns - now_ns[:, None]) / (24 * HOUR_NS), 0, None)
         discount = (1.0 - cons.daily_discount) ** days
-        gap_steps = max(1, int(np.ceil(cons.min_gap_hours / self.config.grid_hours)))
+        gap_hours = max(cons.min_gap_hours, self.config.planning_gap_hours)
+        gap_steps = max(1, int(np.ceil(gap_hours / self.config.grid_hours)))
         return plan_values(
             proba,
             allowed,
@@ -761,6 +827,7 @@ class PlannerPolicy(_RulesPolicy):
         columns: tuple[AttemptColumns, AttemptColumns | None] | None = None,
     ) -> list[Decision]:
         grid, allowed = _padded(rules)
+        rule_allowed = allowed
         if self.config.search == "coarse" and grid.shape[1] > self.config.dense_steps:
             proba, scored = self._coarse_to_fine(batch, grid, allowed, rules, columns)
             scores = CandidateScores(proba=proba)
@@ -772,9 +839,18 @@ class PlannerPolicy(_RulesPolicy):
         spacing = max(1, round(self.config.alternative_spacing_hours / self.config.grid_hours))
         out: list[Decision] = []
         m = grid.shape[1]
+        # Whole-batch work (one numpy call per step instead of one per charge): the chosen
+        # index, the alternatives' indices and the explanation's best probabilities.
+        chosen = np.argmax(values, axis=1)
+        alt_picks = _alternative_picks(
+            values, chosen, k=self.config.n_alternatives, spacing_steps=spacing
+        )
+        p_rules = np.where(rule_allowed, proba, np.nan)
+        best_next_day = np.fmax.reduce(p_rules[:, :24], axis=1)
+        best_window = np.fmax.reduce(p_rules, axis=1)
         for i, r in enumerate(rules):
             val = values[i]
-            j = int(np.argmax(val))
+            j = int(chosen[i])
             if not np.isfinite(val[j]) or val[j] <= 0:
                 out.append(
                     Decision(
@@ -793,7 +869,17 @@ class PlannerPolicy(_RulesPolicy):
                 )
                 continue
             p_row = proba[i]
-            factors = self._factors(r, zones[i], p_row, j, scores.features, i * m + j)
+            picks = alt_picks[i]
+            factors = self._factors(
+                r,
+                zones[i],
+                p_row,
+                j,
+                scores.features,
+                i * m + j,
+                best_next_day=float(best_next_day[i]),
+                best_window=float(best_window[i]),
+            )
             out.append(
                 Decision(
                     charge_id=r.charge_id,
@@ -803,13 +889,17 @@ class PlannerPolicy(_RulesPolicy):
                     reason=str(self._reason),
                     source="model",
                     action_required=None,
-                    alternatives=_pick_alternatives(
-                        grid[i],
-                        val,
-                        p_row,
-                        j,
-                        k=self.config.n_alternatives,
-                        spacing_steps=spacing,
+                    alternatives=(
+                        _alternatives(grid[i], p_row, picks)
+                        if picks is not None
+                        else _pick_alternatives(
+                            grid[i],
+                            val,
+                            p_row,
+                            j,
+                            k=self.config.n_alternatives,
+                            spacing_steps=spacing,
+                        )
                     ),
                     explanation="; ".join(factors),
                     model_version=self.model_version,
@@ -830,19 +920,25 @@ class PlannerPolicy(_RulesPolicy):
         j: int,
         features: pd.DataFrame | None,
         feature_row: int,
+        *,
+        best_next_day: float | None = None,
+        best_window: float | None = None,
     ) -> list[str]:
+        """Explanation factors; ``best_next_day`` / ``best_window`` (the allowed times' best
+        probability in the first 24 grid steps / the window, NaN if none) when precomputed."""
         n = len(rule.grid)
         p = np.where(rule.allowed, proba[:n], np.nan)
-        next_day = p[: min(n, 24)]
-        # No allowed time in the next 24 h (e.g. Mastercard advice 26: retry after 2 days).
         # fmax.reduce = nanmax without its warnings (NaN only when every value is NaN).
-        best_next_day = (
-            f"{np.fmax.reduce(next_day):.2f}" if np.isfinite(next_day).any() else "no allowed time"
-        )
+        if best_next_day is None:
+            best_next_day = float(np.fmax.reduce(p[: min(n, 24)]))
+        if best_window is None:
+            best_window = float(np.fmax.reduce(p))
+        # No allowed time in the next 24 h (e.g. Mastercard advice 26: retry after 2 days).
+        next_day = f"{best_next_day:.2f}" if np.isfinite(best_next_day) else "no allowed time"
         factors = [
             f"retry {_local_label(rule.grid[j], zone, int(rule.local_hours[j]))}",
-            f"P(success) {proba[j]:.2f} there vs {best_next_day} best in the next "
-            f"24 h and {np.fmax.reduce(p):.2f} best in the window",
+            f"P(success) {proba[j]:.2f} there vs {next_day} best in the next "
+            f"24 h and {best_window:.2f} best in the window",
             f"planned over {rule.retries_left} retr{'y' if rule.retries_left == 1 else 'ies'} left",
         ]
         hours = rule.local_hours

@@ -4,7 +4,8 @@ Two differently seeded and differently configured worlds (the default; and one w
 exploration, stronger issuer outages and another pay-cycle mix in the US). A real LightGBM bundle
 is trained with ``training.train.run_training`` on each world's history; the backtest evaluates
 the charges of the bundle's held-out test months and plays every policy in the world with common
-random numbers (the truth). Checks:
+random numbers (the truth: the mean of three plays with distinct random numbers; amounts in US
+dollars at the reference rates). Checks:
 
 (a) coverage: over (world x policy x statistic) replicates, each estimator's 95 % interval covers
     the true value at roughly its nominal rate;
@@ -84,7 +85,8 @@ def _run_world(name: str, tmp: Path) -> dict[str, Any]:
     bundle = str(trained.bundle_path)
     out = tmp / "bt"
     args = ["backtest", "--data", str(data), "--simulate", "--out", str(out)]
-    args += ["--bootstrap", "100", "--seed", "3", "--policy", "logged"]
+    args += ["--bootstrap", "100", "--seed", "3", "--truth-replications", "3"]
+    args += ["--policy", "logged"]
     for f in FIXED:
         args += ["--policy", f]
     args += ["--policy", "random", "--policy", f"model:{bundle}", "--policy", "oracle"]
@@ -152,15 +154,6 @@ def test_supported_policies_include_the_logging_schedule_and_random(
         assert overlap["random"]["weights"] == "exact-ratio", name
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason=(
-        "Known gap (issue 7 (b), open): in the default 20k x 12 world the planner uses fewer "
-        "retries (-0.17 per failed charge) but recovers 68 less per failed charge than the best "
-        "fixed schedule (4,676 vs 4,744); it wins in the second world (+209, 31.7 % of the gap "
-        "closed) and in the demo world (+239, 45.7 %). The planner's settings need work."
-    ),
-)
 def test_model_beats_best_fixed_with_fewer_retries(worlds: dict[str, dict[str, Any]]) -> None:
     for name, run in worlds.items():
         verdict = run["payload"]["truth"]["model_vs_best_fixed"]

@@ -235,3 +235,32 @@ def test_fallback_follows_the_ladder() -> None:
     assert d2.retry_at == (T0 + timedelta(hours=72)).replace(minute=0) + timedelta(hours=1)
     stop = _decide(policy, request([(Z, FAIL, "expired_card", None)]), Constraints())
     assert stop.action == "stop" and stop.action_required == "update_payment_method"
+
+
+def plateau_late(hours: np.ndarray) -> np.ndarray:
+    """0.3 from day 2 to day 8, a 0.5 plateau from day 10 to day 11, 0.05 elsewhere."""
+    p = np.full(hours.shape, 0.05)
+    p[(hours >= 48) & (hours < 8 * 24)] = 0.3
+    p[(hours >= 10 * 24) & (hours < 11 * 24)] = 0.5
+    return p
+
+
+def test_planning_gap_keeps_the_plan_from_counting_on_the_next_hour() -> None:
+    """With 4 retries and a one-day plateau, a 1 h planning gap plans all four retries on the
+    plateau and so waits for it; a 24 h gap (a failure means the funds are still short today)
+    can place only one retry there and takes the early days first."""
+    model = CurveModel(plateau_late)
+    req = request([(Z, FAIL, "insufficient_funds", None)])
+    cons = Constraints(max_retries=4)
+    hourly = _decide(PlannerPolicy(model, config=PlannerConfig(planning_gap_hours=0)), req, cons)
+    daily = _decide(PlannerPolicy(model), req, cons)
+    assert PlannerConfig().planning_gap_hours == 24.0
+    assert hourly.success_probability == pytest.approx(0.5)
+    assert daily.success_probability == pytest.approx(0.3)
+    assert daily.retry_at is not None and hourly.retry_at is not None
+    assert daily.retry_at < hourly.retry_at
+    # with one retry left there is nothing to plan after it: the plateau
+    one_left = _decide(PlannerPolicy(model), req, Constraints(max_retries=1))
+    assert one_left.success_probability == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="planning_gap_hours"):
+        PlannerConfig(planning_gap_hours=-1)
