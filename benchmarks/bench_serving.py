@@ -435,7 +435,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", type=Path, help="bundle directory (default: train a small one)")
     ap.add_argument("--seconds", type=float, default=10.0, help="seconds per load phase")
-    ap.add_argument("--clients", type=int, default=8, help="concurrent clients in load phases")
+    ap.add_argument(
+        "--clients",
+        type=int,
+        nargs="+",
+        default=[8, 16],
+        help="concurrent clients of the sustained phases (one phase per value)",
+    )
     ap.add_argument("--mlflow", action="store_true", help="also measure `mlflow models serve`")
     ap.add_argument("--engine", choices=("lightgbm", "lleaves"), default=None)
     ap.add_argument("--search", choices=("hourly", "coarse"), default=None)
@@ -445,10 +451,14 @@ def main() -> None:
         os.environ["RETRYOPT_ENGINE"] = args.engine
     if args.search:
         os.environ["RETRYOPT_PLANNER_SEARCH"] = args.search
+    from serving.settings import Settings
+
+    st = Settings()
+    http, loop = st.server_stack()
     print(
-        f"engine {os.environ.get('RETRYOPT_ENGINE', 'lightgbm')}, planner search "
-        f"{os.environ.get('RETRYOPT_PLANNER_SEARCH', 'hourly')}, cpus {os.cpu_count()}, "
-        "load average "
+        f"engine {st.engine}, planner search {st.planner_search}, http {http}, loop {loop}, "
+        f"micro-batching max size {st.microbatch_max_size} wait {st.microbatch_max_wait_ms:g} ms "
+        f"executor {st.microbatch_executor}, cpus {os.cpu_count()}, load average "
         f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}"
     )
     model = args.model or train_small_bundle(Path(tempfile.mkdtemp(prefix="bench-serving-")))
@@ -482,15 +492,18 @@ def main() -> None:
     )
     proc, url = start_api(model, workers=2)
     try:
-        sus = load_raw(
-            url,
-            "/v1/retry-decisions",
-            single,
-            clients=args.clients,
-            seconds=args.seconds,
-            max_requests=50_000,
-            proc=proc,
-        )
+        sustained = {
+            n: load_raw(
+                url,
+                "/v1/retry-decisions",
+                single,
+                clients=n,
+                seconds=args.seconds,
+                max_requests=50_000,
+                proc=proc,
+            )
+            for n in args.clients
+        }
         bat = load_raw(
             url,
             "/v1/retry-decisions/batch",
@@ -504,12 +517,14 @@ def main() -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=30)
-    print(
-        f"HTTP sustained (2 workers, {args.clients} clients): {sus['req_per_s']:.0f} decisions/s, "
-        f"median {sus['p50_ms']:.1f} ms, p99 {sus['p99_ms']:.1f} ms, errors {sus['errors']:.0f}, "
-        f"server CPU {sus['cpu_ms_per_request']:.1f} ms/decision (2-core capacity "
-        f"{2000 / sus['cpu_ms_per_request']:.0f} decisions/s)"
-    )
+    for n, sus in sustained.items():
+        print(
+            f"HTTP sustained (2 workers, {n} clients): {sus['req_per_s']:.0f} decisions/s, "
+            f"median {sus['p50_ms']:.1f} ms, p99 {sus['p99_ms']:.1f} ms, "
+            f"errors {sus['errors']:.0f}, server CPU {sus['cpu_ms_per_request']:.1f} ms/decision "
+            f"(2-core capacity {2000 / sus['cpu_ms_per_request']:.0f} decisions/s)"
+        )
+    sus = sustained[args.clients[0]]
     print(
         f"HTTP batch endpoint (2 workers, 200 charges/call, 2 clients): "
         f"{bat['items_per_s']:.0f} decisions/s, p50 {bat['p50_ms']:.0f} ms per call, "
@@ -517,13 +532,13 @@ def main() -> None:
         f"(2-core capacity {400_000 / bat['cpu_ms_per_request']:.0f} decisions/s)"
     )
     if args.mlflow:
-        res = mlflow_side_by_side(model, args.seconds, args.clients)
+        res = mlflow_side_by_side(model, args.seconds, args.clients[0])
         if res is not None:
             m1, ml = res["one"], res["sus"]
             print(
                 f"mlflow models serve (scoring the same 21-day grid only), 1 client: median "
                 f"{m1['p50_ms']:.1f} ms, p99 {m1['p99_ms']:.1f} ms, {m1['req_per_s']:.0f} req/s; "
-                f"2 workers, {args.clients} clients: {ml['req_per_s']:.0f} req/s, median "
+                f"2 workers, {args.clients[0]} clients: {ml['req_per_s']:.0f} req/s, median "
                 f"{ml['p50_ms']:.1f} ms, p99 {ml['p99_ms']:.1f} ms, errors {ml['errors']:.0f}, "
                 f"server CPU {ml['cpu_ms_per_request']:.1f} ms/request"
             )

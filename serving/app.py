@@ -19,6 +19,7 @@ from collections.abc import (
     Sequence,
 )
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -29,6 +30,7 @@ from starlette.concurrency import run_in_threadpool
 
 from features.decisions import Constraints
 from serving.metrics import Metrics
+from serving.microbatch import MicroBatcher
 from serving.model_store import ModelLoadError, ModelStore
 from serving.policy import Decision, PlannerConfig
 from serving.schemas import (
@@ -255,12 +257,28 @@ class DecisionService:
         self, requests: Sequence[DecisionRequest], *, prefixes: Sequence[str]
     ) -> list[Decision]:
         """The policies' decisions for every request (checks as :meth:`decide`)."""
-        server_now = datetime.now(UTC)
-        nows = [r.now or server_now for r in requests]
+        return self.decide_prepared(self.prepare(requests, prefixes=prefixes))
+
+    def prepare(
+        self,
+        requests: Sequence[DecisionRequest],
+        *,
+        prefixes: Sequence[str],
+        server_now: datetime | None = None,
+    ) -> list[PreparedRequest]:
+        """Check every request and resolve its ``now`` and constraints.
+
+        Raises
+        ------
+        RequestError
+            Naming every bad field (of every request; ``prefixes`` prefix the field paths).
+        """
+        server_now = server_now or datetime.now(UTC)
         issues: list[FieldIssue] = []
-        constraints: list[Constraints] = []
+        out: list[PreparedRequest] = []
         seen: dict[str, int] = {}
-        for i, (r, now, prefix) in enumerate(zip(requests, nows, prefixes, strict=True)):
+        for i, (r, prefix) in enumerate(zip(requests, prefixes, strict=True)):
+            now = r.now or server_now
             issues += check_request(r, now=now, limits=self.limits, prefix=prefix)
             cid = r.charge.charge_id
             if cid in seen:
@@ -279,17 +297,27 @@ class DecisionService:
             except ValueError as exc:
                 issues.append(FieldIssue(f"{prefix}constraints", str(exc)))
                 cons = self.defaults
-            constraints.append(cons)
+            out.append(PreparedRequest(request=r, now=now, constraints=cons))
         if issues:
             raise RequestError(issues)
+        return out
+
+    def decide_prepared(self, items: Sequence[PreparedRequest]) -> list[Decision]:
+        """Decisions for checked requests (:meth:`prepare`) with distinct charge ids.
+
+        Requests are grouped by constraints; the model is read once for the whole call (a
+        reload never mixes models); every decision is counted in the metrics.
+        """
         groups: dict[Constraints, list[int]] = {}
-        for i, cons in enumerate(constraints):
-            groups.setdefault(cons, []).append(i)
-        out: list[Decision | None] = [None] * len(requests)
+        for i, item in enumerate(items):
+            groups.setdefault(item.constraints, []).append(i)
+        out: list[Decision | None] = [None] * len(items)
         loaded = self.store.current
         for cons, idx in groups.items():
             prep = to_batch(
-                [requests[i] for i in idx], nows=[nows[i] for i in idx], constraints=cons
+                [items[i].request for i in idx],
+                nows=[items[i].now for i in idx],
+                constraints=cons,
             )
             decisions: list[Decision]
             if loaded is None:
@@ -312,6 +340,28 @@ class DecisionService:
                 self.metrics.observe_decision(action=d.action, reason=d.reason, policy=d.policy)
                 out[i] = d
         return [d for d in out if d is not None]
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedRequest:
+    """A checked decision request with its effective ``now`` and resolved constraints."""
+
+    request: DecisionRequest
+    now: datetime
+    constraints: Constraints
+
+    def conflict_keys(self) -> list[tuple[str, str]]:
+        """Keys that must not share a combined (micro-batched) call.
+
+        A batch pools the attempts and history of its charges by customer and by charge, so
+        two requests of the same customer (or naming the same charge) are decided apart: each
+        gets exactly the answer it gets alone.
+        """
+        r = self.request
+        keys = [("customer", r.charge.customer_id), ("charge", r.charge.charge_id)]
+        for h in r.customer_history or ():
+            keys.append(("charge", h.charge_id))
+        return keys
 
 
 def performance_options(env: Mapping[str, str] | None = None) -> tuple[str, str]:
@@ -361,6 +411,16 @@ def create_app(settings: Settings | None = None, *, store: ModelStore | None = N
         engine=settings.engine,
     )
     service = DecisionService(settings=settings, store=store, metrics=metrics)
+    batcher: MicroBatcher[PreparedRequest, Decision] | None = None
+    if settings.microbatch_max_size > 1:
+        batcher = MicroBatcher(
+            service.decide_prepared,
+            keys=PreparedRequest.conflict_keys,
+            max_batch=settings.microbatch_max_size,
+            max_wait_s=settings.microbatch_max_wait_ms / 1000.0,
+            executor=settings.microbatch_executor,
+            on_batch=metrics.observe_microbatch,
+        )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -372,6 +432,8 @@ def create_app(settings: Settings | None = None, *, store: ModelStore | None = N
                 metrics.observe_reload(outcome="refused")
         store.install_sighup()
         yield
+        if batcher is not None:
+            await batcher.aclose()
 
     app = FastAPI(
         title="retryopt",
@@ -457,8 +519,13 @@ def create_app(settings: Settings | None = None, *, store: ModelStore | None = N
     )
     async def retry_decision(body: DecisionRequest) -> FastJSONResponse:
         """Decide when to retry one failed charge, or to stop."""
-        # A decision over a 21-day window takes a few ms: run inline (a thread hop costs more).
-        return FastJSONResponse(service.decide_json([body], prefixes=[""])[0])
+        item = service.prepare([body], prefixes=[""])[0]  # 4xx stays per request
+        if batcher is None:
+            decision = service.decide_prepared([item])[0]
+        else:
+            # Concurrent requests are coalesced into one planner call (docs/serving.md).
+            decision = await batcher.submit(item)
+        return FastJSONResponse(decision_json(decision))
 
     @app.post(
         "/v1/retry-decisions/batch",

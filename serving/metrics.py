@@ -25,6 +25,8 @@ LATENCY_BUCKETS: tuple[float, ...] = (
     5.0,
 )
 
+MICROBATCH_BUCKETS: tuple[float, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
 
 def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
@@ -48,6 +50,8 @@ class Metrics:
         self._decisions: dict[tuple[str, str, str], int] = defaultdict(int)
         self._reloads: dict[str, int] = defaultdict(int)
         self._fallback_errors = 0
+        self._microbatch: list[int] = [0] * (len(MICROBATCH_BUCKETS) + 1)
+        self._microbatch_sum = 0
 
     def observe_request(self, *, route: str, method: str, status: int, seconds: float) -> None:
         """Count one request and record its latency."""
@@ -74,6 +78,12 @@ class Metrics:
         """Count a model failure answered by the fallback policy."""
         with self._lock:
             self._fallback_errors += 1
+
+    def observe_microbatch(self, size: int) -> None:
+        """Record the number of single requests decided in one combined call."""
+        with self._lock:
+            self._microbatch[bisect.bisect_left(MICROBATCH_BUCKETS, size)] += 1
+            self._microbatch_sum += size
 
     def render(self, *, model_loaded: bool, model_version: str | None) -> str:
         """The metrics in Prometheus text format."""
@@ -122,7 +132,16 @@ class Metrics:
                 "# HELP retryopt_model_errors_total Model failures answered by the fallback.",
                 "# TYPE retryopt_model_errors_total counter",
                 f"retryopt_model_errors_total {self._fallback_errors}",
+                "# HELP retryopt_microbatch_size Single requests per combined decision call.",
+                "# TYPE retryopt_microbatch_size histogram",
             ]
+            cum = 0
+            for bound, n in zip((*MICROBATCH_BUCKETS, float("inf")), self._microbatch, strict=True):
+                cum += n
+                le = "+Inf" if bound == float("inf") else str(int(bound))
+                out.append(f"retryopt_microbatch_size_bucket{_labels((('le', le),))} {cum}")
+            out.append(f"retryopt_microbatch_size_sum {self._microbatch_sum}")
+            out.append(f"retryopt_microbatch_size_count {cum}")
         out += [
             "# HELP retryopt_model_loaded 1 when a verified model is serving.",
             "# TYPE retryopt_model_loaded gauge",

@@ -167,7 +167,7 @@ class BundleSuccessModel:
         if n == 0:
             return np.empty(0, dtype=np.float64)
         order = "C" if self.engine is not None else "F"
-        step = 2048
+        step = CHUNK_ROWS * 4
         parts = [
             self.predict_matrix(encoder.matrix(dec[k : k + step], times[k : k + step], order=order))
             for k in range(0, n, step)
@@ -445,24 +445,27 @@ def _alternative_picks(
 
     Row ``i``: the best remaining score (first index on ties) outside ``spacing_steps`` of every
     time already taken (``chosen[i]`` first), ``k`` times, stopping at the first non-finite
-    best. ``None`` for rows with NaN scores (their order is left to :func:`_pick_alternatives`).
+    best. ``None`` where the per-row :func:`_pick_alternatives` must be used: rows with NaN
+    scores (their order is its sort's) and batches of fewer than ``_BATCHED_PICKS_MIN_ROWS``
+    rows (where the per-row walk is cheaper).
     """
     n, m = score.shape
+    if n < _BATCHED_PICKS_MIN_ROWS:
+        return [None] * n
     out: list[list[int] | None] = [[] for _ in range(n)]
-    if n == 0 or m == 0:
+    if m == 0:
         return out
     left = score.copy()
-    cols = np.arange(m)
     rows = np.arange(n)
+    # Window of grid steps within ``spacing_steps`` of a taken time; clipping at the ends only
+    # repeats index 0 / m - 1, which are then inside the window too.
+    offsets = np.arange(-spacing_steps + 1, spacing_steps)
     taken = np.asarray(chosen, dtype=np.int64)
     going = np.ones(n, dtype=bool)
     picks = np.empty((n, k), dtype=np.int64)
     ok = np.zeros((n, k), dtype=bool)
-    for step in range(k + 1):
-        near = np.abs(cols[None, :] - taken[:, None]) < spacing_steps
-        left[near & going[:, None]] = -np.inf
-        if step == k:
-            break
+    for step in range(k):
+        left[rows[:, None], np.clip(taken[:, None] + offsets[None, :], 0, m - 1)] = -np.inf
         taken = np.argmax(left, axis=1)
         going &= np.isfinite(left[rows, taken])
         picks[:, step] = taken
@@ -473,6 +476,9 @@ def _alternative_picks(
     for i in range(n):
         out[i] = None if has_nan[i] else picks[i, ok[i]].tolist()
     return out
+
+
+_BATCHED_PICKS_MIN_ROWS = 4
 
 
 def _alternatives(grid: np.ndarray, proba: np.ndarray, picks: list[int]) -> tuple[Alternative, ...]:

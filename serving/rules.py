@@ -20,9 +20,10 @@ Sources (see ``docs/serving.md`` and the shared domain facts):
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -183,6 +184,13 @@ def _stop(
     )
 
 
+@functools.lru_cache(maxsize=16384)
+def _utc_offset(zone: str, ns: int) -> timedelta | None:
+    """UTC offset of ``zone`` at the instant ``ns`` (cached: grid ends are whole hours that
+    recur across charges and requests)."""
+    return datetime.fromtimestamp(ns / 1e9, tz=UTC).astimezone(ZoneInfo(zone)).utcoffset()
+
+
 def local_hours(times: np.ndarray, zone: str) -> np.ndarray:
     """Local hour (0-23) of UTC-naive ``datetime64[ns]`` times in IANA ``zone``.
 
@@ -194,9 +202,8 @@ def local_hours(times: np.ndarray, zone: str) -> np.ndarray:
     ns = times.astype("datetime64[ns]").astype(np.int64)
     if zone in ("UTC", "Etc/UTC"):
         return (ns // HOUR_NS) % 24
-    tz = ZoneInfo(zone)
-    first = datetime.fromtimestamp(int(ns.min()) / 1e9, tz=UTC).astimezone(tz).utcoffset()
-    last = datetime.fromtimestamp(int(ns.max()) / 1e9, tz=UTC).astimezone(tz).utcoffset()
+    first = _utc_offset(zone, int(ns.min()))
+    last = _utc_offset(zone, int(ns.max()))
     if first is not None and first == last:
         offset = np.int64(int(first.total_seconds()) * 1_000_000_000)
         return ((ns + offset) // HOUR_NS) % 24

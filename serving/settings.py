@@ -48,6 +48,37 @@ class Settings(BaseSettings):
         description="'hourly' scores every allowed hour (exact); 'coarse' scores a coarse grid "
         "refined around its best points (within 2 % of the hourly optimum)",
     )
+    # Dynamic micro-batching of the single-decision route (see docs/serving.md).
+    microbatch_max_size: int = Field(
+        default=64,
+        ge=1,
+        le=1000,
+        description="most concurrent single requests decided in one planner call (1 = off)",
+    )
+    microbatch_max_wait_ms: float = Field(
+        default=0.0,
+        ge=0,
+        le=100,
+        description="after the first request, wait at most this long for more (0 = only "
+        "take the requests already received)",
+    )
+    microbatch_executor: Literal["loop", "thread"] = Field(
+        default="loop",
+        description="run the combined decision on the event loop or in one worker thread",
+    )
+    # HTTP stack of ``retryopt serve`` (uvicorn).
+    http: Literal["auto", "httptools", "h11"] = Field(
+        default="auto",
+        description="HTTP parser: 'auto' = httptools (C) when installed, else h11 (pure Python)",
+    )
+    loop: Literal["auto", "uvloop", "asyncio"] = Field(
+        default="auto", description="event loop: 'auto' = uvloop when installed, else asyncio"
+    )
+    reuse_port: bool = Field(
+        default=True,
+        description="with several workers, give each its own SO_REUSEPORT socket so the kernel "
+        "spreads connections over them (false: uvicorn's one shared socket)",
+    )
     # Limits.
     max_attempts: int = Field(default=1000, ge=1)
     max_history_rows: int = Field(default=100_000, ge=0)
@@ -85,6 +116,22 @@ class Settings(BaseSettings):
             raise ValueError("quiet_hours must be two hours 0-23, e.g. '22,7'")
         return value
 
+    def server_stack(self) -> tuple[str, str]:
+        """The uvicorn ``(http, loop)`` implementations to run.
+
+        ``auto`` picks httptools / uvloop (``pip install 'uvicorn[standard]'``) when they
+        import, else h11 / asyncio.
+
+        Raises
+        ------
+        ValueError
+            When ``http`` or ``loop`` names an implementation that is not installed.
+        """
+        return (
+            _pick(self.http, "httptools", "h11", "RETRYOPT_HTTP"),
+            _pick(self.loop, "uvloop", "asyncio", "RETRYOPT_LOOP"),
+        )
+
     def default_constraints(self) -> Constraints:
         """The default :class:`Constraints` of requests without their own."""
         quiet = None if self.quiet_hours is None else (self.quiet_hours[0], self.quiet_hours[1])
@@ -96,3 +143,19 @@ class Settings(BaseSettings):
             cost_per_attempt=self.cost_per_attempt,
             daily_discount=self.daily_discount,
         )
+
+
+def _installed(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+def _pick(choice: str, fast: str, portable: str, variable: str) -> str:
+    if choice == "auto":
+        return fast if _installed(fast) else portable
+    if choice == fast and not _installed(fast):
+        raise ValueError(
+            f"{variable}={fast} but {fast} is not installed (pip install 'uvicorn[standard]')"
+        )
+    return choice

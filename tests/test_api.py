@@ -527,11 +527,88 @@ def test_reload_under_load_loses_no_request(
 
 def test_batch_with_the_model(model_server: tuple[str, ModelStore]) -> None:
     url, _ = model_server
-    reqs = [body(charge_id=f"b_{i}", n_attempts=1 + i % 3) for i in range(40)]
+    # Distinct customers: a batch pools the attempts of one customer's charges (each charge
+    # then sees the customer's other charges as history), so only charges of different
+    # customers are guaranteed their single-request answers.
+    reqs = [
+        body(charge_id=f"b_{i}", customer_id=f"cus_b{i}", n_attempts=1 + i % 3) for i in range(40)
+    ]
     r = post(url, "/v1/retry-decisions/batch", {"requests": reqs})
     assert r.status_code == 200
     out = r.json()["decisions"]
     assert len(out) == 40 and {d["policy"] for d in out} == {"model"}
     singles = [post(url, "/v1/retry-decisions", reqs[i]).json() for i in (0, 1, 2)]
     for i, s in enumerate(singles):
-        assert s["retry_at"] == out[i]["retry_at"]
+        assert s == out[i]
+
+
+# --- dynamic micro-batching of the single-decision route -----------------------------------
+
+
+def _varied_bodies(n: int) -> list[dict[str, Any]]:
+    """Distinct customers (so they may share a combined call), varied cases and constraints."""
+    out = []
+    for i in range(n):
+        b = body(
+            charge_id=f"mb_{i}",
+            customer_id=f"cus_mb_{i % (n - 2)}",  # two customers send two charges each
+            code=("insufficient_funds", "do_not_honor", "stolen_card", "expired_card")[i % 4],
+            brand="mastercard" if i % 3 else "visa",
+            n_attempts=1 + i % 3,
+        )
+        if i % 5 == 0:
+            b["constraints"]["max_retries"] = 1
+        out.append(b)
+    return out
+
+
+@pytest.fixture(scope="module")
+def batching_url(model_server: tuple[str, ModelStore]) -> Iterator[str]:
+    """A second server on the same model that waits up to 50 ms to coalesce requests."""
+    _, store = model_server
+    settings = Settings(model=store.location, microbatch_max_wait_ms=50, microbatch_max_size=8)
+    with BackgroundServer(create_app(settings, store=store)) as server:
+        yield server.url
+
+
+def _concurrently(url: str, payloads: list[dict[str, Any]]) -> list[httpx.Response]:
+    results: list[httpx.Response | None] = [None] * len(payloads)
+    start = threading.Barrier(len(payloads))
+
+    def send(i: int) -> None:
+        with httpx.Client(base_url=url, timeout=60) as http:
+            start.wait()
+            results[i] = http.post("/v1/retry-decisions", json=payloads[i])
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(len(payloads))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert all(r is not None for r in results)
+    return [r for r in results if r is not None]
+
+
+def test_concurrent_requests_get_the_answers_they_get_alone(batching_url: str) -> None:
+    payloads = _varied_bodies(12)
+    alone = [post(batching_url, "/v1/retry-decisions", p) for p in payloads]
+    assert {r.status_code for r in alone} == {200}
+    together = _concurrently(batching_url, payloads)
+    assert [r.status_code for r in together] == [200] * len(payloads)
+    assert [r.json() for r in together] == [r.json() for r in alone]
+    assert {r.json()["action"] for r in alone} == {"retry", "stop"}
+    text = httpx.get(batching_url + "/metrics").text
+    count = int(text.split("retryopt_microbatch_size_count ")[1].split()[0])
+    total = int(text.split("retryopt_microbatch_size_sum ")[1].split()[0])
+    assert total >= 2 * len(payloads) and count >= len(payloads)  # every decision went through
+
+
+def test_a_bad_request_among_concurrent_good_ones(batching_url: str) -> None:
+    payloads = _varied_bodies(6)
+    bad = body(charge_id="mb_bad", customer_id="cus_bad")
+    bad["attempts"][0]["attempted_at"] = "2026-01-05T08:12:00"  # no zone
+    alone = [post(batching_url, "/v1/retry-decisions", p).json() for p in payloads]
+    out = _concurrently(batching_url, [*payloads[:3], bad, *payloads[3:]])
+    assert [r.status_code for r in out] == [200, 200, 200, 422, 200, 200, 200]
+    assert out[3].json()["detail"][0]["field"] == "attempts[0].attempted_at"
+    assert [r.json() for i, r in enumerate(out) if i != 3] == alone

@@ -46,6 +46,7 @@ from serving.policy import (
     Decision,
     PlannerConfig,
     PlannerPolicy,
+    _alternative_picks,
     _pick_alternatives,
 )
 from serving.schemas import DecisionRequest, to_batch
@@ -355,6 +356,29 @@ def test_pick_alternatives_equals_sort_walk() -> None:
         want = _pick_reference(score, chosen, k=3, spacing_steps=spacing)
         assert [a.retry_at for a in got] == [pd.Timestamp(grid[j]).tz_localize("UTC") for j in want]
         assert [a.success_probability for a in got] == [round(float(proba[j]), 4) for j in want]
+
+
+def test_batched_alternative_picks_equal_sort_walk() -> None:
+    rng = np.random.default_rng(8)
+    for _ in range(40):
+        n, m = int(rng.integers(4, 14)), int(rng.integers(1, 90))
+        score = rng.integers(0, 6, size=(n, m)).astype(np.float64)
+        score[rng.random((n, m)) < 0.3] = -np.inf
+        score[rng.random(n) < 0.2] = -np.inf  # rows with nothing allowed
+        score[rng.random(n) < 0.2, 0] = np.nan  # NaN rows go to the per-row path
+        chosen = np.argmax(np.nan_to_num(score, nan=-np.inf), axis=1)
+        spacing = int(rng.integers(1, 9))
+        got = _alternative_picks(score, chosen, k=3, spacing_steps=spacing)
+        for i in range(n):
+            if np.isnan(score[i]).any():
+                assert got[i] is None
+            else:
+                assert got[i] == _pick_reference(
+                    score[i], int(chosen[i]), k=3, spacing_steps=spacing
+                )
+    # Small batches use the per-row walk.
+    small = _alternative_picks(np.zeros((3, 5)), np.zeros(3, dtype=np.int64), k=3, spacing_steps=2)
+    assert small == [None, None, None]
 
 
 def test_candidate_encoder_rows_equal_full_matrix(synth: pd.DataFrame) -> None:

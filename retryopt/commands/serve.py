@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
+import signal
+import socket
+import sys
+import time
+from types import FrameType
 
 import typer
+
+APP_FACTORY = "serving.app:create_app_from_env"
+# A worker that exits within this many seconds of its start failed to start (e.g. port taken):
+# the service stops instead of restarting it in a loop.
+STARTUP_GRACE_S = 30.0
 
 
 def command(
@@ -34,15 +45,138 @@ def command(
     if policy is not None:
         os.environ["RETRYOPT_POLICY"] = policy
     try:
-        Settings()  # fail fast on bad RETRYOPT_* values, before forking workers
+        # Fail fast on bad RETRYOPT_* values, before forking workers.
+        http, loop = Settings().server_stack()
     except Exception as exc:
         raise typer.BadParameter(f"invalid RETRYOPT_* settings: {exc}") from exc
+    balance = workers > 1 and Settings().reuse_port and reuse_port_supported()
+    typer.echo(
+        f"retryopt serve: http={http} loop={loop} workers={workers}"
+        + (" (one SO_REUSEPORT socket per worker)" if balance else ""),
+        err=True,
+    )
+    if balance:
+        raise typer.Exit(
+            serve_reuse_port(
+                host=host, port=port, workers=workers, http=http, loop=loop, log_level=log_level
+            )
+        )
     uvicorn.run(
-        "serving.app:create_app_from_env",
+        APP_FACTORY,
         factory=True,
         host=host,
         port=port,
         workers=workers,
         log_level=log_level,
         access_log=False,
+        http=http,
+        loop=loop,
     )
+
+
+def reuse_port_supported() -> bool:
+    """True where sockets accept ``SO_REUSEPORT`` (Linux, BSD, macOS)."""
+    return hasattr(socket, "SO_REUSEPORT")
+
+
+def bind_reuse_port(host: str, port: int) -> socket.socket:
+    """A listening-ready TCP socket on ``host:port`` with ``SO_REUSEPORT`` set.
+
+    Every worker binds its own: the kernel then spreads new connections over the workers
+    (by a hash of the connection), instead of the first worker to wake accepting a burst of
+    connections from the one shared socket.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.set_inheritable(True)
+    return sock
+
+
+def _worker(host: str, port: int, http: str, loop: str, log_level: str) -> None:
+    """One worker process: its own SO_REUSEPORT socket, one uvicorn server."""
+    import uvicorn
+
+    # Until the app installs its reload handler, a SIGHUP must not kill a starting worker.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    sock = bind_reuse_port(host, port)
+    config = uvicorn.Config(
+        APP_FACTORY,
+        factory=True,
+        log_level=log_level,
+        access_log=False,
+        http=http,
+        loop=loop,
+    )
+    uvicorn.Server(config).run(sockets=[sock])
+
+
+def serve_reuse_port(
+    *, host: str, port: int, workers: int, http: str, loop: str, log_level: str
+) -> int:
+    """Run ``workers`` uvicorn processes, each on its own ``SO_REUSEPORT`` socket.
+
+    The supervisor forwards SIGTERM / SIGINT (graceful stop) and SIGHUP (each worker reloads
+    its model, see docs/serving.md) to the workers and restarts a worker that dies after its
+    start-up; a worker that fails to start stops the service (exit code 1).
+
+    Returns
+    -------
+    int
+        Exit code.
+    """
+    # The port must be free (or shared only through SO_REUSEPORT): fail before forking.
+    try:
+        bind_reuse_port(host, port).close()
+    except OSError as exc:
+        print(f"retryopt serve: cannot listen on {host}:{port}: {exc}", file=sys.stderr)
+        return 1
+    ctx = multiprocessing.get_context("spawn")
+    args = (host, port, http, loop, log_level)
+    procs: list[tuple[multiprocessing.process.BaseProcess, float]] = []
+    stopping = False
+
+    def start() -> tuple[multiprocessing.process.BaseProcess, float]:
+        proc = ctx.Process(target=_worker, args=args, name="retryopt-worker")
+        proc.start()
+        return proc, time.monotonic()
+
+    def forward(signum: int, frame: FrameType | None) -> None:
+        nonlocal stopping
+        if signum != signal.SIGHUP:
+            stopping = True
+        for proc, _ in procs:
+            if proc.is_alive() and proc.pid is not None:
+                os.kill(proc.pid, signal.SIGTERM if signum != signal.SIGHUP else signal.SIGHUP)
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, forward)
+    procs = [start() for _ in range(workers)]
+    code = 0
+    while not stopping:
+        time.sleep(0.2)
+        for k, (proc, started) in enumerate(procs):
+            if proc.is_alive() or stopping:
+                continue
+            failed = proc.exitcode is not None and proc.exitcode > 0  # not killed by a signal
+            if failed and time.monotonic() - started < STARTUP_GRACE_S:
+                print(
+                    f"retryopt serve: worker {proc.pid} failed to start (exit {proc.exitcode})",
+                    file=sys.stderr,
+                )
+                code = 1
+                forward(signal.SIGTERM, None)
+                break
+            print(
+                f"retryopt serve: worker {proc.pid} exited ({proc.exitcode}); restarting",
+                file=sys.stderr,
+            )
+            procs[k] = start()
+    for proc, _ in procs:
+        proc.join(timeout=30)
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
+    return code
