@@ -370,8 +370,8 @@ def performance_options(env: Mapping[str, str] | None = None) -> tuple[str, str]
     The service reads them as :attr:`Settings.engine` / :attr:`Settings.planner_search`; this
     helper parses an explicit mapping the same way (benchmarks, tests).
 
-    ``RETRYOPT_ENGINE``: ``lightgbm`` (default) or ``lleaves`` (compiled; verified at load,
-    falls back to LightGBM). ``RETRYOPT_PLANNER_SEARCH``: ``hourly`` (default, exact) or
+    ``RETRYOPT_ENGINE``: ``lleaves`` (default; compiled, verified at load, falls back to
+    LightGBM) or ``lightgbm``. ``RETRYOPT_PLANNER_SEARCH``: ``hourly`` (default, exact) or
     ``coarse`` (coarse-to-fine, see docs/serving.md).
 
     Raises
@@ -380,7 +380,7 @@ def performance_options(env: Mapping[str, str] | None = None) -> tuple[str, str]
         On any other value (naming the variable).
     """
     env = os.environ if env is None else env
-    engine = env.get("RETRYOPT_ENGINE", "lightgbm").strip().lower() or "lightgbm"
+    engine = env.get("RETRYOPT_ENGINE", "lleaves").strip().lower() or "lleaves"
     search = env.get("RETRYOPT_PLANNER_SEARCH", "hourly").strip().lower() or "hourly"
     if engine not in ("lightgbm", "lleaves"):
         raise ValueError(f"RETRYOPT_ENGINE must be 'lightgbm' or 'lleaves', got {engine!r}")
@@ -405,7 +405,9 @@ def create_app(settings: Settings | None = None, *, store: ModelStore | None = N
     store = store or ModelStore(
         location=settings.model,
         config=PlannerConfig(
-            later_attempt_decay=settings.later_attempt_decay, search=settings.planner_search
+            later_attempt_decay=settings.later_attempt_decay,
+            planning_gap_hours=settings.planning_gap_hours,
+            search=settings.planner_search,
         ),
         model_threads=settings.model_threads,
         engine=settings.engine,

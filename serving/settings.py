@@ -38,10 +38,17 @@ class Settings(BaseSettings):
     daily_discount: float = Field(default=0.0, ge=0, lt=1)
     # Planner and scoring (performance switches, see docs/serving.md).
     later_attempt_decay: float = Field(default=0.8, gt=0, le=1)
+    planning_gap_hours: float = Field(
+        default=24.0,
+        ge=0,
+        le=504,
+        description="least spacing the plan assumes between a retry and the next one it plans",
+    )
     engine: Literal["lightgbm", "lleaves"] = Field(
-        default="lightgbm",
-        description="scoring engine: 'lightgbm' or 'lleaves' (compiled at load, ~2 s per "
-        "worker; used only if it reproduces LightGBM's probabilities, else LightGBM serves)",
+        default="lleaves",
+        description="scoring engine: 'lleaves' (default: the booster compiled to native code at "
+        "load, ~2 s per worker; used only if it reproduces LightGBM's probabilities, else "
+        "LightGBM serves) or 'lightgbm'",
     )
     planner_search: Literal["hourly", "coarse"] = Field(
         default="hourly",
@@ -97,7 +104,7 @@ class Settings(BaseSettings):
     @classmethod
     def _lower(cls, value: object, info: ValidationInfo) -> object:
         if isinstance(value, str):
-            default = "lightgbm" if info.field_name == "engine" else "hourly"
+            default = "lleaves" if info.field_name == "engine" else "hourly"
             return value.strip().lower() or default  # empty variable = the default
         return value
 

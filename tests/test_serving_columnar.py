@@ -235,7 +235,10 @@ def test_performance_switches_are_settings(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.delenv("RETRYOPT_ENGINE", raising=False)
     monkeypatch.delenv("RETRYOPT_PLANNER_SEARCH", raising=False)
     s = Settings()
-    assert (s.engine, s.planner_search) == ("lightgbm", "hourly")
+    assert (s.engine, s.planner_search) == ("lleaves", "hourly")
+    assert s.planning_gap_hours == 24.0
+    monkeypatch.setenv("RETRYOPT_ENGINE", " LightGBM ")
+    assert Settings().engine == "lightgbm"
     monkeypatch.setenv("RETRYOPT_ENGINE", " LLeaves ")
     monkeypatch.setenv("RETRYOPT_PLANNER_SEARCH", "COARSE")
     s = Settings()

@@ -203,16 +203,12 @@ def test_fast_scoring_matches_bundle(bundle_dir: Path) -> None:
     assert np.isnan(fast.proba[2, 150:]).all()
 
 
-def test_lleaves_engine_parity_or_fallback(bundle_dir: Path) -> None:
+def test_lleaves_engine_parity(bundle_dir: Path) -> None:
+    # lleaves is a core dependency (the default engine): it must load and match LightGBM
     store = ModelStore(location=str(bundle_dir), engine="lleaves")
     loaded = store.load()
     model = loaded.planner.model
     assert isinstance(model, BundleSuccessModel)
-    try:
-        import lleaves  # noqa: F401
-    except ImportError:
-        assert model.engine_name == "lightgbm"
-        return
     assert model.engine_name == "lleaves"
     X = np.random.default_rng(0).normal(size=(64, len(loaded.bundle.feature_spec.names)))
     X[:, len(loaded.bundle.feature_spec.numeric) :] = 0.0
@@ -222,7 +218,7 @@ def test_lleaves_engine_parity_or_fallback(bundle_dir: Path) -> None:
 
 
 def test_performance_options_parse() -> None:
-    assert performance_options({}) == ("lightgbm", "hourly")
+    assert performance_options({}) == ("lleaves", "hourly")
     assert performance_options(
         {"RETRYOPT_ENGINE": "LLeaves", "RETRYOPT_PLANNER_SEARCH": "coarse"}
     ) == (
