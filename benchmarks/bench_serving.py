@@ -431,6 +431,15 @@ def mlflow_side_by_side(
         proc.wait(timeout=30)
 
 
+def _print_batch(bat: dict[str, float], clients: int) -> None:
+    print(
+        f"HTTP batch endpoint (2 workers, 200 charges/call, {clients} clients): "
+        f"{bat['items_per_s']:.0f} decisions/s, p50 {bat['p50_ms']:.0f} ms per call, "
+        f"errors {bat['errors']:.0f}, server CPU {bat['cpu_ms_per_request'] / 200:.2f} ms/decision "
+        f"(2-core capacity {400_000 / bat['cpu_ms_per_request']:.0f} decisions/s)"
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", type=Path, help="bundle directory (default: train a small one)")
@@ -446,6 +455,17 @@ def main() -> None:
     ap.add_argument("--engine", choices=("lightgbm", "lleaves"), default=None)
     ap.add_argument("--search", choices=("hourly", "coarse"), default=None)
     ap.add_argument("--skip-http", action="store_true", help="library latency only")
+    ap.add_argument(
+        "--batch-clients",
+        type=int,
+        default=2,
+        help="concurrent clients of the batch-endpoint phase (default 2)",
+    )
+    ap.add_argument(
+        "--batch-only",
+        action="store_true",
+        help="HTTP: only the batch-endpoint phase (skip the single-decision phases)",
+    )
     args = ap.parse_args()
     if args.engine:
         os.environ["RETRYOPT_ENGINE"] = args.engine
@@ -469,6 +489,25 @@ def main() -> None:
         f"p99 {lib['p99_ms']:.1f} ms"
     )
     if args.skip_http:
+        return
+    if args.batch_only:
+        proc, url = start_api(model, workers=2)
+        try:
+            bat = load_raw(
+                url,
+                "/v1/retry-decisions/batch",
+                batch_bodies(200),
+                clients=args.batch_clients,
+                seconds=args.seconds,
+                max_requests=500,
+                items_per_request=200,
+                proc=proc,
+            )
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+        _print_batch(bat, args.batch_clients)
+        print(f"load average at the end: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
         return
     single = decision_bodies()
     proc, url = start_api(model, workers=1)
@@ -508,7 +547,7 @@ def main() -> None:
             url,
             "/v1/retry-decisions/batch",
             batch_bodies(200),
-            clients=2,
+            clients=args.batch_clients,
             seconds=args.seconds,
             max_requests=500,
             items_per_request=200,
@@ -525,12 +564,7 @@ def main() -> None:
             f"(2-core capacity {2000 / sus['cpu_ms_per_request']:.0f} decisions/s)"
         )
     sus = sustained[args.clients[0]]
-    print(
-        f"HTTP batch endpoint (2 workers, 200 charges/call, 2 clients): "
-        f"{bat['items_per_s']:.0f} decisions/s, p50 {bat['p50_ms']:.0f} ms per call, "
-        f"errors {bat['errors']:.0f}, server CPU {bat['cpu_ms_per_request'] / 200:.2f} ms/decision "
-        f"(2-core capacity {400_000 / bat['cpu_ms_per_request']:.0f} decisions/s)"
-    )
+    _print_batch(bat, args.batch_clients)
     if args.mlflow:
         res = mlflow_side_by_side(model, args.seconds, args.clients[0])
         if res is not None:

@@ -1412,13 +1412,67 @@ def _calendar_table(lo: int, span: int) -> dict[str, np.ndarray]:
     return table
 
 
+class _CardCounter:
+    """Online counts of a decision's card events before query times (the serving hot path).
+
+    Equal to ``_pit_counts(log.card_key, log.t, st.card_key[dec], q)``: the log's events of the
+    decisions' cards are searched with one sorted int64 key ``card * R + (t - base)`` per call
+    (``base`` just below the call's earliest query, event times clipped to ``[base, top + 1]``,
+    which keeps every "event before query" comparison). Falls back to :func:`_pit_counts` when
+    the key would not fit in int64.
+    """
+
+    def __init__(self, log: _Log, st: _State) -> None:
+        self._log_key = log.card_key
+        self._log_t = log.t
+        self._dec_key = st.card_key
+        keys, self._dec_group = np.unique(st.card_key, return_inverse=True)
+        self._dec_group = self._dec_group.reshape(-1).astype(np.int64)
+        self._n_groups = int(keys.size)
+        at = np.searchsorted(keys, log.card_key)
+        at_ok = np.minimum(at, max(keys.size - 1, 0))
+        hit = (at < keys.size) & (keys[at_ok] == log.card_key) if keys.size else at < 0
+        self._ev_group = at_ok[hit].astype(np.int64)
+        self._ev_t = log.t[hit]
+
+    def counts(self, dec: np.ndarray, q: np.ndarray) -> np.ndarray:
+        """Per row: events of the card of decision ``dec[r]`` with time ``< q[r]``."""
+        if q.size == 0:
+            return np.zeros(0, dtype=np.int64)
+        base = int(q.min()) - 1
+        top = int(q.max())
+        width = top - base + 2
+        if self._n_groups * width >= _KEY_LIMIT or base < _INT64_MIN_SAFE:
+            return _pit_counts(self._log_key, self._log_t, self._dec_key[dec], q)
+        w = np.int64(width)
+        ev = np.sort(self._ev_group * w + (np.clip(self._ev_t, base, top + 1) - base))
+        group = self._dec_group[dec]
+        first = np.searchsorted(ev, np.arange(self._n_groups, dtype=np.int64) * w, side="left")
+        pos = np.searchsorted(ev, group * w + (q - base), side="left")
+        return (pos - first[group]).astype(np.int64)
+
+
+# Largest search key of _CardCounter (int64 with headroom) and the lowest base it accepts.
+_KEY_LIMIT: Final = 2**62
+_INT64_MIN_SAFE: Final = -(2**62)
+
+
 def _candidate_features(
-    log: _Log, st: _State, dec: np.ndarray, t_cand: np.ndarray
+    log: _Log,
+    st: _State,
+    dec: np.ndarray,
+    t_cand: np.ndarray,
+    *,
+    constants: bool = True,
+    card_counter: _CardCounter | None = None,
 ) -> dict[str, Any]:
     """All features for candidate times ``t_cand`` of decisions ``dec`` (indices into ``st``).
 
     Returns numeric columns as float64 arrays and categoricals as :class:`_Codes`, in
-    :data:`NUMERIC_FEATURES` / :data:`CATEGORICAL_FEATURES` order.
+    :data:`NUMERIC_FEATURES` / :data:`CATEGORICAL_FEATURES` order. ``constants=False`` leaves
+    out the candidate-independent features (``st.numeric`` / ``st.categorical``), which
+    :class:`CandidateEncoder` places per decision instead of per row; ``card_counter`` (built
+    once per batch by the encoder) counts the card's attempts instead of :func:`_pit_counts`.
     """
     valid = t_cand != NAT_INT
     all_valid = bool(valid.all())
@@ -1436,9 +1490,12 @@ def _candidate_features(
     key = st.card_key[dec]
     lo24 = np.minimum(tt - WINDOW_24H_NS, now)
     lo30 = np.minimum(tt - WINDOW_30D_NS, now)
-    counts = _pit_counts(
-        log.card_key, log.t, np.concatenate([key, key]), np.concatenate([lo24, lo30])
-    )
+    if card_counter is not None:
+        counts = card_counter.counts(np.concatenate([dec, dec]), np.concatenate([lo24, lo30]))
+    else:
+        counts = _pit_counts(
+            log.card_key, log.t, np.concatenate([key, key]), np.concatenate([lo24, lo30])
+        )
     n = tt.size
     known_now = st.card_known_now[dec]
     at_now = st.card_at_now[dec]
@@ -1481,6 +1538,8 @@ def _candidate_features(
     if not all_valid:
         for name in list(out):
             out[name] = np.where(valid, out[name], np.nan)
+    if not constants:
+        return out
     for name, values in st.numeric.items():
         out[name] = values[dec]
     for name, cat in st.categorical.items():
@@ -1836,6 +1895,11 @@ def _online_columns(
     return _candidate_features(log, st, dec, cand.reshape(-1)), dec.size
 
 
+# Rows per chunk when CandidateEncoder writes candidate-dependent columns into a row-major
+# matrix (53 float64 features: ~400 KB per chunk, within L2).
+_ROW_CHUNK: Final = 1024
+
+
 class CandidateEncoder:
     """Model-matrix rows of a decision batch at any candidate times (the serving hot path).
 
@@ -1867,6 +1931,37 @@ class CandidateEncoder:
         self.spec = spec
         self.n_charges = int(np.asarray(batch.charge_ids, dtype=object).size)
         self._log, self._state = _online_state(batch, attempts=attempts, history=history)
+        self._rows: tuple[np.ndarray, tuple[tuple[int, str], ...]] | None = None
+        # One decision: _pit_counts' single-group search is as fast without the counter's setup.
+        self._counter = _CardCounter(self._log, self._state) if self.n_charges > 1 else None
+
+    def _decision_rows(self) -> tuple[np.ndarray, tuple[tuple[int, str], ...]]:
+        """Per-decision model-matrix rows and the (column, name) slots that vary by candidate.
+
+        The candidate-independent features (``_State.numeric`` / ``_State.categorical``, as
+        spec codes) are written once per decision; the other slots hold 0 until
+        :meth:`matrix` fills them. Built on first use, native specs only.
+        """
+        if self._rows is None:
+            spec = self.spec
+            st = self._state
+            k = len(spec.numeric)
+            rows = np.zeros((self.n_charges, k + len(spec.categorical)), dtype=np.float64)
+            varying: list[tuple[int, str]] = []
+            for j, name in enumerate(spec.numeric):
+                values = st.numeric.get(name)
+                if values is None:
+                    varying.append((j, name))
+                else:
+                    rows[:, j] = values
+            for j, name in enumerate(spec.categorical, start=k):
+                cat = st.categorical.get(name)
+                if cat is None:
+                    varying.append((j, name))
+                else:
+                    rows[:, j] = _spec_codes(cat, spec.levels[name])
+            self._rows = (rows, tuple(varying))
+        return self._rows
 
     def matrix(self, dec: np.ndarray, times: np.ndarray, *, order: str = "C") -> np.ndarray:
         """Model matrix of the rows ``(dec[r], times[r])``.
@@ -1879,8 +1974,9 @@ class CandidateEncoder:
             ``(n,)`` candidate times, ``datetime64[ns]`` (UTC, naive) or int64 ns; NaT rows get
             NaN candidate-dependent features.
         order
-            ``"C"`` (row-major, as :func:`encode_candidate_matrix`) or ``"F"`` (column-major;
-            cheaper to fill, and LightGBM reads it without a copy).
+            ``"C"`` (row-major, as :func:`encode_candidate_matrix`; the fast one: each row is
+            its decision's constant row, then only the candidate-dependent features are
+            written in place) or ``"F"`` (column-major, filled one feature at a time).
 
         Returns
         -------
@@ -1896,8 +1992,37 @@ class CandidateEncoder:
             raise ValueError(f"dec and times differ in length: {dec.size} and {t.size}")
         if dec.size and (int(dec.min()) < 0 or int(dec.max()) >= self.n_charges):
             raise ValueError(f"dec must be in [0, {self.n_charges}), got {dec.min()}..{dec.max()}")
-        columns = _candidate_features(self._log, self._state, dec, t)
-        return _model_matrix(columns, self.spec, dec.size, order=order)
+        if order != "C" or not _spec_is_native(self.spec):
+            columns = _candidate_features(
+                self._log, self._state, dec, t, card_counter=self._counter
+            )
+            return _model_matrix(columns, self.spec, dec.size, order=order)
+        # Row-major, written in place: each row starts as a copy of its decision's constant
+        # row (one contiguous row gather), then only the candidate-dependent features are
+        # written (strided, in row chunks that stay in cache). No transposed copy.
+        rows, varying = self._decision_rows()
+        columns = _candidate_features(
+            self._log, self._state, dec, t, constants=False, card_counter=self._counter
+        )
+        out = rows.take(dec, axis=0)
+        categorical = set(self.spec.categorical)
+        filled = [
+            (j, _spec_codes(columns[name], self.spec.levels[name]))
+            if name in categorical
+            else (j, columns[name])
+            for j, name in varying
+        ]
+        n = dec.size
+        step = _ROW_CHUNK
+        if n <= step:
+            for j, values in filled:
+                out[:, j] = values
+        else:
+            for k in range(0, n, step):
+                part = out[k : k + step]
+                for j, values in filled:
+                    part[:, j] = values[k : k + step]
+        return out
 
 
 def _model_matrix(

@@ -47,7 +47,7 @@ from serving.rules import (
     Reason,
     RuleResult,
     charge_states,
-    evaluate_rules,
+    evaluate_rules_batch,
 )
 
 _WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
@@ -160,16 +160,17 @@ class BundleSuccessModel:
     ) -> np.ndarray:
         """Calibrated P(success) of charge ``dec[r]`` retried at ``times[r]`` (no NaT).
 
-        Encoded and scored in blocks of at most ``4 * CHUNK_ROWS`` rows (bounded memory); the
-        LightGBM booster reads column-major blocks without a copy, lleaves needs row-major.
+        Encoded and scored in blocks of at most ``4 * CHUNK_ROWS`` rows (bounded memory), as
+        row-major blocks for both engines: lleaves needs them, the LightGBM booster reads them
+        without a copy, and the encoder writes them in place (per-decision constant rows, then
+        the candidate-dependent columns), which is cheaper than its column-major fill.
         """
         n = int(dec.size)
         if n == 0:
             return np.empty(0, dtype=np.float64)
-        order = "C" if self.engine is not None else "F"
         step = CHUNK_ROWS * 4
         parts = [
-            self.predict_matrix(encoder.matrix(dec[k : k + step], times[k : k + step], order=order))
+            self.predict_matrix(encoder.matrix(dec[k : k + step], times[k : k + step], order="C"))
             for k in range(0, n, step)
         ]
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
@@ -600,10 +601,8 @@ class _RulesPolicy:
         if columns is None and isinstance(batch, ColumnarBatch):
             columns = batch.columns
         states = charge_states(batch, current_cards=current_cards, columns=columns)
-        return [
-            (evaluate_rules(s, batch.constraints, grid_hours=self.config.grid_hours), s.timezone)
-            for s in states
-        ]
+        results = evaluate_rules_batch(states, batch.constraints, grid_hours=self.config.grid_hours)
+        return [(r, s.timezone) for r, s in zip(results, states, strict=True)]
 
     def decide_detailed(
         self,

@@ -12,10 +12,12 @@ import pytest
 from features.decisions import Constraints
 from serving.rules import (
     CardRef,
+    ChargeState,
     Reason,
     RuleResult,
     charge_states,
     evaluate_rules,
+    evaluate_rules_batch,
     local_hours,
 )
 from serving.schemas import DecisionRequest, to_batch
@@ -286,3 +288,123 @@ def test_card_ref_identity() -> None:
 def test_local_hours_across_dst() -> None:
     times = np.array(["2026-03-08T06:00", "2026-03-08T08:00"], dtype="datetime64[ns]")
     assert local_hours(times, "America/New_York").tolist() == [1, 4]
+
+
+# --- the batch path (evaluate_rules_batch) equals the per-charge path -------------------------
+
+_CODES = (
+    "insufficient_funds",
+    "do_not_honor",
+    "generic_decline",
+    "expired_card",
+    "stolen_card",
+    "authentication_required",
+    "card_velocity_exceeded",
+    "try_again_later",
+    "unknown_code_xyz",
+    None,
+)
+_ADVICE = (None, None, None, "01", "03", "21", "24", "25", "26", "27", "28", "29", "30")
+_ZONES = ("UTC", "America/New_York", "Europe/Berlin", "Australia/Sydney", "Asia/Kolkata")
+_BRANDS = ("visa", "mastercard", "amex", "Visa", "discover")
+
+
+def _random_state(rng: np.random.Generator, i: int) -> ChargeState:
+    """A random failed (or succeeded) charge with random card events, around DST changes."""
+    base = np.datetime64("2026-03-01T00:00", "ns") + np.timedelta64(
+        int(rng.integers(0, 300 * 24 * 60)), "m"
+    )
+    n = int(rng.integers(1, 5))
+    gaps = np.cumsum(rng.integers(0, 72 * 60, n)).astype("timedelta64[m]")
+    times = (base + gaps).astype("datetime64[ns]")
+    outcomes = ["failed"] * n
+    if rng.random() < 0.05:
+        outcomes[-1] = "succeeded"
+    brand = str(rng.choice(_BRANDS))
+    card = CardRef(brand=brand.lower(), card_id=f"card_{i}", exp_month=4, exp_year=2028)
+    other = CardRef(brand=brand.lower(), card_id=f"card_{i}_new", exp_month=5, exp_year=2030)
+    cards = tuple(card if rng.random() < 0.9 else other for _ in range(n))
+    current = card if rng.random() < 0.85 else other
+    now = times[-1] + np.timedelta64(int(rng.integers(1, 30 * 60)), "m")
+    n_ev = int(rng.integers(0, 60)) if rng.random() < 0.7 else 0
+    # Spread over 40 days, or dense in the last 30 hours (reaching the networks' caps).
+    spread = (40 * 24 * 60) if rng.random() < 0.6 else (30 * 60)
+    ev = now - rng.integers(-120, spread, n_ev).astype("timedelta64[m]")  # some after now
+    ev_times = np.concatenate([ev.astype("datetime64[ns]"), times])
+    return ChargeState(
+        charge_id=f"ch_{i}",
+        now=now,
+        attempt_times=times,
+        outcomes=tuple(outcomes),
+        decline_codes=tuple(_CODES[int(j)] for j in rng.integers(0, len(_CODES), n)),
+        advice_codes=tuple(_ADVICE[int(j)] for j in rng.integers(0, len(_ADVICE), n)),
+        cards=cards,
+        current_card=current,
+        timezone=str(rng.choice(_ZONES)),
+        card_event_times=ev_times,
+        card_event_failed=rng.random(ev_times.size) < 0.8,
+        card_event_is_retry=rng.random(ev_times.size) < 0.6,
+    )
+
+
+def _assert_same(a: RuleResult, b: RuleResult) -> None:
+    for name in RuleResult.__dataclass_fields__:
+        x, y = getattr(a, name), getattr(b, name)
+        if isinstance(x, np.ndarray):
+            assert x.dtype == y.dtype, name
+            np.testing.assert_array_equal(x, y, err_msg=f"{a.charge_id}: {name}")
+        else:
+            assert x == y, f"{a.charge_id}: {name}: {x!r} != {y!r}"
+
+
+@pytest.mark.parametrize(
+    "constraints",
+    [
+        Constraints(),
+        Constraints(max_retries=8, window_hours=900.0, quiet_hours=(22, 7)),
+        Constraints(max_retries=2, window_hours=72.0, min_gap_hours=6.0, quiet_hours=(9, 17)),
+        Constraints(window_hours=2000.0, quiet_hours=(0, 23)),
+    ],
+)
+@pytest.mark.parametrize("grid_hours", [1, 3])
+def test_batch_rules_equal_per_charge_rules(constraints: Constraints, grid_hours: int) -> None:
+    rng = np.random.default_rng(20261124 + grid_hours)
+    states = [_random_state(rng, i) for i in range(400)]
+    batch = evaluate_rules_batch(states, constraints, grid_hours=grid_hours)
+    single = [evaluate_rules(s, constraints, grid_hours=grid_hours) for s in states]
+    assert len(batch) == len(single)
+    for a, b in zip(batch, single, strict=True):
+        _assert_same(a, b)
+    # The random charges reach every branch of the grid stage.
+    reasons = {r.reason for r in single}
+    assert "" in reasons
+    assert any(not r.stop and r.excluded.get("network_limit", 0) for r in single)
+    if constraints.window_hours <= 504:  # caps outlast the window: whole grids excluded
+        assert "network_limit" in reasons
+
+
+def test_batch_rules_of_no_charge_and_of_stops_only() -> None:
+    assert evaluate_rules_batch([], Constraints()) == []
+    rng = np.random.default_rng(7)
+    states = [_random_state(rng, i) for i in range(50)]
+    cons = Constraints(max_retries=0)
+    for a, b in zip(
+        evaluate_rules_batch(states, cons), [evaluate_rules(s, cons) for s in states], strict=True
+    ):
+        assert a.stop and b.stop
+        _assert_same(a, b)
+
+
+def test_batch_rules_count_caps_per_charge_when_keys_do_not_fit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import serving.rules as rules_module
+
+    monkeypatch.setattr(rules_module, "_KEY_LIMIT", 0)
+    rng = np.random.default_rng(11)
+    states = [_random_state(rng, i) for i in range(200)]
+    cons = Constraints()
+    for a, b in zip(
+        evaluate_rules_batch(states, cons), [evaluate_rules(s, cons) for s in states], strict=True
+    ):
+        _assert_same(a, b)

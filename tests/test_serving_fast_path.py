@@ -396,6 +396,55 @@ def test_candidate_encoder_rows_equal_full_matrix(synth: pd.DataFrame) -> None:
         enc.matrix(dec[:1], cand[0, :1], order="K")
 
 
+def _multi_charge_batch(synth: pd.DataFrame, n: int, seed: int) -> tuple[DecisionBatch, np.ndarray]:
+    """One batch of ``n`` decisions of distinct customers, 168 hourly candidates each (some NaT)."""
+    picked: list[tuple[DecisionBatch, np.ndarray]] = []
+    customers: set[Any] = set()
+    for batch, cand in _decisions(synth, 4 * n, seed=seed):
+        customer = batch.attempts["customer_id"].iloc[0]
+        if customer not in customers:
+            customers.add(customer)
+            picked.append((batch, cand))
+        if len(picked) == n:
+            break
+    hist = [b.history for b, _ in picked if b.history is not None]
+    batch = DecisionBatch(
+        charge_ids=np.concatenate([b.charge_ids for b, _ in picked]),
+        now=np.concatenate([b.now for b, _ in picked]),
+        attempts=pd.concat([b.attempts for b, _ in picked], ignore_index=True),
+        history=pd.concat(hist, ignore_index=True),
+    )
+    cand = np.concatenate([c for _, c in picked])
+    cand[1, 5:9] = np.datetime64("NaT", "ns")
+    return batch, cand
+
+
+@pytest.mark.parametrize("key_limit", [None, 0])
+def test_candidate_encoder_batch_rows_equal_full_matrix(
+    synth: pd.DataFrame, key_limit: int | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Row-major in-place matrices (constant rows + candidate columns, row chunks, the card
+    counter and its _pit_counts fallback) equal the full encoding over a many-charge batch."""
+    import features.build as fb
+
+    if key_limit is not None:
+        monkeypatch.setattr(fb, "_KEY_LIMIT", key_limit)
+    monkeypatch.setattr(fb, "_ROW_CHUNK", 256)  # several chunks per call
+    ex = build_training_examples(synth)
+    spec = fit_feature_spec(ex.features, min_level_count=5)
+    batch, cand = _multi_charge_batch(synth, 10, seed=9)
+    full = encode_candidate_matrix(batch, cand, spec)
+    enc = CandidateEncoder(batch, spec)
+    n, m = cand.shape
+    rng = np.random.default_rng(3)
+    for select in (np.arange(n * m), np.sort(rng.choice(n * m, size=700, replace=False))):
+        dec, col = np.divmod(select, m)
+        for order in ("C", "F"):
+            sub = enc.matrix(dec, cand[dec, col], order=order)
+            assert sub.flags.c_contiguous == (order == "C")
+            np.testing.assert_array_equal(sub, full[select])
+
+
 def _decision_key(d: Decision) -> tuple[Any, ...]:
     return (
         d.charge_id,
