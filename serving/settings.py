@@ -47,8 +47,8 @@ class Settings(BaseSettings):
     engine: Literal["lightgbm", "lleaves"] = Field(
         default="lleaves",
         description="scoring engine: 'lleaves' (default: the booster compiled to native code at "
-        "load, ~2 s per worker; used only if it reproduces LightGBM's probabilities, else "
-        "LightGBM serves) or 'lightgbm'",
+        "load, ~5 s per worker for 200 trees; used only if it reproduces LightGBM's "
+        "probabilities, else LightGBM serves) or 'lightgbm'",
     )
     planner_search: Literal["hourly", "coarse"] = Field(
         default="hourly",
