@@ -440,6 +440,22 @@ def _print_batch(bat: dict[str, float], clients: int) -> None:
     )
 
 
+def batch_phase(
+    url: str, proc: subprocess.Popen[bytes], args: argparse.Namespace
+) -> dict[str, float]:
+    """Load the batch endpoint: 200 charges per call, ``args.batch_clients`` clients."""
+    return load_raw(
+        url,
+        "/v1/retry-decisions/batch",
+        batch_bodies(200),
+        clients=args.batch_clients,
+        seconds=args.seconds,
+        max_requests=500,
+        items_per_request=200,
+        proc=proc,
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", type=Path, help="bundle directory (default: train a small one)")
@@ -493,16 +509,7 @@ def main() -> None:
     if args.batch_only:
         proc, url = start_api(model, workers=2)
         try:
-            bat = load_raw(
-                url,
-                "/v1/retry-decisions/batch",
-                batch_bodies(200),
-                clients=args.batch_clients,
-                seconds=args.seconds,
-                max_requests=500,
-                items_per_request=200,
-                proc=proc,
-            )
+            bat = batch_phase(url, proc, args)
         finally:
             proc.terminate()
             proc.wait(timeout=30)
@@ -543,16 +550,7 @@ def main() -> None:
             )
             for n in args.clients
         }
-        bat = load_raw(
-            url,
-            "/v1/retry-decisions/batch",
-            batch_bodies(200),
-            clients=args.batch_clients,
-            seconds=args.seconds,
-            max_requests=500,
-            items_per_request=200,
-            proc=proc,
-        )
+        bat = batch_phase(url, proc, args)
     finally:
         proc.terminate()
         proc.wait(timeout=30)
