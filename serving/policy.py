@@ -56,6 +56,24 @@ NIGHT_HOURS = (0, 1, 2, 3, 4, 5)
 _NIGHT_TABLE = np.isin(np.arange(24), NIGHT_HOURS)
 _UTC = "UTC"
 
+# Decisions repeat the same few hundred grid hours (a window is 504 hourly slots and every
+# charge of a batch shares most of them), so the UTC timestamps and the local-time labels of the
+# explanations are memoised: building a pd.Timestamp or a zone conversion costs microseconds,
+# a dict hit tens of nanoseconds. Values are immutable; the caches are cleared when full.
+_CACHE_MAX = 1 << 16
+_TIMESTAMPS: dict[int, pd.Timestamp] = {}
+_LABELS: dict[tuple[int, str, int], str] = {}
+
+
+def _timestamp(ns: int) -> pd.Timestamp:
+    """``pd.Timestamp(ns, tz="UTC")``, memoised."""
+    ts = _TIMESTAMPS.get(ns)
+    if ts is None:
+        if len(_TIMESTAMPS) >= _CACHE_MAX:
+            _TIMESTAMPS.clear()
+        ts = _TIMESTAMPS[ns] = pd.Timestamp(ns, tz=_UTC)
+    return ts
+
 
 @dataclass(frozen=True, kw_only=True)
 class CandidateScores:
@@ -370,10 +388,58 @@ def plan_values(
         ``(n, m)`` value of a first retry at each candidate, ``-inf`` where not allowed.
     """
     n, m = proba.shape
-    p = np.where(allowed, np.nan_to_num(proba, nan=0.0), 0.0)
+    # Same arithmetic, in the same order, as the textbook form (tests pin it bit for bit against
+    # :func:`plan_values_reference`), with the temporaries written in place: on one charge the
+    # numpy call overhead dominates, on a batch the memory traffic.
+    p = np.where(allowed, proba, 0.0)
+    np.copyto(p, 0.0, where=np.isnan(p))  # nan_to_num for probabilities (never infinite)
     gain = amount[:, None] * discount
     out = np.full((n, m), -np.inf)
     w = np.zeros((n, m))  # W_{k-1}: value after a failure at j, with k-1 retries left
+    blocked = ~allowed
+    pk = np.empty((n, m))
+    val = np.empty((n, m))
+    tmp = np.empty((n, m))
+    r_max = int(retries_left.max()) if n else 0
+    for k in range(1, r_max + 1):
+        exponent = np.maximum(retries_left - k, 0)[:, None]
+        np.multiply(p, decay**exponent, out=pk)
+        np.multiply(pk, gain, out=val)
+        np.subtract(val, cost, out=val)
+        np.subtract(1.0, pk, out=tmp)
+        np.multiply(tmp, w, out=tmp)
+        np.add(val, tmp, out=val)
+        val[blocked] = -np.inf
+        at_level = retries_left == k
+        if at_level.any():
+            out[at_level] = val[at_level]
+        if k == r_max:
+            break
+        # W_k(j) = max(0, max_{j' >= j + gap} val_k(j')): a suffix maximum, shifted by the gap.
+        suffix = np.maximum.accumulate(val[:, ::-1], axis=1)[:, ::-1]
+        w.fill(0.0)
+        if gap_steps < m:
+            np.maximum(suffix[:, gap_steps:], 0.0, out=w[:, : m - gap_steps])
+    return out
+
+
+def plan_values_reference(
+    proba: np.ndarray,
+    allowed: np.ndarray,
+    *,
+    retries_left: np.ndarray,
+    amount: np.ndarray,
+    discount: np.ndarray,
+    cost: float,
+    gap_steps: int,
+    decay: float,
+) -> np.ndarray:
+    """:func:`plan_values` written plainly (the reference its tests compare with)."""
+    n, m = proba.shape
+    p = np.where(allowed, np.nan_to_num(proba, nan=0.0), 0.0)
+    gain = amount[:, None] * discount
+    out = np.full((n, m), -np.inf)
+    w = np.zeros((n, m))
     r_max = int(retries_left.max()) if n else 0
     for k in range(1, r_max + 1):
         exponent = np.clip(retries_left - k, 0, None)[:, None]
@@ -432,7 +498,7 @@ def _pick_alternatives(
         pj = float(proba[j])
         out.append(
             Alternative(
-                retry_at=pd.Timestamp(int(grid[j].astype(np.int64)), tz=_UTC),
+                retry_at=_timestamp(int(grid[j].astype(np.int64))),
                 success_probability=None if pj != pj else round(pj, 4),
             )
         )
@@ -484,23 +550,31 @@ _BATCHED_PICKS_MIN_ROWS = 4
 
 def _alternatives(grid: np.ndarray, proba: np.ndarray, picks: list[int]) -> tuple[Alternative, ...]:
     """The :class:`Alternative` of each picked grid index (as :func:`_pick_alternatives`)."""
-    out: list[Alternative] = []
     grid_ns = grid.view(np.int64)
+    out: list[Alternative] = []
     for j in picks:
         pj = float(proba[j])
         out.append(
             Alternative(
-                retry_at=pd.Timestamp(int(grid_ns[j]), tz=_UTC),
+                retry_at=_timestamp(int(grid_ns[j])),
                 success_probability=None if pj != pj else round(pj, 4),
             )
         )
     return tuple(out)
 
 
-def _local_label(t: np.datetime64, zone: str, hour: int) -> str:
-    ns = int(np.asarray(t).astype("datetime64[ns]").astype(np.int64))
-    ts = datetime.fromtimestamp(ns // 1_000_000_000, tz=UTC).astimezone(ZoneInfo(zone))
-    return f"{_WEEKDAYS[ts.weekday()]} {hour:02d}:00 {zone} (day {ts.day} of the month)"
+def _local_label(t: np.datetime64 | int, zone: str, hour: int) -> str:
+    """``"Friday 09:00 America/New_York (day 6 of the month)"`` (``t``: UTC, ns or datetime64)."""
+    ns = t if isinstance(t, int) else int(np.asarray(t).astype("datetime64[ns]").astype(np.int64))
+    key = (ns, zone, hour)
+    label = _LABELS.get(key)
+    if label is None:
+        ts = datetime.fromtimestamp(ns // 1_000_000_000, tz=UTC).astimezone(ZoneInfo(zone))
+        label = f"{_WEEKDAYS[ts.weekday()]} {hour:02d}:00 {zone} (day {ts.day} of the month)"
+        if len(_LABELS) >= _CACHE_MAX:
+            _LABELS.clear()
+        _LABELS[key] = label
+    return label
 
 
 def _feature_factors(features: pd.DataFrame | None, row: int) -> list[str]:
@@ -694,6 +768,29 @@ def _padded(rules: list[RuleResult]) -> tuple[np.ndarray, np.ndarray]:
     return grid, allowed
 
 
+def _padded_hours(rules: list[RuleResult], m: int) -> np.ndarray:
+    """``(n, m)`` local hour of every grid slot (0 in the padding)."""
+    hours = np.zeros((len(rules), m), dtype=np.int64)
+    for i, r in enumerate(rules):
+        hours[i, : len(r.local_hours)] = r.local_hours
+    return hours
+
+
+def _night_means(p: np.ndarray, night: np.ndarray) -> np.ndarray:
+    """Per row, the mean of ``p`` over the ``night`` slots, NaN values skipped (NaN if none).
+
+    Summed left to right (a cumulative sum, so padding zeros never change the result and one
+    row gives the same number in any batch).
+    """
+    if p.shape[1] == 0:
+        return np.full(p.shape[0], np.nan)
+    take = night & ~np.isnan(p)
+    count = take.sum(axis=1)
+    total = np.cumsum(np.where(take, p, 0.0), axis=1)[:, -1]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+
+
 class PlannerPolicy(_RulesPolicy):
     """The ``model`` policy: rules, then dynamic programming over the remaining retries.
 
@@ -724,10 +821,13 @@ class PlannerPolicy(_RulesPolicy):
         rules: list[RuleResult],
     ) -> np.ndarray:
         cons: Constraints = batch.constraints
-        now_ns = batch.now.astype("datetime64[ns]").astype(np.int64)
-        grid_ns = grid.astype(np.int64)
-        days = np.clip((grid_ns - now_ns[:, None]) / (24 * HOUR_NS), 0, None)
-        discount = (1.0 - cons.daily_discount) ** days
+        if cons.daily_discount == 0.0:
+            discount = np.ones(grid.shape)  # 1.0 ** days, without the power
+        else:
+            now_ns = batch.now.astype("datetime64[ns]").astype(np.int64)
+            grid_ns = grid.astype(np.int64)
+            days = np.clip((grid_ns - now_ns[:, None]) / (24 * HOUR_NS), 0, None)
+            discount = (1.0 - cons.daily_discount) ** days
         gap_hours = max(cons.min_gap_hours, self.config.planning_gap_hours)
         gap_steps = max(1, int(np.ceil(gap_hours / self.config.grid_hours)))
         return plan_values(
@@ -853,6 +953,8 @@ class PlannerPolicy(_RulesPolicy):
         p_rules = np.where(rule_allowed, proba, np.nan)
         best_next_day = np.fmax.reduce(p_rules[:, :24], axis=1)
         best_window = np.fmax.reduce(p_rules, axis=1)
+        night_mean = _night_means(p_rules, _NIGHT_TABLE[_padded_hours(rules, m)] & rule_allowed)
+        grid_ns = grid.view(np.int64)
         for i, r in enumerate(rules):
             val = values[i]
             j = int(chosen[i])
@@ -884,12 +986,13 @@ class PlannerPolicy(_RulesPolicy):
                 i * m + j,
                 best_next_day=float(best_next_day[i]),
                 best_window=float(best_window[i]),
+                night_mean=float(night_mean[i]),
             )
             out.append(
                 Decision(
                     charge_id=r.charge_id,
                     action="retry",
-                    retry_at=pd.Timestamp(int(grid[i, j].astype(np.int64)), tz=_UTC),
+                    retry_at=_timestamp(int(grid_ns[i, j])),
                     success_probability=round(float(p_row[j]), 4),
                     reason=str(self._reason),
                     source="model",
@@ -928,9 +1031,11 @@ class PlannerPolicy(_RulesPolicy):
         *,
         best_next_day: float | None = None,
         best_window: float | None = None,
+        night_mean: float | None = None,
     ) -> list[str]:
         """Explanation factors; ``best_next_day`` / ``best_window`` (the allowed times' best
-        probability in the first 24 grid steps / the window, NaN if none) when precomputed."""
+        probability in the first 24 grid steps / the window, NaN if none) and ``night_mean``
+        (:func:`_night_means` of the charge) when precomputed for the whole batch."""
         n = len(rule.grid)
         p = np.where(rule.allowed, proba[:n], np.nan)
         # fmax.reduce = nanmax without its warnings (NaN only when every value is NaN).
@@ -940,21 +1045,20 @@ class PlannerPolicy(_RulesPolicy):
             best_window = float(np.fmax.reduce(p))
         # No allowed time in the next 24 h (e.g. Mastercard advice 26: retry after 2 days).
         next_day = f"{best_next_day:.2f}" if np.isfinite(best_next_day) else "no allowed time"
+        label = _local_label(int(rule.grid[j].view(np.int64)), zone, int(rule.local_hours[j]))
         factors = [
-            f"retry {_local_label(rule.grid[j], zone, int(rule.local_hours[j]))}",
+            f"retry {label}",
             f"P(success) {proba[j]:.2f} there vs {next_day} best in the next "
             f"24 h and {best_window:.2f} best in the window",
             f"planned over {rule.retries_left} retr{'y' if rule.retries_left == 1 else 'ies'} left",
         ]
         hours = rule.local_hours
-        night = _NIGHT_TABLE[hours] & rule.allowed
-        if int(hours[j]) not in NIGHT_HOURS and night.any():
-            # np.nanmean's arithmetic (zeros for NaN, sum, divide), without its warning.
-            at_night = p[night]
-            missing = np.isnan(at_night)
-            count = int(at_night.size - missing.sum())
-            total = float(np.where(missing, 0.0, at_night).sum())
-            p_night = total / count if count else float("nan")
+        if int(hours[j]) not in NIGHT_HOURS:
+            if night_mean is None:
+                night_mean = float(
+                    _night_means(p[None, :], (_NIGHT_TABLE[hours] & rule.allowed)[None, :])[0]
+                )
+            p_night = night_mean
             if p_night < proba[j]:
                 factors.append(f"issuer night window avoided (mean P {p_night:.2f} at 00-06 local)")
         factors.extend(_feature_factors(features, feature_row))

@@ -1,0 +1,90 @@
+"""Hot-path helpers of the serving API equal their reference versions."""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from serving.app import _iso
+from serving.policy import _local_label, _night_means, _timestamp
+from serving.schemas import body_may_contain_pan, body_may_contain_pan_reference
+
+_PAN_ALPHABET = '0123456789 -x",:{}T'
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.text(alphabet=_PAN_ALPHABET, max_size=80))
+def test_pan_scan_equals_the_reference_scan(text: str) -> None:
+    raw = text.encode("ascii")
+    assert body_may_contain_pan(raw) == body_may_contain_pan_reference(raw)
+
+
+def test_pan_scan_finds_numbers_among_timestamps() -> None:
+    body = b'{"at":"2026-01-05T08:12:00Z","x":"4111 1111 1111 1111","n":12345678901234}'
+    assert body_may_contain_pan(body)
+    assert not body_may_contain_pan(b'{"at":"2026-01-05T08:12:00Z","amount":2500}')
+    # 13-19 digits that fail the Luhn check are not card numbers.
+    assert not body_may_contain_pan(b'{"n":"4111111111111112"}')
+
+
+def test_night_means_skip_nan_and_ignore_padding() -> None:
+    rng = np.random.default_rng(5)
+    p = rng.random((3, 40))
+    p[0, 3] = np.nan
+    night = rng.random((3, 40)) < 0.3
+    night[2] = False
+    got = _night_means(p, night)
+    for i in range(2):
+        sel = p[i][night[i] & ~np.isnan(p[i])]
+        assert np.isclose(got[i], sel.mean(), rtol=1e-12)
+    assert np.isnan(got[2])
+    # The same row padded (in a wider batch) gives the same number, bit for bit.
+    wide = np.concatenate([p, np.full((3, 25), np.nan)], axis=1)
+    wide_night = np.concatenate([night, np.zeros((3, 25), dtype=bool)], axis=1)
+    assert np.array_equal(_night_means(wide, wide_night), got, equal_nan=True)
+
+
+def test_memoised_times_and_labels_are_the_plain_ones() -> None:
+    import pandas as pd
+
+    ns = int(pd.Timestamp("2026-03-08T07:00:00Z").value)
+    first = _timestamp(ns)
+    assert first == pd.Timestamp(ns, tz="UTC") and _timestamp(ns) is first
+    assert _iso(first) == "2026-03-08T07:00:00Z" == _iso(pd.Timestamp(ns, tz="UTC"))
+    assert _iso(pd.Timestamp("2026-03-08T07:00:00.5Z")) == "2026-03-08T07:00:00.500000Z"
+    # 07:00 UTC on the US DST switch day is 03:00 EDT (2026-03-08).
+    label = _local_label(ns, "America/New_York", 3)
+    assert label == "Sunday 03:00 America/New_York (day 8 of the month)"
+    assert _local_label(np.datetime64(ns, "ns"), "America/New_York", 3) == label
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    n=st.integers(1, 6),
+    m=st.integers(1, 60),
+    gap=st.integers(1, 30),
+    cost=st.sampled_from([0.0, 0.5, 30.0]),
+    discounted=st.booleans(),
+)
+def test_plan_values_equals_the_reference_bit_for_bit(
+    seed: int, n: int, m: int, gap: int, cost: float, discounted: bool
+) -> None:
+    from serving.policy import plan_values, plan_values_reference
+
+    rng = np.random.default_rng(seed)
+    proba = rng.random((n, m))
+    proba[rng.random((n, m)) < 0.1] = np.nan
+    kwargs = {
+        "retries_left": rng.integers(1, 6, size=n),
+        "amount": rng.integers(100, 100_000, size=n).astype(np.float64),
+        "discount": 0.99 ** rng.random((n, m)) if discounted else np.ones((n, m)),
+        "cost": cost,
+        "gap_steps": gap,
+        "decay": 0.8,
+    }
+    allowed = rng.random((n, m)) < 0.8
+    got = plan_values(proba, allowed, **kwargs)
+    want = plan_values_reference(proba, allowed, **kwargs)
+    assert np.array_equal(got, want)
