@@ -34,32 +34,52 @@ ROOT = Path(__file__).resolve().parents[1]
 T0 = datetime(2026, 1, 5, 8, 12, tzinfo=UTC)
 
 
+_ZONES = (
+    ("America/New_York", "US", "usd"),
+    ("America/Los_Angeles", "US", "usd"),
+    ("Europe/London", "GB", "gbp"),
+    ("Europe/Berlin", "DE", "eur"),
+    ("Australia/Sydney", "AU", "aud"),
+    ("Asia/Kolkata", "IN", "inr"),
+    ("America/Sao_Paulo", "BR", "brl"),
+)
+# Soft declines only: every decision scores its whole 21-day window (the costly case).
+_SOFT_CODES = ("insufficient_funds", "do_not_honor", "generic_decline", "try_again_later")
+
+
 def request_body(i: int) -> dict[str, Any]:
-    """A decision request over the default 21-day window (one failed attempt)."""
+    """A decision request over the default 21-day window (one failed attempt).
+
+    Requests differ by ``i`` (deterministically): customer zone, card country and currency,
+    brand and funding, amount, card age and expiry, the failure's time of day and date, and the
+    soft decline code, so a batch looks like a billing run rather than one charge repeated.
+    """
+    zone, country, currency = _ZONES[i % len(_ZONES)]
+    failed_at = T0 + timedelta(days=(i * 7) % 28, minutes=(i * 137) % 1440)
     return {
         "charge": {
             "charge_id": f"ch_{i}",
             "customer_id": f"cus_{i}",
-            "amount": 2500,
-            "currency": "usd",
+            "amount": 500 + (i * 7919) % 20_000,
+            "currency": currency,
             "card": {
                 "brand": "visa" if i % 2 else "mastercard",
-                "funding": "debit",
-                "country": "US",
-                "added_at": "2025-03-02T10:00:00Z",
-                "exp_month": 4,
-                "exp_year": 2028,
+                "funding": ("debit", "credit", "prepaid")[i % 3],
+                "country": country,
+                "added_at": (T0 - timedelta(days=30 + (i * 53) % 1500)).isoformat(),
+                "exp_month": 1 + i % 12,
+                "exp_year": 2027 + i % 4,
             },
-            "customer_timezone": "America/New_York",
+            "customer_timezone": zone,
         },
         "attempts": [
             {
-                "attempted_at": T0.isoformat(),
+                "attempted_at": failed_at.isoformat(),
                 "outcome": "failed",
-                "decline_code": "insufficient_funds",
+                "decline_code": _SOFT_CODES[i % len(_SOFT_CODES)],
             }
         ],
-        "now": (T0 + timedelta(minutes=1)).isoformat(),
+        "now": (failed_at + timedelta(minutes=1)).isoformat(),
     }
 
 
@@ -237,6 +257,83 @@ def load_raw(
         "errors": float(errors[0]),
         "req_per_s": len(lat) / wall,
         "items_per_s": len(lat) * items_per_request / wall,
+        "p50_ms": float(np.median(arr)) if arr.size else float("nan"),
+        "p99_ms": float(np.quantile(arr, 0.99)) if arr.size else float("nan"),
+    }
+
+
+def load_poll(
+    url: str,
+    path: str,
+    bodies: list[bytes],
+    *,
+    seconds: float,
+    max_requests: int,
+    proc: subprocess.Popen[bytes] | None = None,
+) -> dict[str, float]:
+    """One client that busy-polls a non-blocking keep-alive socket for each answer.
+
+    The unloaded latency without the client's own wake-up: on this VM (Firecracker, nested
+    virtualisation, idle vCPUs halt) a process blocked in ``epoll``/``recv`` costs about 1 ms to
+    wake, charged to the sender's write, so a blocking client (:func:`load_raw`) adds that to
+    every request. Busy-polling keeps the client's core awake, as a low-latency client would;
+    the server side is unchanged. Same result keys as :func:`load_raw`.
+    """
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", int(parts.port or 80)
+    reqs = [_raw_request(path, b, f"{host}:{port}") for b in bodies]
+    sock = socket.create_connection((host, port))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.setblocking(False)
+    lat: list[float] = []
+    errors = 0
+    stop_at = time.monotonic() + seconds
+    cpu0 = server_cpu_seconds(proc)
+    started = time.perf_counter()
+    try:
+        while time.monotonic() < stop_at and len(lat) + errors < max_requests:
+            req = reqs[(len(lat) + errors) % len(reqs)]
+            t = time.perf_counter()
+            view = memoryview(req)
+            while view:
+                try:
+                    view = view[sock.send(view) :]
+                except BlockingIOError:
+                    continue
+            buf = b""
+            need = -1
+            while need < 0 or len(buf) < need:
+                try:
+                    chunk = sock.recv(1 << 20)
+                except BlockingIOError:
+                    continue
+                if not chunk:
+                    raise RuntimeError("server closed the connection")
+                buf += chunk
+                if need < 0 and b"\r\n\r\n" in buf:
+                    head, _, _ = buf.partition(b"\r\n\r\n")
+                    length = 0
+                    for line in head.split(b"\r\n"):
+                        if line[:15].lower() == b"content-length:":
+                            length = int(line[15:])
+                    need = len(head) + 4 + length
+            if int(buf[9:12]) == 200:
+                lat.append(time.perf_counter() - t)
+            else:
+                errors += 1
+    finally:
+        sock.close()
+    wall = time.perf_counter() - started
+    cpu = server_cpu_seconds(proc) - cpu0
+    arr = np.array(lat) * 1e3
+    return {
+        "cpu_ms_per_request": cpu / max(len(lat), 1) * 1e3,
+        "requests": float(len(lat)),
+        "errors": float(errors),
+        "req_per_s": len(lat) / wall,
+        "items_per_s": len(lat) / wall,
         "p50_ms": float(np.median(arr)) if arr.size else float("nan"),
         "p99_ms": float(np.quantile(arr, 0.99)) if arr.size else float("nan"),
     }
@@ -528,14 +625,18 @@ def main() -> None:
             max_requests=5000,
             proc=proc,
         )
+        polled = load_poll(
+            url, "/v1/retry-decisions", single, seconds=args.seconds, max_requests=5000, proc=proc
+        )
     finally:
         proc.terminate()
         proc.wait(timeout=30)
-    print(
-        f"HTTP unloaded (1 worker, 1 client): median {one['p50_ms']:.1f} ms, "
-        f"p99 {one['p99_ms']:.1f} ms, {one['req_per_s']:.0f} decisions/s, "
-        f"errors {one['errors']:.0f}, server CPU {one['cpu_ms_per_request']:.1f} ms/decision"
-    )
+    for label, ph in (("blocking client", one), ("busy-polling client", polled)):
+        print(
+            f"HTTP unloaded (1 worker, 1 {label}): median {ph['p50_ms']:.1f} ms, "
+            f"p99 {ph['p99_ms']:.1f} ms, {ph['req_per_s']:.0f} decisions/s, "
+            f"errors {ph['errors']:.0f}, server CPU {ph['cpu_ms_per_request']:.1f} ms/decision"
+        )
     proc, url = start_api(model, workers=2)
     try:
         sustained = {
