@@ -387,7 +387,26 @@ def plan_values(
     numpy.ndarray
         ``(n, m)`` value of a first retry at each candidate, ``-inf`` where not allowed.
     """
-    n, m = proba.shape
+    n = proba.shape[0]
+    if n > _PLAN_BLOCK_ROWS:
+        # Rows are independent: blocks of rows keep the temporaries in cache (about 2x faster
+        # on a 200-charge batch than one pass over the whole (n, m) arrays).
+        return np.concatenate(
+            [
+                plan_values(
+                    proba[k : k + _PLAN_BLOCK_ROWS],
+                    allowed[k : k + _PLAN_BLOCK_ROWS],
+                    retries_left=retries_left[k : k + _PLAN_BLOCK_ROWS],
+                    amount=amount[k : k + _PLAN_BLOCK_ROWS],
+                    discount=discount[k : k + _PLAN_BLOCK_ROWS],
+                    cost=cost,
+                    gap_steps=gap_steps,
+                    decay=decay,
+                )
+                for k in range(0, n, _PLAN_BLOCK_ROWS)
+            ]
+        )
+    m = proba.shape[1]
     # Same arithmetic, in the same order, as the textbook form (tests pin it bit for bit against
     # :func:`plan_values_reference`), with the temporaries written in place: on one charge the
     # numpy call overhead dominates, on a batch the memory traffic.
@@ -421,6 +440,9 @@ def plan_values(
         if gap_steps < m:
             np.maximum(suffix[:, gap_steps:], 0.0, out=w[:, : m - gap_steps])
     return out
+
+
+_PLAN_BLOCK_ROWS = 64
 
 
 def plan_values_reference(

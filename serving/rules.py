@@ -21,7 +21,7 @@ Sources (see ``docs/serving.md`` and the shared domain facts):
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -38,6 +38,9 @@ from features.decisions import Constraints, DecisionBatch
 
 HOUR_NS = np.int64(3_600_000_000_000)
 DAY_NS = 24 * HOUR_NS
+# The same hour as a Python int: scalar arithmetic on numpy scalars costs about 1 us a step, and
+# float * int rounds exactly as float * np.int64 (3.6e12 is exact in float64).
+_HOUR = 3_600_000_000_000
 
 VISA_SOURCE = "Visa Core Rules (April 2026): decline categories and reattempt limits"
 MASTERCARD_SOURCE = "Mastercard merchant advice codes and excessive-decline limits"
@@ -238,11 +241,10 @@ def _trailing_counts(events: np.ndarray, grid_ns: np.ndarray, span_ns: np.int64)
 
 
 def _ceil_hour(ns: int) -> int:
-    h = int(HOUR_NS)
-    return -(-ns // h) * h
+    return -(-ns // _HOUR) * _HOUR
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class _Open:
     """A charge that passed the stop rules, before its candidate grid is built."""
 
@@ -285,13 +287,141 @@ def evaluate_rules(
     return _grid_verdict(screened, constraints)
 
 
-def _screen(state: ChargeState, constraints: Constraints, *, grid_hours: int) -> RuleResult | _Open:
+@dataclass(frozen=True, slots=True)
+class _Decline:
+    """What the stop rules read of one (decline code, advice code) pair (pure, cached)."""
+
+    family: str
+    # (reason, source, action, note) when a failed attempt with this pair on the current card
+    # stops the charge, else None.
+    stop: tuple[Reason, str, str | None, str] | None
+    # Mastercard advice 24-30: (wait in ns, note) before a retry of an unchanged card.
+    wait: tuple[int, str] | None
+
+
+_DECLINES: dict[tuple[str | None, str | None], _Decline] = {}
+_DECLINES_MAX = 4096  # distinct (code, advice) pairs are few; the bound only guards memory
+
+
+def _decline(code: str | None, advice: str | None) -> _Decline:
+    """The stop-rule facts of one decline (cached: the taxonomy lookups are pure)."""
+    key = (code, advice)
+    hit = _DECLINES.get(key)
+    if hit is not None:
+        return hit
+    d = taxonomy.classify_decline(code, network_advice_code=advice)
+    family = str(d.family)
+    mac = taxonomy.mastercard_advice(advice)
+    stop: tuple[Reason, str, str | None, str] | None = None
+    # Visa category 1 and lost/stolen/pickup/fraud/closed account: never retry
+    # (Visa Core Rules, April 2026; Stripe decline codes).
+    if d.visa_category == 1 or family in _HARD_FAMILIES:
+        stop = (
+            Reason.HARD_DECLINE,
+            f"{VISA_SOURCE}; {d.source}",
+            d.action_required or ACTION_UPDATE_PAYMENT_METHOD,
+            f"hard decline {code} ({family})",
+        )
+    # Mastercard merchant advice 03 (do not try again) and 21 (payment cancelled).
+    elif mac is not None and mac.never_retry:
+        stop = (
+            Reason.NETWORK_DO_NOT_RETRY,
+            f"{MASTERCARD_SOURCE}: advice {mac.code} ({mac.meaning})",
+            d.action_required or ACTION_UPDATE_PAYMENT_METHOD,
+            f"Mastercard advice {mac.code}: {mac.meaning}",
+        )
+    elif d.rule == taxonomy.RetryRule.CUSTOMER_AUTHENTICATION:
+        # authentication_required: the customer must authenticate (Stripe never-retry list).
+        stop = (
+            Reason.CUSTOMER_AUTHENTICATION,
+            STRIPE_SOURCE,
+            ACTION_CUSTOMER_AUTHENTICATION,
+            f"{code}: the customer must authenticate the payment",
+        )
+    elif d.rule == taxonomy.RetryRule.UPDATE_PAYMENT_METHOD:
+        # expired_card on an unchanged card: ask for a new payment method.
+        stop = (
+            Reason.UPDATE_PAYMENT_METHOD,
+            f"{STRIPE_SOURCE}; {d.source}",
+            ACTION_UPDATE_PAYMENT_METHOD,
+            f"{code} on an unchanged card",
+        )
+    elif d.rule in (taxonomy.RetryRule.NEVER, taxonomy.RetryRule.NEVER_UNLESS_CARD_CHANGED) or (
+        code is not None and code in taxonomy.STRIPE_NEVER_RETRY_CODES
+    ):
+        # Stripe never-retry codes (and other hard declines): only after a card change.
+        stop = (
+            Reason.NEVER_RETRY_CODE,
+            f"{STRIPE_SOURCE}; {d.source}",
+            d.action_required or ACTION_UPDATE_PAYMENT_METHOD,
+            f"{code} is not retried until the card changes",
+        )
+    wait = None
+    if mac is not None and mac.min_wait_hours is not None:
+        # Mastercard merchant advice codes 24-30: earliest retry time after the decline.
+        wait = (
+            int(mac.min_wait_hours * _HOUR),
+            f"Mastercard advice {mac.code}: not before {mac.min_wait_hours:g} h after the decline",
+        )
+    out = _Decline(family=family, stop=stop, wait=wait)
+    if len(_DECLINES) >= _DECLINES_MAX:
+        _DECLINES.clear()
+    _DECLINES[key] = out
+    return out
+
+
+_NS = np.dtype("datetime64[ns]")
+
+
+def _ns_scalar(value: Any) -> int:
+    """``int(np.asarray(value).astype("datetime64[ns]").astype(np.int64))``, without the
+    array round trip for the usual ``datetime64[ns]`` scalar."""
+    if isinstance(value, np.datetime64) and value.dtype == _NS:
+        ns = value.item()
+        if ns is not None:  # NaT gives None: the generic path below
+            return int(ns)
+    return int(np.asarray(value).astype("datetime64[ns]").astype(np.int64))
+
+
+def _ns_array(times: np.ndarray) -> np.ndarray:
+    """``times.astype("datetime64[ns]").astype(np.int64)``; a view when already in ns (read
+    only by the callers)."""
+    if times.dtype == _NS:
+        return times.view(np.int64)
+    return times.astype("datetime64[ns]").astype(np.int64)
+
+
+@dataclass(frozen=True, slots=True)
+class _Limits:
+    """The constraints' durations in ns (once per batch rather than per charge)."""
+
+    window: int
+    gap: int
+    step: int
+
+    @classmethod
+    def of(cls, constraints: Constraints, grid_hours: int) -> _Limits:
+        return cls(
+            window=int(constraints.window_hours * _HOUR),
+            gap=int(constraints.min_gap_hours * _HOUR),
+            step=int(grid_hours * _HOUR),
+        )
+
+
+def _screen(
+    state: ChargeState,
+    constraints: Constraints,
+    *,
+    grid_hours: int,
+    limits: _Limits | None = None,
+) -> RuleResult | _Open:
     """The stop rules of one charge (hard declines, advice codes, budget, window)."""
-    n = len(state.outcomes)
+    outcomes = state.outcomes
+    n = len(outcomes)
     if n == 0:
         return _stop(state, Reason.NO_FAILED_ATTEMPT, MERCHANT_SOURCE, note="no attempts given")
     retries_used = n - 1
-    if state.outcomes[-1] == c.SUCCEEDED:
+    if outcomes[-1] == c.SUCCEEDED:
         return _stop(
             state,
             Reason.CHARGE_SUCCEEDED,
@@ -299,85 +429,41 @@ def _screen(state: ChargeState, constraints: Constraints, *, grid_hours: int) ->
             note="the last attempt succeeded",
             retries_used=retries_used,
         )
-    last_code = state.decline_codes[-1]
-    last_advice = state.advice_codes[-1]
-    info = taxonomy.classify_decline(last_code, network_advice_code=last_advice)
-    family = str(info.family)
-    declined_card = state.cards[-1]
-    card_changed = not state.current_card.same_as(declined_card)
+    codes, advices, cards, current = (
+        state.decline_codes,
+        state.advice_codes,
+        state.cards,
+        state.current_card,
+    )
+    last_code = codes[-1]
+    last = _decline(last_code, advices[-1])
+    family = last.family
+    card_changed = not current.same_as(cards[-1])
 
-    # Declines on the current card (a stolen card stays stolen, whichever attempt saw it).
-    same_card = [
-        i
-        for i in range(n)
-        if state.outcomes[i] == c.FAILED and state.current_card.same_as(state.cards[i])
-    ]
-    for i in same_card:
-        code, advice = state.decline_codes[i], state.advice_codes[i]
-        d = info if i == n - 1 else taxonomy.classify_decline(code, network_advice_code=advice)
-        d_family = str(d.family)
-        # Visa category 1 and lost/stolen/pickup/fraud/closed account: never retry
-        # (Visa Core Rules, April 2026; Stripe decline codes).
-        if d.visa_category == 1 or d_family in _HARD_FAMILIES:
+    # Declines on the current card, oldest first (a stolen card stays stolen, whichever
+    # attempt saw it); the first one that stops decides.
+    failed = c.FAILED
+    for i in range(n):
+        if outcomes[i] != failed:
+            continue
+        if i == n - 1:
+            if card_changed:
+                continue
+            d = last
+        elif current.same_as(cards[i]):
+            d = _decline(codes[i], advices[i])
+        else:
+            continue
+        if d.stop is not None:
+            reason, source, action, note = d.stop
             return _stop(
                 state,
-                Reason.HARD_DECLINE,
-                f"{VISA_SOURCE}; {d.source}",
-                action=d.action_required or ACTION_UPDATE_PAYMENT_METHOD,
-                note=f"hard decline {code} ({d_family})",
-                decline_code=code,
-                family=d_family,
-                retries_used=retries_used,
-            )
-        # Mastercard merchant advice 03 (do not try again) and 21 (payment cancelled).
-        mac = taxonomy.mastercard_advice(advice)
-        if mac is not None and mac.never_retry:
-            return _stop(
-                state,
-                Reason.NETWORK_DO_NOT_RETRY,
-                f"{MASTERCARD_SOURCE}: advice {mac.code} ({mac.meaning})",
-                action=d.action_required or ACTION_UPDATE_PAYMENT_METHOD,
-                note=f"Mastercard advice {mac.code}: {mac.meaning}",
-                decline_code=code,
-                family=d_family,
-                retries_used=retries_used,
-            )
-        if d.rule == taxonomy.RetryRule.CUSTOMER_AUTHENTICATION:
-            # authentication_required: the customer must authenticate (Stripe never-retry list).
-            return _stop(
-                state,
-                Reason.CUSTOMER_AUTHENTICATION,
-                STRIPE_SOURCE,
-                action=ACTION_CUSTOMER_AUTHENTICATION,
-                note=f"{code}: the customer must authenticate the payment",
-                decline_code=code,
-                family=d_family,
-                retries_used=retries_used,
-            )
-        if d.rule == taxonomy.RetryRule.UPDATE_PAYMENT_METHOD:
-            # expired_card on an unchanged card: ask for a new payment method.
-            return _stop(
-                state,
-                Reason.UPDATE_PAYMENT_METHOD,
-                f"{STRIPE_SOURCE}; {d.source}",
-                action=ACTION_UPDATE_PAYMENT_METHOD,
-                note=f"{code} on an unchanged card",
-                decline_code=code,
-                family=d_family,
-                retries_used=retries_used,
-            )
-        if d.rule in (taxonomy.RetryRule.NEVER, taxonomy.RetryRule.NEVER_UNLESS_CARD_CHANGED) or (
-            code is not None and code in taxonomy.STRIPE_NEVER_RETRY_CODES
-        ):
-            # Stripe never-retry codes (and other hard declines): only after a card change.
-            return _stop(
-                state,
-                Reason.NEVER_RETRY_CODE,
-                f"{STRIPE_SOURCE}; {d.source}",
-                action=d.action_required or ACTION_UPDATE_PAYMENT_METHOD,
-                note=f"{code} is not retried until the card changes",
-                decline_code=code,
-                family=d_family,
+                reason,
+                source,
+                action=action,
+                note=note,
+                decline_code=codes[i],
+                family=d.family,
                 retries_used=retries_used,
             )
 
@@ -394,27 +480,24 @@ def _screen(state: ChargeState, constraints: Constraints, *, grid_hours: int) ->
             retries_used=retries_used,
         )
 
-    times_ns = state.attempt_times.astype("datetime64[ns]").astype(np.int64)
-    failed_idx = [i for i in range(n) if state.outcomes[i] == c.FAILED]
+    lim = limits or _Limits.of(constraints, grid_hours)
+    times_ns = _ns_array(state.attempt_times)
+    failed_idx = [i for i in range(n) if outcomes[i] == failed]
     first_failure = int(times_ns[failed_idx[0]])
     last_attempt = int(times_ns[-1])
-    now = int(np.asarray(state.now).astype("datetime64[ns]").astype(np.int64))
-    window_end = first_failure + int(constraints.window_hours * HOUR_NS)
+    now = _ns_scalar(state.now)
+    window_end = first_failure + lim.window
     notes: list[str] = []
-    earliest = max(now, last_attempt + int(constraints.min_gap_hours * HOUR_NS))
+    earliest = max(now, last_attempt + lim.gap)
 
     # Mastercard merchant advice codes 24-30: earliest retry time after the decline.
-    mac_last = None if card_changed else taxonomy.mastercard_advice(last_advice)
-    if mac_last is not None and mac_last.min_wait_hours is not None:
-        advised = last_attempt + int(mac_last.min_wait_hours * HOUR_NS)
+    if not card_changed and last.wait is not None:
+        wait, note = last.wait
+        advised = last_attempt + wait
         if advised > earliest:
             earliest = advised
-        notes.append(
-            f"Mastercard advice {mac_last.code}: not before {mac_last.min_wait_hours:g} h "
-            "after the decline"
-        )
+        notes.append(note)
 
-    step = int(grid_hours * HOUR_NS)
     start = _ceil_hour(earliest)
     if start > window_end:
         return _stop(
@@ -431,20 +514,22 @@ def _screen(state: ChargeState, constraints: Constraints, *, grid_hours: int) ->
         now=now,
         start=start,
         window_end=window_end,
-        step=step,
+        step=lim.step,
         retries_left=retries_left,
         retries_used=retries_used,
         first_failure=first_failure,
         notes=notes,
         last_code=last_code,
         family=family,
-        brand=state.current_card.brand.lower(),
+        brand=current.brand.lower(),
     )
 
 
 def _charge_caps(o: _Open, grid_ns: np.ndarray) -> np.ndarray:
     """The networks' reattempt caps of one screened charge at its grid times ``grid_ns``."""
     state, now, brand = o.state, o.now, o.brand
+    if not _may_cap(brand, state.card_event_times.size):
+        return np.ones(grid_ns.shape, dtype=bool)
     ev = state.card_event_times.astype("datetime64[ns]").astype(np.int64)
     keep = ev < now
     ev, ev_failed, ev_retry = (
@@ -469,31 +554,59 @@ def _charge_caps(o: _Open, grid_ns: np.ndarray) -> np.ndarray:
     return cap
 
 
+def _grid_hours(grid_ns: np.ndarray, step: int, zone: str) -> np.ndarray:
+    """:func:`local_hours` of one charge's grid ``grid_ns`` (int64 ns, ascending by ``step``)."""
+    first_ns = int(grid_ns[0])
+    if first_ns % _HOUR == 0 and step % _HOUR == 0:
+        # Whole-hour grid: with one UTC offset over the grid (as local_hours checks), the local
+        # hour of point r is (h0 + r * step hours) % 24, h0 that of the first point (floor
+        # division distributes over whole hours exactly).
+        if zone in ("UTC", "Etc/UTC"):
+            off = 0
+        else:
+            first = _utc_offset(zone, first_ns)
+            if first is None or first != _utc_offset(zone, int(grid_ns[-1])):
+                return local_hours(grid_ns.view("datetime64[ns]"), zone)
+            off = int(first.total_seconds()) * 1_000_000_000
+        h0 = ((first_ns + off) // _HOUR) % 24
+        return (np.arange(h0, h0 + grid_ns.size * (step // _HOUR), step // _HOUR) % 24).astype(
+            np.int64, copy=False
+        )
+    return local_hours(grid_ns.view("datetime64[ns]"), zone)
+
+
 def _grid_verdict(o: _Open, constraints: Constraints) -> RuleResult:
     """The candidate grid of one screened charge: quiet hours and the networks' caps."""
     state, notes = o.state, list(o.notes)
     retries_left, retries_used, first_failure = o.retries_left, o.retries_used, o.first_failure
     last_code, family = o.last_code, o.family
     grid_ns = np.arange(o.start, o.window_end + 1, o.step, dtype=np.int64)
-    grid = grid_ns.astype("datetime64[ns]")
+    grid = grid_ns.view("datetime64[ns]")
     allowed = np.ones(grid.shape, dtype=bool)
     excluded: dict[str, int] = {}
-    hours = local_hours(grid, state.timezone)
+    hours = _grid_hours(grid_ns, o.step, state.timezone)
+    # Every candidate stays allowed unless quiet hours or a cap exclude some (then check).
+    check = False
 
     if constraints.quiet_hours is not None:
         q0, q1 = constraints.quiet_hours
         quiet = (hours >= q0) & (hours < q1) if q0 <= q1 else (hours >= q0) | (hours < q1)
         excluded[Reason.QUIET_HOURS] = int((allowed & quiet).sum())
         allowed &= ~quiet
+        check = True
 
     brand = o.brand
-    cap = _charge_caps(o, grid_ns)
-    excluded[Reason.NETWORK_LIMIT] = int((allowed & ~cap).sum())
-    allowed &= cap
+    if _may_cap(brand, state.card_event_times.size):
+        cap = _charge_caps(o, grid_ns)
+        excluded[Reason.NETWORK_LIMIT] = int((allowed & ~cap).sum())
+        allowed &= cap
+        check = True
+    else:  # too few card events to reach a cap
+        excluded[Reason.NETWORK_LIMIT] = 0
     if excluded[Reason.NETWORK_LIMIT]:
         notes.append(f"{excluded[Reason.NETWORK_LIMIT]} candidate hours over {brand} caps")
 
-    if not allowed.any():
+    if check and not allowed.any():
         reason = (
             Reason.NETWORK_LIMIT
             if excluded.get(Reason.NETWORK_LIMIT, 0) > 0
@@ -663,6 +776,9 @@ def _group_sorted(keys: list[Any], times: np.ndarray) -> tuple[dict[Any, np.ndar
     """Rows grouped by key, each group in time order (stable): key -> row positions."""
     if not keys:
         return {}, np.array([], dtype=np.int64)
+    if len(set(keys)) == 1:  # the dict's notion of equal keys, as ``lookup`` below
+        # One key (a single-charge request): the stable time order is the whole grouping.
+        return {keys[0]: np.argsort(times, kind="stable")}, np.zeros(len(keys), dtype=np.int64)
     lookup: dict[Any, int] = {}
     codes = np.fromiter(
         (lookup.setdefault(k, len(lookup)) for k in keys), dtype=np.int64, count=len(keys)
@@ -672,6 +788,32 @@ def _group_sorted(keys: list[Any], times: np.ndarray) -> tuple[dict[Any, np.ndar
     bounds = np.searchsorted(sorted_codes, np.arange(len(lookup) + 1))
     groups = {k: order[bounds[v] : bounds[v + 1]] for k, v in lookup.items()}
     return groups, codes
+
+
+def _view_ns(values: np.ndarray) -> np.ndarray:
+    return values.view("datetime64[ns]")
+
+
+def _astype_ns(values: np.ndarray) -> np.ndarray:
+    return values.astype("datetime64[ns]")
+
+
+_ZONES: dict[tuple[Any, Any], str] = {}
+
+
+def _resolve_zone_cached(customer_timezone: Any, card_country: Any) -> str:
+    """:func:`resolve_zone`, memoised (it validates the zone through ZoneInfo on every call)."""
+    try:
+        return _ZONES[(customer_timezone, card_country)]
+    except KeyError:
+        pass
+    except TypeError:  # unhashable values: not cached
+        return resolve_zone(customer_timezone, card_country)
+    zone = resolve_zone(customer_timezone, card_country)
+    if len(_ZONES) >= 4096:
+        _ZONES.clear()
+    _ZONES[(customer_timezone, card_country)] = zone
+    return zone
 
 
 def charge_states_from_rows(
@@ -715,6 +857,13 @@ def charge_states_from_rows(
                 seen.add(cid)
     now_ns = np.asarray(now).astype("datetime64[ns]")
     empty_t = np.array([], dtype="datetime64[ns]")
+    # int64 ns columns as datetime64[ns]: a view of the (fresh, fancy-indexed) rows; other
+    # dtypes are converted as before.
+    as_ns: Callable[[np.ndarray], np.ndarray] = (
+        _view_ns if attempts.attempted_at.dtype == np.int64 else _astype_ns
+    )
+    failed_all: np.ndarray | None = None  # per attempt row: failed (built when first needed)
+    retry_all: np.ndarray | None = None  # per attempt row: not the first of its charge
     states: list[ChargeState] = []
     for k, charge_id in enumerate(list(charge_ids)):
         t_now = now_ns[k]
@@ -734,27 +883,60 @@ def charge_states_from_rows(
             )
             continue
         rows = idx.tolist()
-        times = attempts.attempted_at[idx].astype("datetime64[ns]")
-        cards = tuple(attempts.card(i) for i in rows)
+        times = as_ns(attempts.attempted_at[idx])
+        cards = tuple([attempts.card(i) for i in rows])
         current = None if current_cards is None else current_cards[k]
         current = current or cards[-1]
-        outcomes = tuple(attempts.outcome[i] for i in rows)
+        outcomes = tuple([attempts.outcome[i] for i in rows])
         last = rows[-1]
-        zone = resolve_zone(attempts.timezone[last], attempts.country[last])
-        # Card events: this charge's attempts plus the customer's other charges on this card.
-        ev_t = [attempts.attempted_at[idx]]
-        ev_f = [np.array([o == c.FAILED for o in outcomes], dtype=bool)]
-        ev_r = [np.arange(len(outcomes)) > 0]
-        ev_same = [attempts.same_card(current, idx)]
+        zone = _resolve_zone_cached(attempts.timezone[last], attempts.country[last])
+        decline_codes = tuple([attempts.decline_code[i] for i in rows])
+        advice_codes = tuple([attempts.advice_code[i] for i in rows])
+        hidx = None
         if history is not None and hist_groups:
             hidx = hist_groups.get(attempts.customer_id[last])
             if hidx is not None and hidx.size:
                 hidx = hidx[np.array([history.charge_id[i] != charge_id for i in hidx.tolist()])]
-                if hidx.size:
-                    ev_t.append(history.attempted_at[hidx])
-                    ev_f.append(np.array([history.outcome[i] == c.FAILED for i in hidx.tolist()]))
-                    ev_r.append(hist_retry[hidx])
-                    ev_same.append(history.same_card(current, hidx))
+        if history is None or hidx is None or not hidx.size:
+            # No other charge of the customer: the card events are this charge's attempts on
+            # the current card (read from batch-wide columns rather than rebuilt per charge).
+            if failed_all is None:
+                failed_all = np.fromiter(
+                    (o == c.FAILED for o in attempts.outcome), dtype=bool, count=len(attempts)
+                )
+                retry_all = np.ones(len(attempts), dtype=bool)
+                retry_all[[g[0] for g in groups.values()]] = False
+            assert retry_all is not None
+            same = attempts.same_card(current, idx)
+            sel = idx if same.all() else idx[same]
+            states.append(
+                ChargeState(
+                    charge_id=str(charge_id),
+                    now=t_now,
+                    attempt_times=times,
+                    outcomes=outcomes,
+                    decline_codes=decline_codes,
+                    advice_codes=advice_codes,
+                    cards=cards,
+                    current_card=current,
+                    timezone=zone,
+                    card_event_times=as_ns(attempts.attempted_at[sel]),
+                    card_event_failed=failed_all[sel],
+                    card_event_is_retry=retry_all[sel],
+                )
+            )
+            continue
+        # Card events: this charge's attempts plus the customer's other charges on this card.
+        ev_t = [attempts.attempted_at[idx], history.attempted_at[hidx]]
+        ev_f = [
+            np.array([o == c.FAILED for o in outcomes], dtype=bool),
+            np.array([history.outcome[i] == c.FAILED for i in hidx.tolist()]),
+        ]
+        ev_r = [np.arange(len(outcomes)) > 0, hist_retry[hidx]]
+        ev_same = [
+            attempts.same_card(current, idx),
+            history.same_card(current, hidx),
+        ]
         same = np.concatenate(ev_same)
         states.append(
             ChargeState(
@@ -762,8 +944,8 @@ def charge_states_from_rows(
                 now=t_now,
                 attempt_times=times,
                 outcomes=outcomes,
-                decline_codes=tuple(attempts.decline_code[i] for i in rows),
-                advice_codes=tuple(attempts.advice_code[i] for i in rows),
+                decline_codes=decline_codes,
+                advice_codes=advice_codes,
                 cards=cards,
                 current_card=current,
                 timezone=zone,
@@ -861,7 +1043,8 @@ def _grid_verdicts(opened: list[_Open], constraints: Constraints) -> list[RuleRe
     else:
         seg = np.repeat(np.arange(k, dtype=np.int64), sizes)
         flat_ns = start[seg] + (np.arange(total, dtype=np.int64) - bounds[seg]) * step[seg]
-    flat = flat_ns.astype("datetime64[ns]")
+    # A view, not a copy: the results' grids are slices of it, as they were of the copy.
+    flat = flat_ns.view("datetime64[ns]")
     last = start + (sizes - 1) * step
     lo, hi = bounds[:-1].tolist(), bounds[1:].tolist()
 
@@ -878,7 +1061,18 @@ def _grid_verdicts(opened: list[_Open], constraints: Constraints) -> list[RuleRe
             offset[j] = int(first.total_seconds()) * 1_000_000_000
         else:
             slow.append(j)
-    hours = ((flat_ns + np.repeat(offset, sizes)) // HOUR_NS) % 24
+    step0 = int(step[0])
+    if step0 % HOUR_NS == 0 and bool((step == step0).all()) and not (start % HOUR_NS).any():
+        # Whole-hour grids: the local hour of point r is (h0 + r * grid hours) % 24 with h0 the
+        # local hour of the start (floor division distributes over whole hours exactly), so
+        # each charge's hours are a prefix of one of at most 24 precomputed cycles; cheaper
+        # than dividing every grid time.
+        h0 = (((start + offset) // HOUR_NS) % 24).tolist()
+        cycle = np.arange(int(sizes.max()), dtype=np.int64) * (step0 // int(HOUR_NS))
+        cycles = {h: (cycle + h) % 24 for h in set(h0)}
+        hours = np.concatenate([cycles[h][:m] for h, m in zip(h0, sizes.tolist(), strict=True)])
+    else:
+        hours = ((flat_ns + np.repeat(offset, sizes)) // HOUR_NS) % 24
     for j in slow:
         hours[lo[j] : hi[j]] = local_hours(flat[lo[j] : hi[j]], opened[j].state.timezone)
 
@@ -890,10 +1084,27 @@ def _grid_verdicts(opened: list[_Open], constraints: Constraints) -> list[RuleRe
         quiet_excluded = np.add.reduceat(quiet, bounds[:-1]).tolist()
         allowed &= ~quiet
 
-    cap = _network_caps(opened, flat_ns, sizes, bounds, start, last)
-    network = allowed & ~cap
-    network_excluded = np.add.reduceat(network, bounds[:-1]).tolist()
-    allowed &= cap
+    capped = _capped(opened)
+    if capped.any():
+        cap = np.ones(total, dtype=bool)
+        rows = np.repeat(capped, sizes)
+        sel = np.flatnonzero(capped).tolist()
+        sub_sizes = sizes[capped]
+        sub_bounds = np.zeros(len(sel) + 1, dtype=np.int64)
+        np.cumsum(sub_sizes, out=sub_bounds[1:])
+        cap[rows] = _network_caps(
+            [opened[j] for j in sel],
+            flat_ns[rows],
+            sub_sizes,
+            sub_bounds,
+            start[capped],
+            last[capped],
+        )
+        network = allowed & ~cap
+        network_excluded = np.add.reduceat(network, bounds[:-1]).tolist()
+        allowed &= cap
+    else:  # no charge has enough card events to reach a cap
+        network_excluded = [0] * k
     any_allowed = np.logical_or.reduceat(allowed, bounds[:-1]).tolist()
 
     results: list[RuleResult] = []
@@ -943,6 +1154,32 @@ def _grid_verdicts(opened: list[_Open], constraints: Constraints) -> list[RuleRe
             )
         )
     return results
+
+
+# Fewest card events that can reach a network's cap (a trailing count never exceeds the
+# number of events): charges with fewer are never capped and skip the counting.
+_VISA_MIN_EVENTS = taxonomy.VISA_MAX_REATTEMPTS_30D
+_MASTERCARD_MIN_EVENTS = min(
+    taxonomy.MASTERCARD_MAX_DECLINES_24H, taxonomy.MASTERCARD_MAX_DECLINES_30D
+)
+
+
+def _may_cap(brand: str, n_events: int) -> bool:
+    """Whether a charge of ``brand`` with ``n_events`` card events can reach a network cap."""
+    if brand == "visa":
+        return n_events >= _VISA_MIN_EVENTS
+    if brand == "mastercard":
+        return n_events >= _MASTERCARD_MIN_EVENTS
+    return False
+
+
+def _capped(opened: list[_Open]) -> np.ndarray:
+    """Which screened charges can reach a network cap (:func:`_may_cap`)."""
+    return np.fromiter(
+        (_may_cap(o.brand, o.state.card_event_times.size) for o in opened),
+        dtype=bool,
+        count=len(opened),
+    )
 
 
 # Largest search key of the batched caps (int64 with headroom).

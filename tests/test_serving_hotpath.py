@@ -62,7 +62,7 @@ def test_memoised_times_and_labels_are_the_plain_ones() -> None:
 @settings(max_examples=60, deadline=None)
 @given(
     seed=st.integers(0, 2**32 - 1),
-    n=st.integers(1, 6),
+    n=st.integers(1, 150),
     m=st.integers(1, 60),
     gap=st.integers(1, 30),
     cost=st.sampled_from([0.0, 0.5, 30.0]),
