@@ -14,6 +14,7 @@ load generator (Python threads) shares the two cores with the server.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import socket
@@ -262,81 +263,35 @@ def load_raw(
     }
 
 
-def load_poll(
-    url: str,
-    path: str,
-    bodies: list[bytes],
-    *,
-    seconds: float,
-    max_requests: int,
-    proc: subprocess.Popen[bytes] | None = None,
-) -> dict[str, float]:
-    """One client that busy-polls a non-blocking keep-alive socket for each answer.
+def pin_to_one_core(proc: subprocess.Popen[bytes], cpu: int = 0) -> Callable[[], None] | None:
+    """Pin the server (all its processes) and this load generator to one core; return an undo.
 
-    The unloaded latency without the client's own wake-up: on this VM (Firecracker, nested
-    virtualisation, idle vCPUs halt) a process blocked in ``epoll``/``recv`` costs about 1 ms to
-    wake, charged to the sender's write, so a blocking client (:func:`load_raw`) adds that to
-    every request. Busy-polling keeps the client's core awake, as a low-latency client would;
-    the server side is unchanged. Same result keys as :func:`load_raw`.
+    On this VM (Firecracker, nested virtualisation, idle vCPUs halt) waking a process that
+    sleeps on the *other* vCPU costs about 1 ms of CPU, charged to the process that writes to
+    the socket, so a one-client ping-pong across the two cores measures the VM's wake-ups as
+    much as the server. On one core a wake-up is a plain context switch. None when CPU affinity
+    is not available (not Linux, no psutil).
     """
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(url)
-    host, port = parts.hostname or "127.0.0.1", int(parts.port or 80)
-    reqs = [_raw_request(path, b, f"{host}:{port}") for b in bodies]
-    sock = socket.create_connection((host, port))
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.setblocking(False)
-    lat: list[float] = []
-    errors = 0
-    stop_at = time.monotonic() + seconds
-    cpu0 = server_cpu_seconds(proc)
-    started = time.perf_counter()
     try:
-        while time.monotonic() < stop_at and len(lat) + errors < max_requests:
-            req = reqs[(len(lat) + errors) % len(reqs)]
-            t = time.perf_counter()
-            view = memoryview(req)
-            while view:
-                try:
-                    view = view[sock.send(view) :]
-                except BlockingIOError:
-                    continue
-            buf = b""
-            need = -1
-            while need < 0 or len(buf) < need:
-                try:
-                    chunk = sock.recv(1 << 20)
-                except BlockingIOError:
-                    continue
-                if not chunk:
-                    raise RuntimeError("server closed the connection")
-                buf += chunk
-                if need < 0 and b"\r\n\r\n" in buf:
-                    head, _, _ = buf.partition(b"\r\n\r\n")
-                    length = 0
-                    for line in head.split(b"\r\n"):
-                        if line[:15].lower() == b"content-length:":
-                            length = int(line[15:])
-                    need = len(head) + 4 + length
-            if int(buf[9:12]) == 200:
-                lat.append(time.perf_counter() - t)
-            else:
-                errors += 1
-    finally:
-        sock.close()
-    wall = time.perf_counter() - started
-    cpu = server_cpu_seconds(proc) - cpu0
-    arr = np.array(lat) * 1e3
-    return {
-        "cpu_ms_per_request": cpu / max(len(lat), 1) * 1e3,
-        "requests": float(len(lat)),
-        "errors": float(errors),
-        "req_per_s": len(lat) / wall,
-        "items_per_s": len(lat) / wall,
-        "p50_ms": float(np.median(arr)) if arr.size else float("nan"),
-        "p99_ms": float(np.quantile(arr, 0.99)) if arr.size else float("nan"),
-    }
+        import psutil
+
+        root = psutil.Process(proc.pid)
+        procs = [root, *root.children(recursive=True)]
+        before = [p.cpu_affinity() for p in procs]
+        own = os.sched_getaffinity(0)
+        for p in procs:
+            p.cpu_affinity([cpu])
+        os.sched_setaffinity(0, {cpu})
+    except (ImportError, AttributeError, OSError):
+        return None
+
+    def undo() -> None:
+        os.sched_setaffinity(0, own)
+        for p, cpus in zip(procs, before, strict=True):
+            with contextlib.suppress(psutil.Error):
+                p.cpu_affinity(cpus)
+
+    return undo
 
 
 def server_cpu_seconds(proc: subprocess.Popen[bytes] | None) -> float:
@@ -625,15 +580,28 @@ def main() -> None:
             max_requests=5000,
             proc=proc,
         )
-        polled = load_poll(
-            url, "/v1/retry-decisions", single, seconds=args.seconds, max_requests=5000, proc=proc
-        )
+        undo = pin_to_one_core(proc)
+        phases = [("1 client", one)]
+        if undo is not None:
+            try:
+                pinned = load_raw(
+                    url,
+                    "/v1/retry-decisions",
+                    single,
+                    clients=1,
+                    seconds=args.seconds,
+                    max_requests=5000,
+                    proc=proc,
+                )
+            finally:
+                undo()
+            phases.append(("1 client, client and server pinned to one core", pinned))
     finally:
         proc.terminate()
         proc.wait(timeout=30)
-    for label, ph in (("blocking client", one), ("busy-polling client", polled)):
+    for label, ph in phases:
         print(
-            f"HTTP unloaded (1 worker, 1 {label}): median {ph['p50_ms']:.1f} ms, "
+            f"HTTP unloaded (1 worker, {label}): median {ph['p50_ms']:.1f} ms, "
             f"p99 {ph['p99_ms']:.1f} ms, {ph['req_per_s']:.0f} decisions/s, "
             f"errors {ph['errors']:.0f}, server CPU {ph['cpu_ms_per_request']:.1f} ms/decision"
         )
