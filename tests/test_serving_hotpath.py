@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -76,7 +78,7 @@ def test_plan_values_equals_the_reference_bit_for_bit(
     rng = np.random.default_rng(seed)
     proba = rng.random((n, m))
     proba[rng.random((n, m)) < 0.1] = np.nan
-    kwargs = {
+    kwargs: dict[str, Any] = {
         "retries_left": rng.integers(1, 6, size=n),
         "amount": rng.integers(100, 100_000, size=n).astype(np.float64),
         "discount": 0.99 ** rng.random((n, m)) if discounted else np.ones((n, m)),
