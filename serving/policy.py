@@ -28,6 +28,8 @@ recomputed at every call, so only its first step is ever executed.
 
 from __future__ import annotations
 
+import itertools
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -975,12 +977,43 @@ class PlannerPolicy(_RulesPolicy):
         p_rules = np.where(rule_allowed, proba, np.nan)
         best_next_day = np.fmax.reduce(p_rules[:, :24], axis=1)
         best_window = np.fmax.reduce(p_rules, axis=1)
-        night_mean = _night_means(p_rules, _NIGHT_TABLE[_padded_hours(rules, m)] & rule_allowed)
+        hours = _padded_hours(rules, m)
+        night_mean = _night_means(p_rules, _NIGHT_TABLE[hours] & rule_allowed)
         grid_ns = grid.view(np.int64)
+        # The per-charge loop reads Python scalars gathered for the whole batch at once (a
+        # numpy scalar access costs about a microsecond here, several per charge otherwise).
+        at = (np.arange(len(rules)), chosen)
+        val_at = values[at].tolist()
+        p_at = proba[at].tolist()
+        t_at = grid_ns[at].tolist()
+        hour_at = hours[at].tolist()
+        next_day_l = best_next_day.tolist()
+        window_l = best_window.tolist()
+        night_l = night_mean.tolist()
+        alt_rows = [i for i, picks in enumerate(alt_picks) for _ in picks or ()]
+        alt_cols = [j for picks in alt_picks for j in picks or ()]
+        alt_t = iter(grid_ns[alt_rows, alt_cols].tolist())
+        alt_p = iter(proba[alt_rows, alt_cols].tolist())
         for i, r in enumerate(rules):
-            val = values[i]
             j = int(chosen[i])
-            if not np.isfinite(val[j]) or val[j] <= 0:
+            value = val_at[i]
+            picks = alt_picks[i]
+            alternatives = (
+                ()
+                if picks is None
+                else tuple(
+                    Alternative(
+                        retry_at=_timestamp(t),
+                        success_probability=None if pj != pj else round(pj, 4),
+                    )
+                    for t, pj in zip(
+                        itertools.islice(alt_t, len(picks)),
+                        itertools.islice(alt_p, len(picks)),
+                        strict=True,
+                    )
+                )
+            )
+            if not math.isfinite(value) or value <= 0:
                 out.append(
                     Decision(
                         charge_id=r.charge_id,
@@ -998,7 +1031,6 @@ class PlannerPolicy(_RulesPolicy):
                 )
                 continue
             p_row = proba[i]
-            picks = alt_picks[i]
             factors = self._factors(
                 r,
                 zones[i],
@@ -1006,25 +1038,28 @@ class PlannerPolicy(_RulesPolicy):
                 j,
                 scores.features,
                 i * m + j,
-                best_next_day=float(best_next_day[i]),
-                best_window=float(best_window[i]),
-                night_mean=float(night_mean[i]),
+                best_next_day=next_day_l[i],
+                best_window=window_l[i],
+                night_mean=night_l[i],
+                p_at=p_at[i],
+                t_ns=t_at[i],
+                hour=hour_at[i],
             )
             out.append(
                 Decision(
                     charge_id=r.charge_id,
                     action="retry",
-                    retry_at=_timestamp(int(grid_ns[i, j])),
-                    success_probability=round(float(p_row[j]), 4),
+                    retry_at=_timestamp(t_at[i]),
+                    success_probability=round(p_at[i], 4),
                     reason=str(self._reason),
                     source="model",
                     action_required=None,
                     alternatives=(
-                        _alternatives(grid[i], p_row, picks)
+                        alternatives
                         if picks is not None
                         else _pick_alternatives(
                             grid[i],
-                            val,
+                            values[i],
                             p_row,
                             j,
                             k=self.config.n_alternatives,
@@ -1034,7 +1069,7 @@ class PlannerPolicy(_RulesPolicy):
                     explanation="; ".join(factors),
                     model_version=self.model_version,
                     policy=self.name,
-                    expected_value=round(float(val[j]), 2),
+                    expected_value=round(value, 2),
                     factors=tuple(factors),
                 )
             )
@@ -1054,34 +1089,42 @@ class PlannerPolicy(_RulesPolicy):
         best_next_day: float | None = None,
         best_window: float | None = None,
         night_mean: float | None = None,
+        p_at: float | None = None,
+        t_ns: int | None = None,
+        hour: int | None = None,
     ) -> list[str]:
         """Explanation factors; ``best_next_day`` / ``best_window`` (the allowed times' best
-        probability in the first 24 grid steps / the window, NaN if none) and ``night_mean``
-        (:func:`_night_means` of the charge) when precomputed for the whole batch."""
+        probability in the first 24 grid steps / the window, NaN if none), ``night_mean``
+        (:func:`_night_means` of the charge), ``p_at`` / ``t_ns`` / ``hour`` (the probability,
+        UTC nanoseconds and local hour at ``j``) when precomputed for the whole batch."""
         n = len(rule.grid)
-        p = np.where(rule.allowed, proba[:n], np.nan)
-        # fmax.reduce = nanmax without its warnings (NaN only when every value is NaN).
-        if best_next_day is None:
-            best_next_day = float(np.fmax.reduce(p[: min(n, 24)]))
-        if best_window is None:
-            best_window = float(np.fmax.reduce(p))
+        if best_next_day is None or best_window is None or night_mean is None:
+            p = np.where(rule.allowed, proba[:n], np.nan)
+            # fmax.reduce = nanmax without its warnings (NaN only when every value is NaN).
+            if best_next_day is None:
+                best_next_day = float(np.fmax.reduce(p[: min(n, 24)]))
+            if best_window is None:
+                best_window = float(np.fmax.reduce(p))
+            if night_mean is None:
+                night = (_NIGHT_TABLE[rule.local_hours] & rule.allowed)[None, :]
+                night_mean = float(_night_means(p[None, :], night)[0])
+        if p_at is None:
+            p_at = float(proba[j])
+        if t_ns is None:
+            t_ns = int(rule.grid.view(np.int64)[j])
+        if hour is None:
+            hour = int(rule.local_hours[j])
         # No allowed time in the next 24 h (e.g. Mastercard advice 26: retry after 2 days).
-        next_day = f"{best_next_day:.2f}" if np.isfinite(best_next_day) else "no allowed time"
-        label = _local_label(int(rule.grid[j].view(np.int64)), zone, int(rule.local_hours[j]))
+        next_day = f"{best_next_day:.2f}" if math.isfinite(best_next_day) else "no allowed time"
         factors = [
-            f"retry {label}",
-            f"P(success) {proba[j]:.2f} there vs {next_day} best in the next "
+            f"retry {_local_label(t_ns, zone, hour)}",
+            f"P(success) {p_at:.2f} there vs {next_day} best in the next "
             f"24 h and {best_window:.2f} best in the window",
             f"planned over {rule.retries_left} retr{'y' if rule.retries_left == 1 else 'ies'} left",
         ]
-        hours = rule.local_hours
-        if int(hours[j]) not in NIGHT_HOURS:
-            if night_mean is None:
-                night_mean = float(
-                    _night_means(p[None, :], (_NIGHT_TABLE[hours] & rule.allowed)[None, :])[0]
-                )
+        if hour not in NIGHT_HOURS:
             p_night = night_mean
-            if p_night < proba[j]:
+            if p_night < p_at:
                 factors.append(f"issuer night window avoided (mean P {p_night:.2f} at 00-06 local)")
         factors.extend(_feature_factors(features, feature_row))
         factors.extend(rule.notes)
