@@ -571,31 +571,26 @@ def main() -> None:
     single = decision_bodies()
     proc, url = start_api(model, workers=1)
     try:
-        one = load_raw(
-            url,
-            "/v1/retry-decisions",
-            single,
-            clients=1,
-            seconds=args.seconds,
-            max_requests=5000,
-            proc=proc,
-        )
-        undo = pin_to_one_core(proc)
+
+        def one_client() -> dict[str, float]:
+            return load_raw(
+                url,
+                "/v1/retry-decisions",
+                single,
+                clients=1,
+                seconds=args.seconds,
+                max_requests=5000,
+                proc=proc,
+            )
+
+        one = one_client()
         phases = [("1 client", one)]
+        undo = pin_to_one_core(proc)
         if undo is not None:
             try:
-                pinned = load_raw(
-                    url,
-                    "/v1/retry-decisions",
-                    single,
-                    clients=1,
-                    seconds=args.seconds,
-                    max_requests=5000,
-                    proc=proc,
-                )
+                phases.append(("1 client, client and server pinned to one core", one_client()))
             finally:
                 undo()
-            phases.append(("1 client, client and server pinned to one core", pinned))
     finally:
         proc.terminate()
         proc.wait(timeout=30)

@@ -1413,21 +1413,11 @@ def _calendar_table(lo: int, span: int) -> dict[str, np.ndarray]:
     return table
 
 
-# The day features of :func:`_calendar_columns` (in its order), then its helper columns.
-_CALENDAR_FEATURES: Final[tuple[str, ...]] = (
-    "local_weekday",
-    "local_day_of_month",
-    "days_to_month_end",
-    "is_business_day",
-    "days_since_1st",
-    "days_until_1st",
-    "days_since_15th",
-    "days_until_15th",
-    "days_since_last_business_day",
-    "days_until_last_business_day",
-    "days_since_friday",
-    "days_until_friday",
-)
+# The day features of :func:`_calendar_columns` (local weekday .. days until Friday, listed
+# together in NUMERIC_FEATURES), then its helper columns.
+_CALENDAR_FEATURES: Final[tuple[str, ...]] = NUMERIC_FEATURES[
+    NUMERIC_FEATURES.index("local_weekday") : NUMERIC_FEATURES.index("days_until_friday") + 1
+]
 _CALENDAR_BLOCK_COLUMNS: Final[tuple[str, ...]] = (*_CALENDAR_FEATURES, "_a_dom", "_a_wd", "_dim")
 # Calendar blocks start and end on multiples of this many days (cache hits across requests).
 _CALENDAR_ALIGN: Final = 64

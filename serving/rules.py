@@ -909,35 +909,23 @@ def charge_states_from_rows(
             assert retry_all is not None
             same = attempts.same_card(current, idx)
             sel = idx if same.all() else idx[same]
-            states.append(
-                ChargeState(
-                    charge_id=str(charge_id),
-                    now=t_now,
-                    attempt_times=times,
-                    outcomes=outcomes,
-                    decline_codes=decline_codes,
-                    advice_codes=advice_codes,
-                    cards=cards,
-                    current_card=current,
-                    timezone=zone,
-                    card_event_times=as_ns(attempts.attempted_at[sel]),
-                    card_event_failed=failed_all[sel],
-                    card_event_is_retry=retry_all[sel],
-                )
+            events = (as_ns(attempts.attempted_at[sel]), failed_all[sel], retry_all[sel])
+        else:
+            # Card events: this charge's attempts plus the customer's other charges on this card.
+            ev_t = [attempts.attempted_at[idx], history.attempted_at[hidx]]
+            ev_f = [
+                np.array([o == c.FAILED for o in outcomes], dtype=bool),
+                np.array([history.outcome[i] == c.FAILED for i in hidx.tolist()]),
+            ]
+            ev_r = [np.arange(len(outcomes)) > 0, hist_retry[hidx]]
+            same = np.concatenate(
+                [attempts.same_card(current, idx), history.same_card(current, hidx)]
             )
-            continue
-        # Card events: this charge's attempts plus the customer's other charges on this card.
-        ev_t = [attempts.attempted_at[idx], history.attempted_at[hidx]]
-        ev_f = [
-            np.array([o == c.FAILED for o in outcomes], dtype=bool),
-            np.array([history.outcome[i] == c.FAILED for i in hidx.tolist()]),
-        ]
-        ev_r = [np.arange(len(outcomes)) > 0, hist_retry[hidx]]
-        ev_same = [
-            attempts.same_card(current, idx),
-            history.same_card(current, hidx),
-        ]
-        same = np.concatenate(ev_same)
+            events = (
+                np.concatenate(ev_t)[same].astype("datetime64[ns]"),
+                np.concatenate(ev_f).astype(bool)[same],
+                np.concatenate(ev_r).astype(bool)[same],
+            )
         states.append(
             ChargeState(
                 charge_id=str(charge_id),
@@ -949,9 +937,9 @@ def charge_states_from_rows(
                 cards=cards,
                 current_card=current,
                 timezone=zone,
-                card_event_times=np.concatenate(ev_t)[same].astype("datetime64[ns]"),
-                card_event_failed=np.concatenate(ev_f).astype(bool)[same],
-                card_event_is_retry=np.concatenate(ev_r).astype(bool)[same],
+                card_event_times=events[0],
+                card_event_failed=events[1],
+                card_event_is_retry=events[2],
             )
         )
     return states

@@ -171,3 +171,10 @@ def test_card_counter_counts_many_equal_pit_counts(synth: pd.DataFrame, spec: Fe
         np.testing.assert_array_equal(got, want)
         perm = rng.permutation(dec.size)  # unsorted queries: binary search
         np.testing.assert_array_equal(counter.counts(dec[perm], q[perm]), want[perm])
+
+
+def test_calendar_features_are_the_calendar_columns_in_order() -> None:
+    from features.build import _CALENDAR_FEATURES, _calendar_columns
+
+    names = [k for k in _calendar_columns(np.arange(3, dtype=np.int64)) if not k.startswith("_")]
+    assert list(_CALENDAR_FEATURES) == names
