@@ -542,6 +542,28 @@ def test_batch_with_the_model(model_server: tuple[str, ModelStore]) -> None:
         assert s == out[i]
 
 
+def test_concurrent_batches_queue_on_the_batch_thread(
+    model_server: tuple[str, ModelStore],
+) -> None:
+    """Batches sent at once are decided one at a time per worker, each exactly as alone."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    url, _ = model_server
+    batches = [
+        [body(charge_id=f"cb_{k}_{i}", customer_id=f"cus_cb{k}_{i}") for i in range(12)]
+        for k in range(4)
+    ]
+    alone = [post(url, "/v1/retry-decisions/batch", {"requests": b}).json() for b in batches]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        together = list(
+            pool.map(
+                lambda b: post(url, "/v1/retry-decisions/batch", {"requests": b}).json(), batches
+            )
+        )
+    assert together == alone
+    assert all(len(r["decisions"]) == 12 for r in together)
+
+
 # --- dynamic micro-batching of the single-decision route -----------------------------------
 
 
