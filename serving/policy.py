@@ -572,21 +572,6 @@ def _alternative_picks(
 _BATCHED_PICKS_MIN_ROWS = 4
 
 
-def _alternatives(grid: np.ndarray, proba: np.ndarray, picks: list[int]) -> tuple[Alternative, ...]:
-    """The :class:`Alternative` of each picked grid index (as :func:`_pick_alternatives`)."""
-    grid_ns = grid.view(np.int64)
-    out: list[Alternative] = []
-    for j in picks:
-        pj = float(proba[j])
-        out.append(
-            Alternative(
-                retry_at=_timestamp(int(grid_ns[j])),
-                success_probability=None if pj != pj else round(pj, 4),
-            )
-        )
-    return tuple(out)
-
-
 def _local_label(t: np.datetime64 | int, zone: str, hour: int) -> str:
     """``"Friday 09:00 America/New_York (day 6 of the month)"`` (``t``: UTC, ns or datetime64)."""
     ns = t if isinstance(t, int) else int(np.asarray(t).astype("datetime64[ns]").astype(np.int64))
