@@ -16,10 +16,10 @@ import time
 import numpy as np
 import pandas as pd
 
-from features.decisions import Constraints
-from features.validation import validate_attempts
-from training.backtest.runner import Policy, run_backtest, stderr_progress
-from training.backtest.specs import FixedSchedule, UniformRandom
+from retryopt.features.decisions import Constraints
+from retryopt.features.validation import validate_attempts
+from retryopt.training.backtest.runner import Policy, run_backtest, stderr_progress
+from retryopt.training.backtest.specs import FixedSchedule, UniformRandom
 
 
 def synthetic_history(n: int, *, seed: int, explore: float = 0.3) -> pd.DataFrame:

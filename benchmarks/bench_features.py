@@ -31,8 +31,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from features._fe_synth import synthetic_attempts
-from features.build import (
+from retryopt.features._fe_synth import synthetic_attempts
+from retryopt.features.build import (
     AttemptColumns,
     build_candidate_features,
     build_training_examples,
@@ -41,7 +41,7 @@ from features.build import (
     encode_features,
     fit_feature_spec,
 )
-from features.decisions import DecisionBatch
+from retryopt.features.decisions import DecisionBatch
 
 MONTHS = 12
 ATTEMPTS_PER_CHARGE = 1.29  # measured mean of the generator

@@ -106,10 +106,10 @@ def wait_ready(url: str, path: str, proc: subprocess.Popen[bytes], timeout: floa
 
 def train_small_bundle(out: Path) -> Path:
     """Train a bundle with the project's training code on a small simulated world."""
-    from features.io import write_table_atomic
-    from training.simulate.config import WorldConfig
-    from training.simulate.world import simulate_world
-    from training.train import load_config, run_training
+    from retryopt.features.io import write_table_atomic
+    from retryopt.training.simulate.config import WorldConfig
+    from retryopt.training.simulate.world import simulate_world
+    from retryopt.training.train import load_config, run_training
 
     world = simulate_world(WorldConfig(), customers=3000, months=6, seed=5)
     attempts = world.attempts.assign(currency=world.attempts["currency"].str.lower())
@@ -369,11 +369,11 @@ def start_api(model: Path, workers: int) -> tuple[subprocess.Popen[bytes], str]:
 
 def library_latency(model: Path, n: int) -> dict[str, float]:
     """Decision latency of the library call (request model -> decision), no HTTP."""
-    from features.decisions import Constraints
-    from serving.model_store import ModelStore
-    from serving.policy import PlannerConfig
-    from serving.schemas import DecisionRequest, to_batch
-    from serving.settings import Settings
+    from retryopt.features.decisions import Constraints
+    from retryopt.serving.model_store import ModelStore
+    from retryopt.serving.policy import PlannerConfig
+    from retryopt.serving.schemas import DecisionRequest, to_batch
+    from retryopt.serving.settings import Settings
 
     settings = Settings()  # RETRYOPT_ENGINE / RETRYOPT_PLANNER_SEARCH, as the service
     store = ModelStore(
@@ -402,11 +402,11 @@ def mlflow_side_by_side(
     """`mlflow models serve` of the same bundle, scoring one decision's 21-day grid (505 rows)."""
     import mlflow
 
-    from features.build import build_candidate_features
-    from features.decisions import Constraints
-    from serving.policy import _padded
-    from serving.rules import charge_states, evaluate_rules
-    from serving.schemas import DecisionRequest, to_batch
+    from retryopt.features.build import build_candidate_features
+    from retryopt.features.decisions import Constraints
+    from retryopt.serving.policy import _padded
+    from retryopt.serving.rules import charge_states, evaluate_rules
+    from retryopt.serving.schemas import DecisionRequest, to_batch
 
     req = DecisionRequest.model_validate(request_body(1))
     assert req.now is not None
@@ -542,7 +542,7 @@ def main() -> None:
         os.environ["RETRYOPT_ENGINE"] = args.engine
     if args.search:
         os.environ["RETRYOPT_PLANNER_SEARCH"] = args.search
-    from serving.settings import Settings
+    from retryopt.serving.settings import Settings
 
     st = Settings()
     http, loop = st.server_stack()

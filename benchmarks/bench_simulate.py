@@ -14,8 +14,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from features.decisions import Constraints
-from training.simulate import (
+from retryopt.features.decisions import Constraints
+from retryopt.training.simulate import (
     FixedSchedulePolicy,
     OraclePolicy,
     WorldConfig,

@@ -40,9 +40,9 @@ def _dataset(n_attempts: int, *, seed: int) -> Path:
     path = CACHE / f"attempts_{n_attempts}_{MONTHS}m_seed{seed}.parquet"
     if path.exists():
         return path
-    from features.io import write_table_atomic
-    from training.simulate.config import WorldConfig
-    from training.simulate.world import simulate_world
+    from retryopt.features.io import write_table_atomic
+    from retryopt.training.simulate.config import WorldConfig
+    from retryopt.training.simulate.world import simulate_world
 
     customers = max(1_000, int(n_attempts / (MONTHS * ATTEMPTS_PER_CUSTOMER_MONTH)))
     started = time.perf_counter()
@@ -61,9 +61,9 @@ def _dataset(n_attempts: int, *, seed: int) -> Path:
 
 def _worker(data: Path, threads: int) -> None:
     """Child process: time each phase and report peak RSS as one JSON line."""
-    from features.validation import load_attempts
-    from training.bundle import write_bundle
-    from training.train import load_config, train_from_attempts
+    from retryopt.features.validation import load_attempts
+    from retryopt.training.bundle import write_bundle
+    from retryopt.training.train import load_config, train_from_attempts
 
     marks: list[tuple[float, str]] = []
     t0 = time.perf_counter()

@@ -144,8 +144,8 @@ def typed(table: pa.Table) -> pa.Table:
 
 def measure(path: Path) -> dict[str, float]:
     """Time reading and validating ``path`` in this process; return the figures."""
-    from features.io import read_table
-    from features.validation import validate_attempts
+    from retryopt.features.io import read_table
+    from retryopt.features.validation import validate_attempts
 
     started, cpu = time.perf_counter(), time.process_time()
     raw = read_table(path)

@@ -35,8 +35,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from features import contract as ct
-from features._fe_time import (
+from retryopt.features import contract as ct
+from retryopt.features._fe_time import (
     NAT_INT,
     NS_PER_DAY,
     NS_PER_HOUR,
@@ -49,14 +49,14 @@ from features._fe_time import (
     to_local_ns,
     weekday_of_days,
 )
-from features.decisions import DecisionBatch
-from features.taxonomy import (
+from retryopt.features.decisions import DecisionBatch
+from retryopt.features.taxonomy import (
     classify_decline,
     mastercard_advice,
     normalize_advice_code,
     normalize_code,
 )
-from features.timezones import resolve_timezones
+from retryopt.features.timezones import resolve_timezones
 
 __all__ = [
     "CATEGORICAL_FEATURES",

@@ -43,8 +43,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import numpy as np
 import pandas as pd
 
-from features import contract as c
-from features.currency import currency_exponent
+from retryopt.features import contract as c
+from retryopt.features.currency import currency_exponent
 
 InputFormat = Literal["auto", "json", "jsonl", "csv"]
 INPUT_FORMATS: Final[tuple[str, ...]] = ("auto", "json", "jsonl", "csv")

@@ -32,8 +32,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from features import contract as c
-from features.iso_codes import COUNTRIES, CURRENCIES
+from retryopt.features import contract as c
+from retryopt.features.iso_codes import COUNTRIES, CURRENCIES
 
 MAX_EXAMPLES = 5
 """How many row numbers and values an issue lists."""
@@ -937,7 +937,7 @@ def _summarise_declines(report: ValidationReport, codes: _Coded, rows: np.ndarra
     present = np.flatnonzero(numbers > 0)
     present = present[np.argsort(first[present], kind="stable")]
     values = codes.dictionary.take(pa.array(present)).to_pylist()
-    from features.taxonomy import classify_codes
+    from retryopt.features.taxonomy import classify_codes
 
     info = classify_codes(pd.Series(values, dtype="str"))
     families: dict[str, int] = {}
@@ -1030,7 +1030,7 @@ def load_attempts(path: str | Path, *, drop_invalid: bool = False) -> pd.DataFra
     ContractError
         The table violates the contract (strict mode), naming ``path``.
     """
-    from features.io import read_table
+    from retryopt.features.io import read_table
 
     raw = read_table(path)
     try:

@@ -31,12 +31,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.concurrency import run_in_threadpool
 
-from features.decisions import Constraints
-from serving.metrics import Metrics
-from serving.microbatch import MicroBatcher
-from serving.model_store import ModelLoadError, ModelStore
-from serving.policy import Decision, PlannerConfig
-from serving.schemas import (
+from retryopt.features.decisions import Constraints
+from retryopt.serving.metrics import Metrics
+from retryopt.serving.microbatch import MicroBatcher
+from retryopt.serving.model_store import ModelLoadError, ModelStore
+from retryopt.serving.policy import Decision, PlannerConfig
+from retryopt.serving.schemas import (
     AlternativeOut,
     BatchDecisionOut,
     BatchDecisionRequest,
@@ -53,7 +53,7 @@ from serving.schemas import (
     find_pan,
     to_batch,
 )
-from serving.settings import Settings
+from retryopt.serving.settings import Settings
 
 log = logging.getLogger("retryopt.serving")
 

@@ -14,9 +14,9 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from features import contract as c
-from features.build import AttemptColumns
-from features.decisions import Constraints, DecisionBatch
+from retryopt.features import contract as c
+from retryopt.features.build import AttemptColumns
+from retryopt.features.decisions import Constraints, DecisionBatch
 
 _STR_DTYPE = pd.StringDtype("pyarrow", na_value=np.nan)
 

@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from features.decisions import Constraints
-from serving.policy import (
+from retryopt.features.decisions import Constraints
+from retryopt.serving.policy import (
     ENGINES,
     BundleSuccessModel,
     FallbackPolicy,
@@ -23,7 +23,7 @@ from serving.policy import (
     PlannerConfig,
     PlannerPolicy,
 )
-from serving.schemas import DecisionRequest, to_batch
+from retryopt.serving.schemas import DecisionRequest, to_batch
 
 log = logging.getLogger("retryopt.serving")
 
@@ -101,7 +101,7 @@ def verify_policy(planner: PlannerPolicy) -> None:
     if isinstance(model, BundleSuccessModel) and model.fast_path:
         # The fast scoring path (numpy matrix, optional compiled engine) must reproduce the
         # bundle's own predictions on the pandas frame; otherwise it is switched off.
-        from features.build import build_candidate_features, encode_candidate_matrix
+        from retryopt.features.build import build_candidate_features, encode_candidate_matrix
 
         raw = build_candidate_features(prep.batch, grid)
         slow = np.asarray(model.bundle.predict_proba(raw), dtype=np.float64)  # type: ignore[attr-defined]
@@ -223,7 +223,7 @@ class ModelStore:
             try:
                 loader = self._loader
                 if loader is None:
-                    from training.bundle import resolve_model
+                    from retryopt.training.bundle import resolve_model
 
                     loader = resolve_model
                 bundle = loader(where)

@@ -31,10 +31,10 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import numpy as np
 import pandas as pd
 
-from features import contract as c
-from features import taxonomy
-from features.build import AttemptColumns
-from features.decisions import Constraints, DecisionBatch
+from retryopt.features import contract as c
+from retryopt.features import taxonomy
+from retryopt.features.build import AttemptColumns
+from retryopt.features.decisions import Constraints, DecisionBatch
 
 HOUR_NS = np.int64(3_600_000_000_000)
 DAY_NS = 24 * HOUR_NS
@@ -224,7 +224,7 @@ def resolve_zone(customer_timezone: object, card_country: object) -> str:
             pass
     if isinstance(card_country, str) and card_country:
         try:
-            from features.timezones import COUNTRY_DEFAULT_TIMEZONE
+            from retryopt.features.timezones import COUNTRY_DEFAULT_TIMEZONE
         except ImportError:  # pragma: no cover - the module is part of the project
             return "UTC"
         return str(COUNTRY_DEFAULT_TIMEZONE.get(card_country.upper(), "UTC"))

@@ -21,11 +21,11 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import numpy as np
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
-from features import contract as c
-from features.build import AttemptColumns
-from features.decisions import Constraints
-from serving.columnar import ColumnarBatch
-from serving.rules import CardRef
+from retryopt.features import contract as c
+from retryopt.features.build import AttemptColumns
+from retryopt.features.decisions import Constraints
+from retryopt.serving.columnar import ColumnarBatch
+from retryopt.serving.rules import CardRef
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _US = timedelta(microseconds=1)

@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 from pydantic import Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from features.decisions import Constraints
+from retryopt.features.decisions import Constraints
 
 
 class Settings(BaseSettings):

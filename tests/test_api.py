@@ -17,9 +17,9 @@ from typing import Any
 import httpx
 import pytest
 
-from serving.app import BackgroundServer, create_app
-from serving.model_store import ModelStore
-from serving.settings import Settings
+from retryopt.serving.app import BackgroundServer, create_app
+from retryopt.serving.model_store import ModelStore
+from retryopt.serving.settings import Settings
 
 T0 = datetime(2026, 1, 5, 8, 12, tzinfo=UTC)
 
@@ -86,11 +86,11 @@ def body(
 def trained_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real model bundle trained on a small simulated world (skips if training is missing)."""
     try:
-        from features.build import build_candidate_features  # noqa: F401
-        from features.io import write_table_atomic
-        from training.simulate.config import WorldConfig
-        from training.simulate.world import simulate_world
-        from training.train import load_config, run_training
+        from retryopt.features.build import build_candidate_features  # noqa: F401
+        from retryopt.features.io import write_table_atomic
+        from retryopt.training.simulate.config import WorldConfig
+        from retryopt.training.simulate.world import simulate_world
+        from retryopt.training.train import load_config, run_training
     except ImportError as exc:  # pragma: no cover - all modules are part of the project
         pytest.skip(f"training stack not available yet: {exc}")
     root = tmp_path_factory.mktemp("bundle")

@@ -16,11 +16,11 @@ import pandas as pd
 import pytest
 from test_api import trained_bundle  # noqa: F401  (session fixture)
 
-from features import contract as c
-from features.decisions import Constraints, DecisionBatch, PolicyDecisions
-from serving.app import BackgroundServer, create_app
-from serving.model_store import ModelStore
-from serving.settings import Settings
+from retryopt.features import contract as c
+from retryopt.features.decisions import Constraints, DecisionBatch, PolicyDecisions
+from retryopt.serving.app import BackgroundServer, create_app
+from retryopt.serving.model_store import ModelStore
+from retryopt.serving.settings import Settings
 
 
 def _opt(value: Any) -> Any:
@@ -142,9 +142,9 @@ def server(trained_bundle: Path) -> Iterator[tuple[str, ModelStore]]:  # noqa: F
 
 
 def test_billing_service_plays_a_simulated_month(server: tuple[str, ModelStore]) -> None:
-    from training.simulate.config import WorldConfig
-    from training.simulate.play import play
-    from training.simulate.world import simulate_world
+    from retryopt.training.simulate.config import WorldConfig
+    from retryopt.training.simulate.play import play
+    from retryopt.training.simulate.world import simulate_world
 
     url, store = server
     world = simulate_world(WorldConfig(), customers=400, months=2, seed=21)

@@ -16,8 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_api import body
 
-from serving.app import BackgroundServer, create_app
-from serving.settings import Settings
+from retryopt.serving.app import BackgroundServer, create_app
+from retryopt.serving.settings import Settings
 
 _TIMES = st.sampled_from(
     [

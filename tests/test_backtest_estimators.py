@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from training.backtest.estimators import (
+from retryopt.training.backtest.estimators import (
     NO_EXPLORATION_WARNING,
     EstimatorError,
     MetricSet,
@@ -299,7 +299,7 @@ def test_bootstrap_groups_and_determinism() -> None:
 
 
 def test_overlap_gate_declares_rare_matches_unsupported() -> None:
-    from training.backtest.estimators import MIN_ESS, select_weights, weight_support
+    from retryopt.training.backtest.estimators import MIN_ESS, select_weights, weight_support
 
     rng = np.random.default_rng(5)
     n = 400
@@ -333,7 +333,7 @@ def test_overlap_gate_declares_rare_matches_unsupported() -> None:
 
 
 def test_model_replicates_widen_the_interval_not_the_point() -> None:
-    from training.backtest.estimators import bootstrap_means
+    from retryopt.training.backtest.estimators import bootstrap_means
 
     rng = np.random.default_rng(0)
     base = rng.normal(size=(500, 1))

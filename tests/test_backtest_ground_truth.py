@@ -39,7 +39,7 @@ MIN_CASES = 6  # per estimator: at least two (world x policy) pairs of three sta
 
 def _changed_config() -> dict[str, Any]:
     """The default world with more exploration, stronger outages, weekly-paid US customers."""
-    from training.simulate import WorldConfig
+    from retryopt.training.simulate import WorldConfig
 
     cfg = WorldConfig().to_dict()
     cfg["logging_policy"]["exploration"] = 0.5
@@ -61,7 +61,7 @@ WORLDS: dict[str, dict[str, Any]] = {
 
 
 def _run_world(name: str, tmp: Path) -> dict[str, Any]:
-    from training.train import load_config, run_training
+    from retryopt.training.train import load_config, run_training
 
     spec = WORLDS[name]
     runner = CliRunner()

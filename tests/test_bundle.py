@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from features.build import encode_features, fit_feature_spec
-from training.bundle import (
+from retryopt.features.build import encode_features, fit_feature_spec
+from retryopt.training.bundle import (
     MANIFEST,
     REQUIRED_FILES,
     BundleError,
@@ -21,7 +21,7 @@ from training.bundle import (
     resolve_model,
     write_bundle,
 )
-from training.calibration import Calibrator, fit_calibrator
+from retryopt.training.calibration import Calibrator, fit_calibrator
 
 
 def _raw_features(n: int, seed: int) -> tuple[pd.DataFrame, np.ndarray]:
@@ -213,7 +213,7 @@ def test_registry_round_trip_and_pyfunc(
     """Log + register through MLflow, then resolve by name and serve through pyfunc."""
     import mlflow
 
-    from training.mlflow_tracking import log_training_run
+    from retryopt.training.mlflow_tracking import log_training_run
 
     path = _write(trained, tmp_path / "models")
     plot = tmp_path / "plot.png"

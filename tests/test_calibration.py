@@ -7,13 +7,13 @@ import json
 import numpy as np
 import pytest
 
-from training.calibration import (
+from retryopt.training.calibration import (
     Calibrator,
     choose_calibrator,
     fit_calibrator,
     group_folds,
 )
-from training.evaluation import expected_calibration_error, log_loss
+from retryopt.training.evaluation import expected_calibration_error, log_loss
 
 
 def _miscalibrated(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

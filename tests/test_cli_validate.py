@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from features import contract as c
-from features.io import read_table
 from retryopt.cli import app
+from retryopt.features import contract as c
+from retryopt.features.io import read_table
 
 HEADER = (
     "attempt_id,charge_id,customer_id,attempted_at,amount,currency,outcome,decline_code,"

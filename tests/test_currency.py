@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from features.currency import (
+from retryopt.features.currency import (
     REFERENCE_UNITS_PER_USD,
     FxRates,
     currency_exponent,

@@ -10,7 +10,7 @@ import pytest
 from sklearn.metrics import brier_score_loss, roc_auc_score
 from sklearn.metrics import log_loss as sk_log_loss
 
-from training.evaluation import (
+from retryopt.training.evaluation import (
     HistoricalRateBaseline,
     LogisticBaseline,
     classification_metrics,

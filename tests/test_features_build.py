@@ -10,9 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from features._fe_synth import synthetic_attempts
-from features._fe_time import NS_PER_HOUR, to_local_ns
-from features.build import (
+from retryopt.features._fe_synth import synthetic_attempts
+from retryopt.features._fe_time import NS_PER_HOUR, to_local_ns
+from retryopt.features.build import (
     CATEGORICAL_FEATURES,
     MISSING_LEVEL,
     NUMERIC_FEATURES,
@@ -25,7 +25,7 @@ from features.build import (
     encode_features,
     fit_feature_spec,
 )
-from features.decisions import DecisionBatch
+from retryopt.features.decisions import DecisionBatch
 
 UTC = "UTC"
 

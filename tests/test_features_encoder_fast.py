@@ -16,16 +16,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import features.build as fb
-from features._fe_synth import synthetic_attempts
-from features.build import (
+import retryopt.features.build as fb
+from retryopt.features._fe_synth import synthetic_attempts
+from retryopt.features.build import (
     CandidateEncoder,
     FeatureSpec,
     build_training_examples,
     encode_candidate_matrix,
     fit_feature_spec,
 )
-from features.decisions import DecisionBatch
+from retryopt.features.decisions import DecisionBatch
 
 HOUR = np.timedelta64(1, "h")
 
@@ -174,7 +174,7 @@ def test_card_counter_counts_many_equal_pit_counts(synth: pd.DataFrame, spec: Fe
 
 
 def test_calendar_features_are_the_calendar_columns_in_order() -> None:
-    from features.build import _CALENDAR_FEATURES, _calendar_columns
+    from retryopt.features.build import _CALENDAR_FEATURES, _calendar_columns
 
     names = [k for k in _calendar_columns(np.arange(3, dtype=np.int64)) if not k.startswith("_")]
     assert list(_CALENDAR_FEATURES) == names

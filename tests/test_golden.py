@@ -24,8 +24,8 @@ import pytest
 from typer.testing import CliRunner
 
 from retryopt.cli import app
-from serving.app import BackgroundServer, create_app
-from serving.settings import Settings
+from retryopt.serving.app import BackgroundServer, create_app
+from retryopt.serving.settings import Settings
 
 GOLDEN = Path(__file__).parent / "fixtures" / "golden"
 REGENERATE = os.environ.get("RETRYOPT_REGENERATE_GOLDEN") == "1"

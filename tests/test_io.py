@@ -8,8 +8,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from features import contract as c
-from features.io import (
+from retryopt.features import contract as c
+from retryopt.features.io import (
     TableIOError,
     atomic_path,
     read_table,
@@ -17,7 +17,7 @@ from features.io import (
     table_format,
     write_table_atomic,
 )
-from features.validation import ContractError, load_attempts, validate_attempts
+from retryopt.features.validation import ContractError, load_attempts, validate_attempts
 
 CSV_TEXT = (
     "attempt_id,charge_id,customer_id,attempted_at,amount,currency,outcome,decline_code,"

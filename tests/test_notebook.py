@@ -9,10 +9,10 @@ import nbformat
 from nbclient import NotebookClient
 from test_backtest_runner import HoursModel, history
 
-from features.decisions import Constraints
-from training.backtest.report import write_outputs
-from training.backtest.runner import run_backtest
-from training.backtest.specs import FixedSchedule
+from retryopt.features.decisions import Constraints
+from retryopt.training.backtest.report import write_outputs
+from retryopt.training.backtest.runner import run_backtest
+from retryopt.training.backtest.specs import FixedSchedule
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "compare_backtests.ipynb"
 

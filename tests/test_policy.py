@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from test_rules import FAIL, T0, Z, request
 
-from features.decisions import Constraints, DecisionBatch, RetryPolicy
-from serving.policy import (
+from retryopt.features.decisions import Constraints, DecisionBatch, RetryPolicy
+from retryopt.serving.policy import (
     CandidateScores,
     Decision,
     FallbackPolicy,
@@ -25,8 +25,8 @@ from serving.policy import (
     PlannerPolicy,
     plan_values,
 )
-from serving.rules import Reason
-from serving.schemas import DecisionRequest, to_batch
+from retryopt.serving.rules import Reason
+from retryopt.serving.schemas import DecisionRequest, to_batch
 
 T0_NS = np.datetime64(T0.replace(tzinfo=None), "ns")
 

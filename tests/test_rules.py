@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from features.decisions import Constraints
-from serving.rules import (
+from retryopt.features.decisions import Constraints
+from retryopt.serving.rules import (
     CardRef,
     ChargeState,
     Reason,
@@ -20,7 +20,7 @@ from serving.rules import (
     evaluate_rules_batch,
     local_hours,
 )
-from serving.schemas import DecisionRequest, to_batch
+from retryopt.serving.schemas import DecisionRequest, to_batch
 
 T0 = datetime(2026, 1, 5, 8, 12, tzinfo=UTC)
 CARD: dict[str, Any] = {
@@ -398,7 +398,7 @@ def test_batch_rules_of_no_charge_and_of_stops_only() -> None:
 def test_batch_rules_count_caps_per_charge_when_keys_do_not_fit(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import serving.rules as rules_module
+    import retryopt.serving.rules as rules_module
 
     monkeypatch.setattr(rules_module, "_KEY_LIMIT", 0)
     rng = np.random.default_rng(11)

@@ -17,11 +17,11 @@ import numpy as np
 import pytest
 from test_rules import _assert_same, _random_state
 
-from features import contract as c
-from features import taxonomy
-from features.decisions import Constraints
-from serving import rules
-from serving.rules import (
+from retryopt.features import contract as c
+from retryopt.features import taxonomy
+from retryopt.features.decisions import Constraints
+from retryopt.serving import rules
+from retryopt.serving.rules import (
     _HARD_FAMILIES,
     ACTION_CUSTOMER_AUTHENTICATION,
     ACTION_UPDATE_PAYMENT_METHOD,

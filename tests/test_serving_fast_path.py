@@ -28,8 +28,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from features._fe_synth import synthetic_attempts
-from features.build import (
+from retryopt.features._fe_synth import synthetic_attempts
+from retryopt.features.build import (
     AttemptColumns,
     CandidateEncoder,
     build_candidate_features,
@@ -38,10 +38,10 @@ from features.build import (
     encode_features,
     fit_feature_spec,
 )
-from features.decisions import Constraints, DecisionBatch
-from serving.app import performance_options
-from serving.model_store import ModelStore
-from serving.policy import (
+from retryopt.features.decisions import Constraints, DecisionBatch
+from retryopt.serving.app import performance_options
+from retryopt.serving.model_store import ModelStore
+from retryopt.serving.policy import (
     BundleSuccessModel,
     Decision,
     PlannerConfig,
@@ -49,9 +49,9 @@ from serving.policy import (
     _alternative_picks,
     _pick_alternatives,
 )
-from serving.schemas import DecisionRequest, to_batch
-from training.bundle import load_bundle, write_bundle
-from training.calibration import fit_calibrator
+from retryopt.serving.schemas import DecisionRequest, to_batch
+from retryopt.training.bundle import load_bundle, write_bundle
+from retryopt.training.calibration import fit_calibrator
 
 ROOT = Path(__file__).resolve().parents[1]
 T0 = datetime(2026, 1, 5, 8, 12, tzinfo=UTC)
@@ -425,7 +425,7 @@ def test_candidate_encoder_batch_rows_equal_full_matrix(
 ) -> None:
     """Row-major in-place matrices (constant rows + candidate columns, row chunks, the card
     counter and its _pit_counts fallback) equal the full encoding over a many-charge batch."""
-    import features.build as fb
+    import retryopt.features.build as fb
 
     if key_limit is not None:
         monkeypatch.setattr(fb, "_KEY_LIMIT", key_limit)

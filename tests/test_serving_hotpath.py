@@ -8,9 +8,9 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from serving.app import _iso
-from serving.policy import _local_label, _night_means, _timestamp
-from serving.schemas import body_may_contain_pan, body_may_contain_pan_reference
+from retryopt.serving.app import _iso
+from retryopt.serving.policy import _local_label, _night_means, _timestamp
+from retryopt.serving.schemas import body_may_contain_pan, body_may_contain_pan_reference
 
 _PAN_ALPHABET = '0123456789 -x",:{}T'
 
@@ -73,7 +73,7 @@ def test_memoised_times_and_labels_are_the_plain_ones() -> None:
 def test_plan_values_equals_the_reference_bit_for_bit(
     seed: int, n: int, m: int, gap: int, cost: float, discounted: bool
 ) -> None:
-    from serving.policy import plan_values, plan_values_reference
+    from retryopt.serving.policy import plan_values, plan_values_reference
 
     rng = np.random.default_rng(seed)
     proba = rng.random((n, m))

@@ -11,7 +11,7 @@ from collections.abc import Hashable, Iterable
 
 import pytest
 
-from serving.microbatch import MicroBatcher, conflict_free_groups
+from retryopt.serving.microbatch import MicroBatcher, conflict_free_groups
 
 
 class Recorder:
@@ -134,7 +134,7 @@ def test_bad_settings_are_refused() -> None:
 def test_server_stack_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     import importlib.util
 
-    from serving.settings import Settings
+    from retryopt.serving.settings import Settings
 
     have_httptools = importlib.util.find_spec("httptools") is not None
     have_uvloop = importlib.util.find_spec("uvloop") is not None

@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from features.decisions import Constraints, RetryPolicy
-from training.simulate import (
+from retryopt.features.decisions import Constraints, RetryPolicy
+from retryopt.training.simulate import (
     FixedSchedulePolicy,
     LoggingPolicy,
     OraclePolicy,

@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from training.simulate import WorldConfig, simulate_world
-from training.simulate.truth import MECHANISMS, failure_probabilities, history_features
+from retryopt.training.simulate import WorldConfig, simulate_world
+from retryopt.training.simulate.truth import MECHANISMS, failure_probabilities, history_features
 
 M = {m: i for i, m in enumerate(MECHANISMS)}
 

@@ -9,11 +9,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from features import contract as C  # noqa: N812
-from training.simulate import WorldConfig, simulate_world, summarize_world
-from training.simulate.config import DEFAULT_CONFIG_PATH
-from training.simulate.logging_policy import logging_retry_offsets
-from training.simulate.truth import CODE_NAMES
+from retryopt.features import contract as C  # noqa: N812
+from retryopt.training.simulate import WorldConfig, simulate_world, summarize_world
+from retryopt.training.simulate.config import DEFAULT_CONFIG_PATH
+from retryopt.training.simulate.logging_policy import logging_retry_offsets
+from retryopt.training.simulate.truth import CODE_NAMES
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +31,7 @@ def test_deterministic_for_a_seed() -> None:
 
 
 def test_attempts_satisfy_the_contract(world) -> None:  # type: ignore[no-untyped-def]
-    from features.validation import validate_attempts
+    from retryopt.features.validation import validate_attempts
 
     result = validate_attempts(world.attempts)
     assert result.report.ok
@@ -117,7 +117,7 @@ def test_disabling_a_mechanism_removes_its_declines(section: str, codes: set[str
 
 
 def test_every_emitted_code_is_known_to_the_taxonomy() -> None:
-    from features.taxonomy import classify_decline
+    from retryopt.features.taxonomy import classify_decline
 
     for code in CODE_NAMES:
         assert classify_decline(code).known, code
@@ -156,7 +156,7 @@ def test_cli_writes_attempts_truth_and_config(tmp_path: Path) -> None:
     assert (tmp_path / "w" / "attempts.truth.csv").exists()
     cfg = json.loads((tmp_path / "w" / "attempts.config.json").read_text())
     assert cfg["seed"] == 1 and WorldConfig.from_dict(cfg["config"]) == WorldConfig()
-    from features.validation import load_attempts
+    from retryopt.features.validation import load_attempts
 
     assert len(load_attempts(out)) > 400
     res = CliRunner().invoke(

@@ -14,8 +14,9 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from features import contract as c
-from features.stripe_import import (
+from retryopt.cli import app
+from retryopt.features import contract as c
+from retryopt.features.stripe_import import (
     SKIP_DUPLICATE,
     SKIP_INCOMPLETE_CARD,
     SKIP_INVALID,
@@ -35,7 +36,6 @@ from features.stripe_import import (
     parse_created_text,
     parse_major_amount,
 )
-from retryopt.cli import app
 
 FIXTURES = Path(__file__).parent / "fixtures" / "stripe"
 LIST_JSON = FIXTURES / "charges_list.json"
@@ -479,7 +479,7 @@ def test_unknown_format_and_missing_file() -> None:
 
 
 def test_cli_end_to_end_writes_a_valid_contract_file(tmp_path: Path) -> None:
-    from features.validation import load_attempts
+    from retryopt.features.validation import load_attempts
 
     out = tmp_path / "attempts.csv"
     result = CliRunner().invoke(
@@ -498,7 +498,7 @@ def test_cli_end_to_end_writes_a_valid_contract_file(tmp_path: Path) -> None:
 
 
 def test_cli_writes_parquet(tmp_path: Path) -> None:
-    from features.validation import load_attempts
+    from retryopt.features.validation import load_attempts
 
     out = tmp_path / "attempts.parquet"
     result = CliRunner().invoke(app, ["import-stripe", str(LIST_JSON), "-o", str(out)])
@@ -524,7 +524,7 @@ def test_cli_is_strict_by_default(tmp_path: Path) -> None:
 
 
 def test_cli_drop_invalid_writes_clean_rows_and_rejects(tmp_path: Path) -> None:
-    from features.validation import load_attempts
+    from retryopt.features.validation import load_attempts
 
     out = tmp_path / "attempts.csv"
     path = _two_successes_in_one_invoice(tmp_path)

@@ -24,10 +24,10 @@ from stripe_export import (
 )
 from typer.testing import CliRunner
 
-from features.stripe_import import parse_charge_object
-from features.validation import load_attempts
 from retryopt.cli import app
-from training.bundle import load_bundle
+from retryopt.features.stripe_import import parse_charge_object
+from retryopt.features.validation import load_attempts
+from retryopt.training.bundle import load_bundle
 
 pytestmark = pytest.mark.slow
 
@@ -53,7 +53,7 @@ class Pipeline:
 
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Pipeline:
-    from training.simulate import WorldConfig, simulate_world
+    from retryopt.training.simulate import WorldConfig, simulate_world
 
     tmp = tmp_path_factory.mktemp("stripe_to_train")
     world = simulate_world(WorldConfig(), customers=CUSTOMERS, months=MONTHS, seed=SEED).attempts

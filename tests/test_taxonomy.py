@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from features.taxonomy import (
+from retryopt.features.taxonomy import (
     ISO_RESPONSE_CODES,
     MASTERCARD_ADVICE_CODES,
     MASTERCARD_MAX_DECLINES_24H,

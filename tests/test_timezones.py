@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from features.timezones import (
+from retryopt.features.timezones import (
     COUNTRY_DEFAULT_TIMEZONE,
     FALLBACK_TIMEZONE,
     canonical_timezone,

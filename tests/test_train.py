@@ -10,10 +10,10 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from features.io import write_table_atomic
 from retryopt.cli import app
-from training.bundle import load_bundle
-from training.train import TrainConfig, load_config, run_training, time_split
+from retryopt.features.io import write_table_atomic
+from retryopt.training.bundle import load_bundle
+from retryopt.training.train import TrainConfig, load_config, run_training, time_split
 
 FAST_CONFIG = """
 [training]
@@ -29,8 +29,8 @@ shap_sample_rows = 500
 
 @pytest.fixture(scope="module")
 def world_attempts() -> pd.DataFrame:
-    from training.simulate.config import WorldConfig
-    from training.simulate.world import simulate_world
+    from retryopt.training.simulate.config import WorldConfig
+    from retryopt.training.simulate.world import simulate_world
 
     attempts = simulate_world(WorldConfig(), customers=3_000, months=5, seed=2).attempts.copy()
     # The simulator writes upper-case ISO 4217 codes; the contract wants lower case.

@@ -15,11 +15,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from features.build import build_candidate_features
-from features.decisions import DecisionBatch
-from features.io import write_table_atomic
-from training.bundle import ModelBundle, load_bundle, resolve_model
-from training.train import TrainConfig, load_config, run_training
+from retryopt.features.build import build_candidate_features
+from retryopt.features.decisions import DecisionBatch
+from retryopt.features.io import write_table_atomic
+from retryopt.training.bundle import ModelBundle, load_bundle, resolve_model
+from retryopt.training.train import TrainConfig, load_config, run_training
 
 pytestmark = pytest.mark.slow
 
@@ -40,9 +40,9 @@ class Trained:
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
-    from features.validation import validate_attempts
-    from training.simulate.config import WorldConfig
-    from training.simulate.world import simulate_world
+    from retryopt.features.validation import validate_attempts
+    from retryopt.training.simulate.config import WorldConfig
+    from retryopt.training.simulate.world import simulate_world
 
     world = simulate_world(
         WorldConfig().replace(logging_policy={"retry_hard_declines": True}),
@@ -134,7 +134,7 @@ def _predict_grid(
 
 
 def _truth_state(trained: Trained, charge_ids: np.ndarray, times: np.ndarray) -> Any:
-    from training.simulate.truth import local_hours
+    from retryopt.training.simulate.truth import local_hours
 
     world = trained.world
     state = world.state.take(world.positions(charge_ids))
@@ -143,7 +143,7 @@ def _truth_state(trained: Trained, charge_ids: np.ndarray, times: np.ndarray) ->
 
 
 def test_success_rises_after_a_payday(trained: Trained) -> None:
-    from training.simulate.truth import pay_cycle_position
+    from retryopt.training.simulate.truth import pay_cycle_position
 
     first = _test_charges(trained)
     funds = first[first["decline_code"] == "insufficient_funds"].head(400)

@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from features import contract as c
-from features.iso_codes import COUNTRIES, COUNTRIES_ISO, CURRENCIES, CURRENCIES_ACTIVE
-from features.validation import (
+from retryopt.features import contract as c
+from retryopt.features.iso_codes import COUNTRIES, COUNTRIES_ISO, CURRENCIES, CURRENCIES_ACTIVE
+from retryopt.features.validation import (
     MAX_EXAMPLES,
     RULES,
     ContractError,

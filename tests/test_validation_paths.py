@@ -14,9 +14,9 @@ import pandas as pd
 import pandas.testing as tm
 import pytest
 
-from features import contract as c
-from features.io import read_table, write_table_atomic
-from features.validation import ValidationResult, validate_attempts
+from retryopt.features import contract as c
+from retryopt.features.io import read_table, write_table_atomic
+from retryopt.features.validation import ValidationResult, validate_attempts
 
 N = 400
 

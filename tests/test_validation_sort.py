@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from features.validation import _duplicates, _sort_order, _text_keys, validate_attempts
+from retryopt.features.validation import _duplicates, _sort_order, _text_keys, validate_attempts
 
 _ALPHABET = ["a", "b", "\x00", "é", "Z", "0", "ab", "€"]
 

@@ -40,10 +40,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from training.calibration import Calibrator
+from retryopt.training.calibration import Calibrator
 
 if TYPE_CHECKING:
-    from features.build import FeatureSpec
+    from retryopt.features.build import FeatureSpec
 
 BUNDLE_FORMAT = "retryopt-model-bundle"
 BUNDLE_FORMAT_VERSION = 1
@@ -238,7 +238,7 @@ class ModelBundle:
 
     def encode(self, raw_features: pd.DataFrame) -> pd.DataFrame:
         """The model matrix for raw features (:func:`features.build.encode_features`)."""
-        from features.build import encode_features
+        from retryopt.features.build import encode_features
 
         return encode_features(raw_features, self.feature_spec)
 
@@ -273,7 +273,7 @@ def load_bundle(path: str | Path) -> ModelBundle:
     """
     import lightgbm as lgb
 
-    from features.build import FeatureSpec
+    from retryopt.features.build import FeatureSpec
 
     root = Path(path)
     if not root.is_dir():
@@ -419,7 +419,7 @@ def resolve_model(path_or_registry_name: str) -> ModelBundle:
     candidate = Path(path_or_registry_name)
     if candidate.exists():
         return load_bundle(candidate)
-    from training.mlflow_tracking import configure_tracking, quiet_mlflow
+    from retryopt.training.mlflow_tracking import configure_tracking, quiet_mlflow
 
     configure_tracking()
     try:

@@ -114,12 +114,10 @@ class TrackedRun:
 
 
 def _code_paths() -> list[str]:
-    """The project packages the pyfunc model needs at load time (copied into the model)."""
-    import features
+    """The project package the pyfunc model needs at load time (copied into the model)."""
     import retryopt
-    import training
 
-    return [str(Path(m.__file__).resolve().parent) for m in (features, training, retryopt)]  # type: ignore[arg-type]
+    return [str(Path(retryopt.__file__).resolve().parent)]
 
 
 def _pip_requirements() -> list[str]:

@@ -34,8 +34,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from training.calibration import Calibrator, choose_calibrator
-from training.evaluation import (
+from retryopt.training.calibration import Calibrator, choose_calibrator
+from retryopt.training.evaluation import (
     HistoricalRateBaseline,
     LogisticBaseline,
     classification_metrics,
@@ -214,7 +214,9 @@ def _deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[st
 def load_config(path: str | Path | None = None, *, seed: int | None = None) -> TrainConfig:
     """The packaged defaults, overridden by the TOML file ``path`` and by ``seed`` if given."""
     defaults = tomllib.loads(
-        resources.files("training").joinpath(DEFAULT_CONFIG_FILE).read_text(encoding="utf-8")
+        resources.files("retryopt.training")
+        .joinpath(DEFAULT_CONFIG_FILE)
+        .read_text(encoding="utf-8")
     )
     data: dict[str, Any] = defaults
     if path is not None:
@@ -442,7 +444,7 @@ def train_from_attempts(
     """
     import lightgbm as lgb
 
-    from features.build import build_training_examples, encode_features, fit_feature_spec
+    from retryopt.features.build import build_training_examples, encode_features, fit_feature_spec
 
     say = progress or (lambda _msg: None)
     if len(attempts) == 0:
@@ -673,8 +675,8 @@ def run_training(
     TrainingDataError
         The history cannot be trained on.
     """
-    from features.validation import load_attempts
-    from training.bundle import write_bundle
+    from retryopt.features.validation import load_attempts
+    from retryopt.training.bundle import write_bundle
 
     say = progress or (lambda _msg: None)
     source = Path(data)
@@ -723,7 +725,7 @@ def run_training(
         say(f"bundle written to {bundle_path}")
         tracked = None
         if track:
-            from training.mlflow_tracking import log_training_run
+            from retryopt.training.mlflow_tracking import log_training_run
 
             say("logging the run and registering the model in MLflow")
             tracked = log_training_run(

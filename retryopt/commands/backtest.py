@@ -69,8 +69,8 @@ def command(
     ),
 ) -> None:
     """Compare policies with DM, IPS, SNIPS and DR estimates and 95 % bootstrap intervals."""
-    from training.backtest.runner import run_cli
-    from training.backtest.specs import SpecError
+    from retryopt.training.backtest.runner import run_cli
+    from retryopt.training.backtest.specs import SpecError
 
     try:
         path = run_cli(

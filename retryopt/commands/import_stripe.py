@@ -19,7 +19,7 @@ _ROWS_NOTE = (
 
 def _rejects_path(out: Path) -> Path:
     """``a/attempts.parquet`` -> ``a/attempts.rejects.csv``."""
-    from features.io import strip_table_suffix
+    from retryopt.features.io import strip_table_suffix
 
     base = strip_table_suffix(out)
     return base.with_name(f"{base.name}.rejects.csv")
@@ -59,9 +59,9 @@ def command(
     seen with the same customer and card fingerprint. Pending charges are skipped and counted.
     See docs/stripe-import.md for the field mapping.
     """
-    from features.io import TableIOError, table_format, write_table_atomic
-    from features.stripe_import import INPUT_FORMATS, import_stripe_files
-    from features.validation import ContractError, validate_attempts
+    from retryopt.features.io import TableIOError, table_format, write_table_atomic
+    from retryopt.features.stripe_import import INPUT_FORMATS, import_stripe_files
+    from retryopt.features.validation import ContractError, validate_attempts
 
     if input_format not in INPUT_FORMATS:
         raise typer.BadParameter(

@@ -12,7 +12,7 @@ from types import FrameType
 
 import typer
 
-APP_FACTORY = "serving.app:create_app_from_env"
+APP_FACTORY = "retryopt.serving.app:create_app_from_env"
 # A worker that exits within this many seconds of its start failed to start (e.g. port taken):
 # the service stops instead of restarting it in a loop.
 STARTUP_GRACE_S = 30.0
@@ -38,7 +38,7 @@ def command(
     """Serve retry decisions over HTTP (POST /v1/retry-decisions; see docs/serving.md)."""
     import uvicorn
 
-    from serving.settings import Settings
+    from retryopt.serving.settings import Settings
 
     if model is not None:
         os.environ["RETRYOPT_MODEL"] = model

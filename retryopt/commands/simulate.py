@@ -16,7 +16,7 @@ import typer
 
 def _side_paths(out: Path, fmt: str) -> tuple[Path, Path, Path]:
     """Attempts, truth and config paths for ``--out`` and ``--format``."""
-    from features.io import strip_table_suffix, table_format
+    from retryopt.features.io import strip_table_suffix, table_format
 
     ext = ".csv" if fmt == "csv" else ".parquet"
     try:
@@ -57,8 +57,8 @@ def command(
     quiet: bool = typer.Option(False, "--quiet", help="No per-month progress lines."),
 ) -> None:
     """Simulate subscription customers, their monthly charges and the logged retries."""
-    from features.io import atomic_path, table_format, write_table_atomic
-    from training.simulate import WorldConfig, simulate_world, summarize_world
+    from retryopt.features.io import atomic_path, table_format, write_table_atomic
+    from retryopt.training.simulate import WorldConfig, simulate_world, summarize_world
 
     if fmt is None:
         try:

@@ -38,9 +38,9 @@ def command(
     """Train the calibrated retry-success model on a history and write a verified bundle."""
     # Passive OpenMP waiting: spinning threads slow LightGBM badly on a shared machine.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    from features.validation import ContractError
-    from training.bundle import BundleError
-    from training.train import TrainingDataError, load_config, run_training, summary_table
+    from retryopt.features.validation import ContractError
+    from retryopt.training.bundle import BundleError
+    from retryopt.training.train import TrainingDataError, load_config, run_training, summary_table
 
     started = time.perf_counter()
 

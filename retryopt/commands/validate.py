@@ -44,8 +44,13 @@ def command(
 
     Strict by default: any violation prints the report and exits 1 without writing anything.
     """
-    from features.io import TableIOError, read_table, strip_table_suffix, write_table_atomic
-    from features.validation import ContractError, ValidationReport, validate_attempts
+    from retryopt.features.io import (
+        TableIOError,
+        read_table,
+        strip_table_suffix,
+        write_table_atomic,
+    )
+    from retryopt.features.validation import ContractError, ValidationReport, validate_attempts
 
     def fail(message: str, code: int) -> typer.Exit:
         typer.secho(f"error: {message}", fg="red", err=True)

@@ -18,11 +18,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from features import contract as c
-from features.currency import FxRates
-from features.decisions import Constraints
-from training.backtest.estimators import MetricSet, observed_contributions
-from training.backtest.runner import Progress, _quiet, prepare_charges
+from retryopt.features import contract as c
+from retryopt.features.currency import FxRates
+from retryopt.features.decisions import Constraints
+from retryopt.training.backtest.estimators import MetricSet, observed_contributions
+from retryopt.training.backtest.runner import Progress, _quiet, prepare_charges
 
 
 def load_world(data: str | Path, truth: str | Path | None = None) -> Any:
@@ -33,8 +33,8 @@ def load_world(data: str | Path, truth: str | Path | None = None) -> Any:
     """
     import json
 
-    from features.io import strip_table_suffix
-    from training.simulate import WorldConfig, simulate_world
+    from retryopt.features.io import strip_table_suffix
+    from retryopt.training.simulate import WorldConfig, simulate_world
 
     path = Path(truth) if truth is not None else None
     if path is None or not str(path).endswith(".json"):
@@ -101,7 +101,7 @@ def true_contributions(
     """
     if replications < 1:
         raise ValueError(f"replications must be >= 1, got {replications}")
-    from training.simulate import play
+    from retryopt.training.simulate import play
 
     mset = metrics or MetricSet()
     cons = constraints or Constraints()

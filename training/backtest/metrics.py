@@ -12,7 +12,7 @@ from typing import Final
 import numpy as np
 import pandas as pd
 
-from training.backtest.estimators import (
+from retryopt.training.backtest.estimators import (
     MetricSet,
     Resampled,
     percentile_interval,

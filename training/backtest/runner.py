@@ -24,10 +24,10 @@ from typing import Any, Protocol
 import numpy as np
 import pandas as pd
 
-from features import contract as c
-from features.currency import FxRates
-from features.decisions import Constraints, DecisionBatch
-from training.backtest.estimators import (
+from retryopt.features import contract as c
+from retryopt.features.currency import FxRates
+from retryopt.features.decisions import Constraints, DecisionBatch
+from retryopt.training.backtest.estimators import (
     INSUFFICIENT_OVERLAP,
     MIN_ESS,
     MetricSet,
@@ -141,7 +141,7 @@ def prepare_charges(
         units (default: US dollars at :data:`features.currency.REFERENCE_UNITS_PER_USD`), so
         amounts of different currencies add up.
     """
-    from features.taxonomy import classify_codes
+    from retryopt.features.taxonomy import classify_codes
 
     missing = [col for col in (c.CHARGE_ID, c.ATTEMPTED_AT, c.OUTCOME) if col not in attempts]
     if missing:
@@ -664,7 +664,7 @@ class FittedSuccessModel:
 
     def predict_rows(self, raw: pd.DataFrame) -> np.ndarray:
         """P(success) per raw feature row."""
-        from features.build import encode_features
+        from retryopt.features.build import encode_features
 
         if not len(raw):
             return np.empty(0)
@@ -672,7 +672,7 @@ class FittedSuccessModel:
 
     def predict_candidates(self, batch: DecisionBatch, candidate_times: np.ndarray) -> Any:
         """Score candidate times (``(n_charges, k)``, NaT = padding)."""
-        from features.build import build_candidate_features
+        from retryopt.features.build import build_candidate_features
 
         raw = build_candidate_features(batch, candidate_times)
         flat = ~np.isnat(candidate_times.ravel())
@@ -708,7 +708,7 @@ def fit_success_model(
     """
     import lightgbm as lgb
 
-    from features.build import build_training_examples, encode_features, fit_feature_spec
+    from retryopt.features.build import build_training_examples, encode_features, fit_feature_spec
 
     ex = build_training_examples(attempts)
     if len(ex.label) < 50:
@@ -796,7 +796,7 @@ class BacktestResult:
 
     def headline(self) -> pd.DataFrame:
         """One row per policy: the preferred estimator's headline statistics with intervals."""
-        from training.backtest.metrics import HEADLINE
+        from retryopt.training.backtest.metrics import HEADLINE
 
         est = self.estimates
         rows = []
@@ -873,8 +873,8 @@ def run_backtest(
         Exchange rates into the reporting currency of every amount (default: US dollars at
         the reference rates, :class:`features.currency.FxRates`).
     """
-    from training.backtest.estimators import bootstrap_means
-    from training.backtest.metrics import (
+    from retryopt.training.backtest.estimators import bootstrap_means
+    from retryopt.training.backtest.metrics import (
         breakdown_table,
         curve_table,
         estimates_table,
@@ -992,7 +992,7 @@ def run_backtest(
 
 def _hard_states(data: ChargeData) -> np.ndarray:
     """Per logged retry row: whether the decline before it is hard (never retry)."""
-    from features.taxonomy import classify_codes
+    from retryopt.features.taxonomy import classify_codes
 
     att = data.attempts
     info = classify_codes(att[c.DECLINE_CODE], att[c.NETWORK_ADVICE_CODE])
@@ -1004,7 +1004,7 @@ def _hard_states(data: ChargeData) -> np.ndarray:
 
 
 def _rules_for(data: ChargeData, hard_state: np.ndarray, target: np.ndarray) -> dict[str, int]:
-    from training.backtest.metrics import rule_checks
+    from retryopt.training.backtest.metrics import rule_checks
 
     steps = data.steps
     k_max = int(steps.step.max()) if len(steps.step) else 0
@@ -1047,7 +1047,7 @@ def bundle_holdout_months(models: Sequence[str]) -> list[str]:
     Read from each bundle's ``metrics["split"]`` (``test_months`` plus partial months merged into
     them); the intersection over bundles. Empty when a bundle does not describe its split.
     """
-    from training.bundle import resolve_model
+    from retryopt.training.bundle import resolve_model
 
     common: set[str] | None = None
     for name in models:
@@ -1095,10 +1095,10 @@ def run_cli(
     played policy is its mean over ``truth_replications`` plays with distinct common random
     numbers (the expected value on the same charges, less noisy than one play).
     """
-    from features.currency import REFERENCE_UNITS_PER_USD, load_fx_rates
-    from features.validation import load_attempts
-    from training.backtest.report import headline_markdown, write_outputs
-    from training.backtest.specs import build_policy, parse_spec, unique_labels
+    from retryopt.features.currency import REFERENCE_UNITS_PER_USD, load_fx_rates
+    from retryopt.features.validation import load_attempts
+    from retryopt.training.backtest.report import headline_markdown, write_outputs
+    from retryopt.training.backtest.specs import build_policy, parse_spec, unique_labels
 
     if truth_replications < 1:
         raise ValueError(f"truth_replications must be >= 1, got {truth_replications}")
@@ -1114,7 +1114,7 @@ def run_cli(
     attempts = load_attempts(data)
     world = None
     if simulate or any(p.kind == "oracle" for p in parsed):
-        from training.backtest.ground_truth import load_world
+        from retryopt.training.backtest.ground_truth import load_world
 
         progress("re-simulating the world for the ground truth")
         world = load_world(data, truth)
@@ -1136,14 +1136,14 @@ def run_cli(
             )
     dm = None
     if dm_model is not None:
-        from serving.policy import BundleSuccessModel
-        from training.bundle import resolve_model
+        from retryopt.serving.policy import BundleSuccessModel
+        from retryopt.training.bundle import resolve_model
 
         dm = BundleSuccessModel(resolve_model(dm_model))
     summary: dict[str, Any] = {}
     truth_fn = None
     if simulate and world is not None:
-        from training.backtest.ground_truth import true_contributions
+        from retryopt.training.backtest.ground_truth import true_contributions
 
         def truth_fn(ids: np.ndarray) -> dict[str, np.ndarray]:
             # the truth needs no DM split: play every held-out failed charge (both halves), so
@@ -1188,7 +1188,7 @@ def run_cli(
     path = write_outputs(result, out)
     print(headline_markdown(result))
     if summary:
-        from training.backtest.ground_truth import gap_lines
+        from retryopt.training.backtest.ground_truth import gap_lines
 
         print(
             "\nGround truth (simulated world, common random numbers, same charges, mean of "

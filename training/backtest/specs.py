@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from features import contract as c
-from features.decisions import DecisionBatch, PolicyDecisions
+from retryopt.features import contract as c
+from retryopt.features.decisions import DecisionBatch, PolicyDecisions
 
 HOUR = np.timedelta64(3600, "s").astype("timedelta64[ns]")
 
@@ -93,7 +93,7 @@ def unique_labels(specs: list[PolicySpec]) -> list[PolicySpec]:
 
 def _hard_last_decline(batch: DecisionBatch) -> np.ndarray:
     """Whether each charge's last decline is hard (never retry) per the taxonomy."""
-    from features.taxonomy import classify_codes
+    from retryopt.features.taxonomy import classify_codes
 
     att = batch.attempts
     if not len(att):
@@ -211,11 +211,16 @@ def build_policy(spec: PolicySpec, *, seed: int = 0, world: object | None = None
     if spec.kind == "random":
         return UniformRandom(seed=seed, name=spec.label)
     if spec.kind in ("greedy", "model", "fallback"):
-        from serving.policy import BundleSuccessModel, FallbackPolicy, GreedyPolicy, PlannerPolicy
+        from retryopt.serving.policy import (
+            BundleSuccessModel,
+            FallbackPolicy,
+            GreedyPolicy,
+            PlannerPolicy,
+        )
 
         if spec.kind == "fallback":
             return FallbackPolicy()
-        from training.bundle import resolve_model
+        from retryopt.training.bundle import resolve_model
 
         assert spec.model is not None
         bundle = resolve_model(spec.model)
@@ -224,7 +229,7 @@ def build_policy(spec: PolicySpec, *, seed: int = 0, world: object | None = None
     if spec.kind == "oracle":
         if world is None:
             raise SpecError("policy spec 'oracle' needs simulated data (--simulate)")
-        from training.simulate import OraclePolicy
+        from retryopt.training.simulate import OraclePolicy
 
         return OraclePolicy(world)  # type: ignore[arg-type]
     raise SpecError(f"policy spec {spec.label!r} has no policy object (it replays the history)")

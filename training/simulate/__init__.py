@@ -9,16 +9,16 @@ Public API (see ``docs/synthetic-world.md``)::
     result = play(OraclePolicy(world), world, world.failed_charges(), Constraints(), seed=1)
 """
 
-from training.simulate.config import WorldConfig
-from training.simulate.play import PlayResult, play
-from training.simulate.policies import (
+from retryopt.training.simulate.config import WorldConfig
+from retryopt.training.simulate.play import PlayResult, play
+from retryopt.training.simulate.policies import (
     FixedSchedulePolicy,
     LoggingPolicy,
     OraclePolicy,
     RandomPolicy,
 )
-from training.simulate.summary import WorldSummary, summarize_world
-from training.simulate.world import Outcome, SimulatedWorld, simulate_world
+from retryopt.training.simulate.summary import WorldSummary, summarize_world
+from retryopt.training.simulate.world import Outcome, SimulatedWorld, simulate_world
 
 __all__ = [
     "FixedSchedulePolicy",

@@ -16,10 +16,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from features import contract as C  # noqa: N812
-from features.decisions import Constraints, DecisionBatch, RetryPolicy
-from training.simulate.truth import CODE_NAMES, crn_uniforms
-from training.simulate.world import SimulatedWorld
+from retryopt.features import contract as C  # noqa: N812
+from retryopt.features.decisions import Constraints, DecisionBatch, RetryPolicy
+from retryopt.training.simulate.truth import CODE_NAMES, crn_uniforms
+from retryopt.training.simulate.world import SimulatedWorld
 
 __all__ = ["PlayResult", "play", "play_seed"]
 

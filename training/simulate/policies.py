@@ -11,18 +11,18 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from features import contract as C  # noqa: N812
-from features.decisions import Constraints, DecisionBatch, PolicyDecisions
-from training.simulate.config import LoggingPolicyConfig
-from training.simulate.logging_policy import logging_retry_offsets
-from training.simulate.truth import (
+from retryopt.features import contract as C  # noqa: N812
+from retryopt.features.decisions import Constraints, DecisionBatch, PolicyDecisions
+from retryopt.training.simulate.config import LoggingPolicyConfig
+from retryopt.training.simulate.logging_policy import logging_retry_offsets
+from retryopt.training.simulate.truth import (
     HistoryFeatures,
     crn_uniforms,
     failure_probabilities,
     history_features,
     success_from_failures,
 )
-from training.simulate.world import SimulatedWorld
+from retryopt.training.simulate.world import SimulatedWorld
 
 __all__ = [
     "FixedSchedulePolicy",

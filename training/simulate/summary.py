@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from features import contract as C  # noqa: N812
+from retryopt.features import contract as C  # noqa: N812
 
 __all__ = ["WorldSummary", "summarize_attempts", "summarize_world"]
 

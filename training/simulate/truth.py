@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from training.simulate.config import WorldConfig
+from retryopt.training.simulate.config import WorldConfig
 
 __all__ = [
     "ADVICE_NAMES",

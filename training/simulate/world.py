@@ -18,10 +18,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from features import contract as C  # noqa: N812
-from training.simulate.config import WorldConfig
-from training.simulate.logging_policy import logging_retry_offsets, stops_after
-from training.simulate.truth import (
+from retryopt.features import contract as C  # noqa: N812
+from retryopt.training.simulate.config import WorldConfig
+from retryopt.training.simulate.logging_policy import logging_retry_offsets, stops_after
+from retryopt.training.simulate.truth import (
     ADVICE_NAMES,
     CODE_INDEX,
     CODE_NAMES,
@@ -202,7 +202,7 @@ def _names(config: WorldConfig) -> _Names:
     country_currency = np.array(
         [currencies.index(c.currency.lower()) for c in config.population.countries.values()]
     )
-    from training.simulate.config import PAY_CYCLE_KINDS
+    from retryopt.training.simulate.config import PAY_CYCLE_KINDS
 
     return _Names(
         countries=countries,
