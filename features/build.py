@@ -36,7 +36,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from retryopt.features import contract as ct
-from retryopt.features._fe_time import (
+from retryopt.features.decisions import DecisionBatch
+from retryopt.features.localtime import (
     NAT_INT,
     NS_PER_DAY,
     NS_PER_HOUR,
@@ -45,18 +46,17 @@ from retryopt.features._fe_time import (
     days_from_civil,
     days_in_month,
     last_business_day,
+    resolve_timezones,
     shift_month,
     to_local_ns,
     weekday_of_days,
 )
-from retryopt.features.decisions import DecisionBatch
 from retryopt.features.taxonomy import (
     classify_decline,
     mastercard_advice,
     normalize_advice_code,
     normalize_code,
 )
-from retryopt.features.timezones import resolve_timezones
 
 __all__ = [
     "CATEGORICAL_FEATURES",

@@ -19,11 +19,9 @@ at once and a slower path that locates the offending rows only runs when the fas
 from __future__ import annotations
 
 import os
-import zoneinfo
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from functools import cache
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -34,6 +32,7 @@ import pyarrow.compute as pc
 
 from retryopt.features import contract as c
 from retryopt.features.iso_codes import COUNTRIES, CURRENCIES
+from retryopt.features.localtime import is_valid_timezone
 
 MAX_EXAMPLES = 5
 """How many row numbers and values an issue lists."""
@@ -431,11 +430,6 @@ def _table_issue(column: str, rule: str, names: Sequence[str], message: str) -> 
     return ValidationIssue(column, rule, message, 0, (), tuple(names))
 
 
-@cache
-def _iana_zones() -> frozenset[str]:
-    return frozenset(zoneinfo.available_timezones())
-
-
 class _Coded(NamedTuple):
     """A text column as a dictionary of distinct values and one code per row.
 
@@ -830,9 +824,11 @@ def validate_attempts(raw: pd.DataFrame, *, drop_invalid: bool = False) -> Valid
     )
     if c.CUSTOMER_TIMEZONE in raw_arrays:
         zones: _Coded = out[c.CUSTOMER_TIMEZONE]
-        known = _iana_zones()
         unknown_zone = np.array(
-            [z is not None and z != "" and z not in known for z in zones.dictionary.to_pylist()],
+            [
+                z is not None and z != "" and not is_valid_timezone(z)
+                for z in zones.dictionary.to_pylist()
+            ],
             dtype=bool,
         )
         if unknown_zone.any():

@@ -20,13 +20,10 @@ Sources (see ``docs/serving.md`` and the shared domain facts):
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
 import pandas as pd
@@ -35,12 +32,10 @@ from retryopt.features import contract as c
 from retryopt.features import taxonomy
 from retryopt.features.build import AttemptColumns
 from retryopt.features.decisions import Constraints, DecisionBatch
+from retryopt.features.localtime import NS_PER_HOUR, local_hours, resolve_zone, utc_offset
 
-HOUR_NS = np.int64(3_600_000_000_000)
+HOUR_NS = np.int64(NS_PER_HOUR)
 DAY_NS = 24 * HOUR_NS
-# The same hour as a Python int: scalar arithmetic on numpy scalars costs about 1 us a step, and
-# float * int rounds exactly as float * np.int64 (3.6e12 is exact in float64).
-_HOUR = 3_600_000_000_000
 
 VISA_SOURCE = "Visa Core Rules (April 2026): decline categories and reattempt limits"
 MASTERCARD_SOURCE = "Mastercard merchant advice codes and excessive-decline limits"
@@ -187,50 +182,6 @@ def _stop(
     )
 
 
-@functools.lru_cache(maxsize=16384)
-def _utc_offset(zone: str, ns: int) -> timedelta | None:
-    """UTC offset of ``zone`` at the instant ``ns`` (cached: grid ends are whole hours that
-    recur across charges and requests)."""
-    return datetime.fromtimestamp(ns / 1e9, tz=UTC).astimezone(ZoneInfo(zone)).utcoffset()
-
-
-def local_hours(times: np.ndarray, zone: str) -> np.ndarray:
-    """Local hour (0-23) of UTC-naive ``datetime64[ns]`` times in IANA ``zone``.
-
-    Uses one UTC offset when the zone's offset is the same at both ends of the span (no DST
-    transition inside), else converts every time.
-    """
-    if times.size == 0:
-        return np.array([], dtype=np.int64)
-    ns = times.astype("datetime64[ns]").astype(np.int64)
-    if zone in ("UTC", "Etc/UTC"):
-        return (ns // HOUR_NS) % 24
-    first = _utc_offset(zone, int(ns.min()))
-    last = _utc_offset(zone, int(ns.max()))
-    if first is not None and first == last:
-        offset = np.int64(int(first.total_seconds()) * 1_000_000_000)
-        return ((ns + offset) // HOUR_NS) % 24
-    idx = pd.DatetimeIndex(times.astype("datetime64[ns]")).tz_localize("UTC").tz_convert(zone)
-    return np.asarray(idx.hour, dtype=np.int64)
-
-
-def resolve_zone(customer_timezone: object, card_country: object) -> str:
-    """The customer's IANA zone: their own if valid, else the card country's default, else UTC."""
-    if isinstance(customer_timezone, str) and customer_timezone:
-        try:
-            ZoneInfo(customer_timezone)
-            return customer_timezone
-        except (ZoneInfoNotFoundError, ValueError):
-            pass
-    if isinstance(card_country, str) and card_country:
-        try:
-            from retryopt.features.timezones import COUNTRY_DEFAULT_TIMEZONE
-        except ImportError:  # pragma: no cover - the module is part of the project
-            return "UTC"
-        return str(COUNTRY_DEFAULT_TIMEZONE.get(card_country.upper(), "UTC"))
-    return "UTC"
-
-
 def _trailing_counts(events: np.ndarray, grid_ns: np.ndarray, span_ns: np.int64) -> np.ndarray:
     """Number of ``events`` (sorted int64 ns) in ``(t - span, t)`` for every grid time ``t``."""
     if events.size == 0:
@@ -241,7 +192,7 @@ def _trailing_counts(events: np.ndarray, grid_ns: np.ndarray, span_ns: np.int64)
 
 
 def _ceil_hour(ns: int) -> int:
-    return -(-ns // _HOUR) * _HOUR
+    return -(-ns // NS_PER_HOUR) * NS_PER_HOUR
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -360,7 +311,7 @@ def _decline(code: str | None, advice: str | None) -> _Decline:
     if mac is not None and mac.min_wait_hours is not None:
         # Mastercard merchant advice codes 24-30: earliest retry time after the decline.
         wait = (
-            int(mac.min_wait_hours * _HOUR),
+            int(mac.min_wait_hours * NS_PER_HOUR),
             f"Mastercard advice {mac.code}: not before {mac.min_wait_hours:g} h after the decline",
         )
     out = _Decline(family=family, stop=stop, wait=wait)
@@ -402,9 +353,9 @@ class _Limits:
     @classmethod
     def of(cls, constraints: Constraints, grid_hours: int) -> _Limits:
         return cls(
-            window=int(constraints.window_hours * _HOUR),
-            gap=int(constraints.min_gap_hours * _HOUR),
-            step=int(grid_hours * _HOUR),
+            window=int(constraints.window_hours * NS_PER_HOUR),
+            gap=int(constraints.min_gap_hours * NS_PER_HOUR),
+            step=int(grid_hours * NS_PER_HOUR),
         )
 
 
@@ -557,21 +508,21 @@ def _charge_caps(o: _Open, grid_ns: np.ndarray) -> np.ndarray:
 def _grid_hours(grid_ns: np.ndarray, step: int, zone: str) -> np.ndarray:
     """:func:`local_hours` of one charge's grid ``grid_ns`` (int64 ns, ascending by ``step``)."""
     first_ns = int(grid_ns[0])
-    if first_ns % _HOUR == 0 and step % _HOUR == 0:
+    if first_ns % NS_PER_HOUR == 0 and step % NS_PER_HOUR == 0:
         # Whole-hour grid: with one UTC offset over the grid (as local_hours checks), the local
         # hour of point r is (h0 + r * step hours) % 24, h0 that of the first point (floor
         # division distributes over whole hours exactly).
         if zone in ("UTC", "Etc/UTC"):
             off = 0
         else:
-            first = _utc_offset(zone, first_ns)
-            if first is None or first != _utc_offset(zone, int(grid_ns[-1])):
+            first = utc_offset(zone, first_ns)
+            if first is None or first != utc_offset(zone, int(grid_ns[-1])):
                 return local_hours(grid_ns.view("datetime64[ns]"), zone)
             off = int(first.total_seconds()) * 1_000_000_000
-        h0 = ((first_ns + off) // _HOUR) % 24
-        return (np.arange(h0, h0 + grid_ns.size * (step // _HOUR), step // _HOUR) % 24).astype(
-            np.int64, copy=False
-        )
+        h0 = ((first_ns + off) // NS_PER_HOUR) % 24
+        return (
+            np.arange(h0, h0 + grid_ns.size * (step // NS_PER_HOUR), step // NS_PER_HOUR) % 24
+        ).astype(np.int64, copy=False)
     return local_hours(grid_ns.view("datetime64[ns]"), zone)
 
 
@@ -1044,7 +995,7 @@ def _grid_verdicts(opened: list[_Open], constraints: Constraints) -> list[RuleRe
         zone = o.state.timezone
         if zone in ("UTC", "Etc/UTC"):
             continue
-        first, final = _utc_offset(zone, a), _utc_offset(zone, b)
+        first, final = utc_offset(zone, a), utc_offset(zone, b)
         if first is not None and first == final:
             offset[j] = int(first.total_seconds()) * 1_000_000_000
         else:

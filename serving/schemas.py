@@ -16,7 +16,6 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
@@ -24,6 +23,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validato
 from retryopt.features import contract as c
 from retryopt.features.build import AttemptColumns
 from retryopt.features.decisions import Constraints
+from retryopt.features.localtime import canonical_timezone
 from retryopt.serving.columnar import ColumnarBatch
 from retryopt.serving.rules import CardRef
 
@@ -68,11 +68,10 @@ class ChargeIn(_In):
     def _zone(cls, value: str | None) -> str | None:
         if value is None:
             return None
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError) as exc:
-            raise ValueError(f"unknown IANA time zone {value!r}") from exc
-        return value
+        zone = canonical_timezone(value)
+        if zone is None:
+            raise ValueError(f"unknown IANA time zone {value!r}")
+        return zone
 
 
 class AttemptIn(_In):

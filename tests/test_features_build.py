@@ -11,7 +11,6 @@ import pandas as pd
 import pytest
 
 from retryopt.features._fe_synth import synthetic_attempts
-from retryopt.features._fe_time import NS_PER_HOUR, to_local_ns
 from retryopt.features.build import (
     CATEGORICAL_FEATURES,
     MISSING_LEVEL,
@@ -26,6 +25,7 @@ from retryopt.features.build import (
     fit_feature_spec,
 )
 from retryopt.features.decisions import DecisionBatch
+from retryopt.features.localtime import NS_PER_HOUR, to_local_ns
 
 UTC = "UTC"
 

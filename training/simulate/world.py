@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from retryopt.features import contract as C  # noqa: N812
+from retryopt.features.localtime import NS_PER_HOUR, utc_offset_hours
 from retryopt.training.simulate.config import WorldConfig
 from retryopt.training.simulate.logging_policy import logging_retry_offsets, stops_after
 from retryopt.training.simulate.truth import (
@@ -41,7 +42,6 @@ from retryopt.training.simulate.truth import (
 __all__ = ["Outcome", "SimulatedWorld", "simulate_world"]
 
 CALENDAR_KINDS: tuple[str, ...] = ("semimonthly", "month_end", "first_of_month", "day_25")
-HOUR_NS = 3_600_000_000_000
 TABLE_MARGIN_HOURS = 24 * 120  # hourly tables extend this far past the last month (play windows)
 ProgressFn = Callable[[str], None]
 
@@ -100,12 +100,12 @@ def _calendars(epoch: pd.Timestamp, day0: int, n_days: int) -> tuple[np.ndarray,
 def _zone_offsets(
     epoch: pd.Timestamp, hour0: int, n_hours: int, zones: Sequence[str]
 ) -> np.ndarray:
-    idx = pd.date_range(epoch + pd.Timedelta(hours=hour0), periods=n_hours, freq="h", tz="UTC")
-    naive = idx.tz_localize(None)
+    """UTC offset in hours (DST-correct) of each zone at each simulated hour, ``(zones, hours)``."""
+    start = int((epoch + pd.Timedelta(hours=hour0)).value)
+    utc_ns = start + np.arange(n_hours, dtype=np.int64) * NS_PER_HOUR
     out = np.empty((len(zones), n_hours), dtype=np.float64)
     for i, zone in enumerate(zones):
-        local = idx.tz_convert(zone).tz_localize(None)
-        out[i] = (local - naive).total_seconds().to_numpy() / 3600.0
+        out[i] = utc_offset_hours(zone, utc_ns)
     return out
 
 
@@ -174,7 +174,7 @@ def _month_index_hours(epoch: pd.Timestamp, year: np.ndarray, month: np.ndarray)
     """Hours since epoch of the first instant after the end of (year, month), UTC."""
     months = (year - 1970) * 12 + (month - 1) + 1
     starts = months.astype("datetime64[M]").astype("datetime64[ns]")
-    return (starts - epoch.to_datetime64()).astype(np.int64) / HOUR_NS
+    return (starts - epoch.to_datetime64()).astype(np.int64) / NS_PER_HOUR
 
 
 @dataclass(frozen=True)
@@ -440,7 +440,7 @@ class SimulatedWorld:
                 flat = pd.to_datetime(pd.Series(raw.ravel(), dtype=object), utc=True)
                 arr = flat.dt.tz_localize(None).to_numpy(dtype="datetime64[ns]").reshape(raw.shape)
         delta = arr - self.epoch.to_datetime64().astype("datetime64[ns]")
-        out = delta.astype(np.int64) / HOUR_NS
+        out = delta.astype(np.int64) / NS_PER_HOUR
         return np.where(np.isnat(delta), np.nan, out)
 
     def from_hours(self, hours: np.ndarray) -> np.ndarray:

@@ -8,15 +8,18 @@ import zoneinfo
 import numpy as np
 import pandas as pd
 import pytest
+from pydantic import ValidationError
 
-from retryopt.features.timezones import (
+from retryopt.features.localtime import (
     COUNTRY_DEFAULT_TIMEZONE,
     FALLBACK_TIMEZONE,
     canonical_timezone,
     country_default_timezone,
     is_valid_timezone,
     resolve_timezones,
+    resolve_zone,
 )
+from retryopt.serving.schemas import ChargeIn
 
 EU_EEA = ["AT", "BE", "BG", "CY", "CZ", "DE", "DK", "EE", "ES", "FI", "FR", "GR", "HR", "HU",
           "IE", "IT", "LT", "LU", "LV", "MT", "NL", "PL", "PT", "RO", "SE", "SI", "SK",
@@ -161,3 +164,35 @@ def test_resolve_timezones_empty_and_length_mismatch() -> None:
     assert len(empty) == 0 and empty.dtype == "str"
     with pytest.raises(ValueError, match="customer_timezone has 1 rows but card_country has 2"):
         resolve_timezones(pd.Series(["UTC"]), pd.Series(["US", "FR"]))
+
+
+# --- one zone rule for the contract, the API and the features -------------------------------
+
+
+@pytest.mark.parametrize(
+    ("given", "canonical"),
+    [
+        ("Europe/Paris", "Europe/Paris"),
+        (" europe/paris ", "Europe/Paris"),
+        ("AMERICA/NEW_YORK", "America/New_York"),
+        ("UTC", "UTC"),
+        ("Mars/Olympus_Mons", None),
+        ("", None),
+        ("../../etc/passwd", None),
+    ],
+)
+def test_one_zone_rule_everywhere(given: str, canonical: str | None) -> None:
+    """Validation, the API schema and feature resolution accept and spell a zone alike."""
+    assert canonical_timezone(given) == canonical
+    assert is_valid_timezone(given) is (canonical is not None)
+    resolved = resolve_zone(given, "DE")
+    assert resolved == (canonical if canonical is not None else "Europe/Berlin")
+    card = {"brand": "visa", "funding": "debit", "country": "DE",
+            "added_at": "2025-01-01T00:00:00Z", "exp_month": 1, "exp_year": 2030}  # fmt: skip
+    charge = {"charge_id": "c", "customer_id": "u", "amount": 100, "currency": "eur", "card": card}
+    if canonical is None:
+        with pytest.raises(ValidationError):
+            ChargeIn.model_validate({**charge, "customer_timezone": given})
+    else:
+        parsed = ChargeIn.model_validate({**charge, "customer_timezone": given})
+        assert parsed.customer_timezone == canonical

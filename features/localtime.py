@@ -1,8 +1,19 @@
-"""Customer time zones: IANA zone validation and a default zone per card country.
+"""Time for the whole project: constants, time-zone resolution, local hours and DST.
 
-Retry timing features (local hour, local weekday, payday proximity) need the customer's local
-time. The contract's optional ``customer_timezone`` column is used when it holds a valid IANA
-zone; otherwise the zone is inferred from ``card_country``.
+One module, used by the features, the network rules, the simulator and the backtest:
+
+- **Constants**: nanoseconds per second, hour and day; ``NAT_INT`` (NaT as int64).
+- **Zone resolution** (one rule): the customer's ``customer_timezone`` when it names an IANA
+  zone (:func:`canonical_timezone`: surrounding space and letter case ignored, canonical spelling
+  returned), else the card country's default zone (:data:`COUNTRY_DEFAULT_TIMEZONE`), else
+  ``"UTC"``. :func:`resolve_timezones` does it for whole columns, :func:`resolve_zone` for one
+  charge.
+- **Local civil time, daylight saving correct**: per-zone UTC offset tables
+  (:func:`zone_offset_table`, exact to the second, 1970-2100), :func:`to_local_ns` for arrays of
+  instants in many zones, :func:`local_hours` for one zone's hour grid, and
+  :func:`utc_offset_hours`.
+- **A numpy calendar** on int64 "days since 1970-01-01" (Howard Hinnant's ``civil_from_days``,
+  proleptic Gregorian): month lengths, weekdays, last business days.
 
 The default zone of a country is the zone where most of its population lives. For countries
 that span several zones (US, CA, MX, BR, AU, RU, ID, KZ, ...) this is an approximation: a
@@ -12,6 +23,7 @@ customer in Los Angeles with a US card is placed in ``America/New_York``. Countr
 
 from __future__ import annotations
 
+import datetime as dt
 import zoneinfo
 from collections.abc import Mapping
 from functools import lru_cache
@@ -25,11 +37,38 @@ import pyarrow as pa
 __all__ = [
     "COUNTRY_DEFAULT_TIMEZONE",
     "FALLBACK_TIMEZONE",
+    "NAT_INT",
+    "NS_PER_DAY",
+    "NS_PER_HOUR",
+    "NS_PER_SECOND",
     "canonical_timezone",
+    "civil_from_days",
     "country_default_timezone",
+    "days_from_civil",
+    "days_in_month",
     "is_valid_timezone",
+    "last_business_day",
+    "local_hours",
     "resolve_timezones",
+    "resolve_zone",
+    "shift_month",
+    "to_local_ns",
+    "utc_offset",
+    "utc_offset_hours",
+    "weekday_of_days",
+    "zone_offset_table",
 ]
+
+# --------------------------------------------------------------------------------------------
+# Constants
+
+NS_PER_SECOND: Final = 1_000_000_000
+NS_PER_HOUR: Final = 3600 * NS_PER_SECOND
+NS_PER_DAY: Final = 24 * NS_PER_HOUR
+NAT_INT: Final = np.iinfo(np.int64).min
+
+# --------------------------------------------------------------------------------------------
+# Zone resolution
 
 FALLBACK_TIMEZONE: Final = "UTC"
 
@@ -205,7 +244,8 @@ def country_default_timezone(country: str | None) -> str:
     return COUNTRY_DEFAULT_TIMEZONE.get(country.strip().upper(), FALLBACK_TIMEZONE)
 
 
-def _resolve_one(customer_timezone: object, card_country: object) -> str:
+def resolve_zone(customer_timezone: object, card_country: object) -> str:
+    """The zone of one charge: the customer's own if valid, else the card country's, else UTC."""
     if isinstance(customer_timezone, str):
         zone = canonical_timezone(customer_timezone)
         if zone is not None:
@@ -265,8 +305,197 @@ def resolve_timezones(customer_timezone: pd.Series, card_country: pd.Series) -> 
     rank = np.zeros(present.size, dtype=np.int32)
     rank[pair_uniques] = np.arange(pair_uniques.size, dtype=np.int32)
     resolved = [
-        _resolve_one(tz_values[p // n_cc], cc_values[p % n_cc]) for p in pair_uniques.tolist()
+        resolve_zone(tz_values[p // n_cc], cc_values[p % n_cc]) for p in pair_uniques.tolist()
     ]
     taken = pa.array(resolved, type=pa.large_string()).take(pa.array(rank[pair]))
     values = taken.to_pandas(types_mapper=lambda _t: pd.StringDtype("pyarrow", na_value=np.nan))
     return pd.Series(values.array, index=customer_timezone.index, name="timezone", copy=False)
+
+
+# --------------------------------------------------------------------------------------------
+# Local civil time (DST-correct)
+
+# Offset tables cover 1970-2100; instants outside use the nearest known offset.
+_TABLE_START: Final = "1970-01-01"
+_TABLE_END: Final = "2100-01-01"
+
+
+@lru_cache(maxsize=1024)
+def zone_offset_table(zone: str) -> tuple[np.ndarray, np.ndarray]:
+    """UTC offset transitions of an IANA zone.
+
+    Parameters
+    ----------
+    zone
+        IANA zone name (e.g. ``"Europe/Paris"``).
+
+    Returns
+    -------
+    (numpy.ndarray, numpy.ndarray)
+        ``starts`` (int64 UTC ns, sorted, ``starts[0]`` is the int64 minimum) and ``offsets``
+        (int64 ns): the offset valid from ``starts[i]`` until ``starts[i + 1]``.
+
+    Raises
+    ------
+    ValueError
+        If ``zone`` is not a known IANA zone.
+    """
+    try:
+        info = zoneinfo.ZoneInfo(zone)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValueError(f"unknown time zone {zone!r}") from exc
+    days = pd.date_range(_TABLE_START, _TABLE_END, freq="D", tz="UTC")
+    utc_ns = days.as_unit("ns").asi8
+    local_ns = days.tz_convert(info).tz_localize(None).as_unit("ns").asi8
+    offsets = local_ns - utc_ns
+    change = np.flatnonzero(offsets[1:] != offsets[:-1]) + 1
+    starts = [NAT_INT]
+    values = [int(offsets[0])]
+    for i in change.tolist():
+        # The transition lies in (utc_ns[i-1], utc_ns[i]]; bisect it to the second with zoneinfo.
+        lo = int(utc_ns[i - 1] // NS_PER_SECOND)
+        hi = int(utc_ns[i] // NS_PER_SECOND)
+        before = offsets[i - 1]
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            moment = dt.datetime.fromtimestamp(mid, tz=info)
+            off = moment.utcoffset()
+            off_ns = 0 if off is None else int(off.total_seconds()) * NS_PER_SECOND
+            if off_ns == before:
+                lo = mid
+            else:
+                hi = mid
+        starts.append(hi * NS_PER_SECOND)
+        values.append(int(offsets[i]))
+    return np.asarray(starts, dtype=np.int64), np.asarray(values, dtype=np.int64)
+
+
+def to_local_ns(utc_ns: np.ndarray, zone_codes: np.ndarray, zones: np.ndarray) -> np.ndarray:
+    """Convert UTC instants to local wall-clock instants (as naive int64 ns).
+
+    Parameters
+    ----------
+    utc_ns
+        int64 UTC nanoseconds since the epoch.
+    zone_codes
+        Index into ``zones`` per instant (same shape as ``utc_ns``).
+    zones
+        IANA zone names.
+
+    Returns
+    -------
+    numpy.ndarray
+        int64 local wall-clock nanoseconds since 1970-01-01 00:00 (naive).
+    """
+    out = np.empty_like(utc_ns)
+    if utc_ns.size == 0:
+        return out
+    first = zone_codes.flat[0]
+    if zone_codes.size == 1 or bool((zone_codes == first).all()):
+        starts, offsets = zone_offset_table(str(zones[first]))
+        idx = np.searchsorted(starts, utc_ns, side="right") - 1
+        np.add(utc_ns, offsets[idx], out=out)
+        return out
+    flat_codes = zone_codes.ravel()
+    flat_t = utc_ns.ravel()
+    flat_out = out.ravel()
+    order = np.argsort(flat_codes, kind="stable")
+    sorted_codes = flat_codes[order]
+    bounds = np.flatnonzero(np.diff(sorted_codes)) + 1
+    for seg in np.split(order, bounds):
+        starts, offsets = zone_offset_table(str(zones[flat_codes[seg[0]]]))
+        tt = flat_t[seg]
+        flat_out[seg] = tt + offsets[np.searchsorted(starts, tt, side="right") - 1]
+    return flat_out.reshape(utc_ns.shape)
+
+
+def civil_from_days(days: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Year, month (1-12) and day (1-31) of int64 days since 1970-01-01 (Hinnant's algorithm)."""
+    z = days + 719468
+    era = np.floor_divide(z, 146097)
+    doe = z - era * 146097
+    yoe = (doe - doe // 1460 + doe // 36524 - doe // 146096) // 365
+    y = yoe + era * 400
+    doy = doe - (365 * yoe + yoe // 4 - yoe // 100)
+    mp = (5 * doy + 2) // 153
+    d = doy - (153 * mp + 2) // 5 + 1
+    m = np.where(mp < 10, mp + 3, mp - 9)
+    y = y + (m <= 2)
+    return y, m, d
+
+
+def days_from_civil(y: np.ndarray, m: np.ndarray, d: np.ndarray) -> np.ndarray:
+    """int64 days since 1970-01-01 of a (year, month, day) date (inverse of civil_from_days)."""
+    y = y - (m <= 2)
+    era = np.floor_divide(y, 400)
+    yoe = y - era * 400
+    mp = np.where(m > 2, m - 3, m + 9)
+    doy = (153 * mp + 2) // 5 + d - 1
+    doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
+    return era * 146097 + doe - 719468
+
+
+_DAYS_IN_MONTH: Final = np.array([31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31], dtype=np.int64)
+
+
+def days_in_month(y: np.ndarray, m: np.ndarray) -> np.ndarray:
+    """Number of days of month ``m`` (1-12) of year ``y``."""
+    leap = ((y % 4 == 0) & (y % 100 != 0)) | (y % 400 == 0)
+    return _DAYS_IN_MONTH[m - 1] + ((m == 2) & leap)
+
+
+def weekday_of_days(days: np.ndarray) -> np.ndarray:
+    """ISO weekday with Monday = 0 ... Sunday = 6 (1970-01-01 was a Thursday)."""
+    return (days + 3) % 7
+
+
+def last_business_day(y: np.ndarray, m: np.ndarray) -> np.ndarray:
+    """Day of month of the last Monday-Friday day of the month (public holidays ignored)."""
+    dim = days_in_month(y, m)
+    wd = weekday_of_days(days_from_civil(y, m, dim))
+    return dim - np.where(wd == 5, 1, np.where(wd == 6, 2, 0))
+
+
+def shift_month(y: np.ndarray, m: np.ndarray, delta: int) -> tuple[np.ndarray, np.ndarray]:
+    """(year, month) ``delta`` months away."""
+    k = y * 12 + (m - 1) + delta
+    return k // 12, k % 12 + 1
+
+
+def utc_offset_hours(zone: str, utc_ns: np.ndarray) -> np.ndarray:
+    """UTC offset of ``zone`` (hours, float64; DST-correct) at int64 UTC instants ``utc_ns``."""
+    starts, offsets = zone_offset_table(zone)
+    idx = np.searchsorted(starts, utc_ns, side="right") - 1
+    return offsets[idx] / float(NS_PER_HOUR)
+
+
+@lru_cache(maxsize=16384)
+def utc_offset(zone: str, ns: int) -> dt.timedelta | None:
+    """UTC offset of ``zone`` at the instant ``ns`` (cached: grid ends are whole hours that
+    recur across charges and requests)."""
+    return (
+        dt.datetime.fromtimestamp(ns / 1e9, tz=dt.UTC)
+        .astimezone(zoneinfo.ZoneInfo(zone))
+        .utcoffset()
+    )
+
+
+def local_hours(times: np.ndarray, zone: str) -> np.ndarray:
+    """Local hour (0-23) of UTC-naive ``datetime64[ns]`` times in IANA ``zone``.
+
+    Uses one UTC offset when the zone's offset is the same at both ends of the span (no DST
+    transition inside), else converts every time exactly.
+    """
+    if times.size == 0:
+        return np.array([], dtype=np.int64)
+    ns = times.astype("datetime64[ns]").astype(np.int64)
+    hour = np.int64(NS_PER_HOUR)
+    if zone in ("UTC", "Etc/UTC"):
+        return (ns // hour) % 24
+    first = utc_offset(zone, int(ns.min()))
+    last = utc_offset(zone, int(ns.max()))
+    if first is not None and first == last:
+        offset = np.int64(int(first.total_seconds()) * NS_PER_SECOND)
+        return ((ns + offset) // hour) % 24
+    idx = pd.DatetimeIndex(times.astype("datetime64[ns]")).tz_localize("UTC").tz_convert(zone)
+    return np.asarray(idx.hour, dtype=np.int64)
