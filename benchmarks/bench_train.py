@@ -62,7 +62,7 @@ def _dataset(n_attempts: int, *, seed: int) -> Path:
 def _worker(data: Path, threads: int) -> None:
     """Child process: time each phase and report peak RSS as one JSON line."""
     from retryopt.features.validation import load_attempts
-    from retryopt.training.bundle import write_bundle
+    from retryopt.model.bundle import write_bundle
     from retryopt.training.train import load_config, train_from_attempts
 
     marks: list[tuple[float, str]] = []

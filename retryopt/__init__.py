@@ -1,8 +1,5 @@
 """retryopt: open smart-retry optimizer for failed recurring card payments."""
 
-from importlib.metadata import PackageNotFoundError, version
+from retryopt.version import __version__
 
-try:
-    __version__ = version("retryopt")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree without install
-    __version__ = "0.0.0+unknown"
+__all__ = ["__version__"]

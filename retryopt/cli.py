@@ -10,7 +10,7 @@ import importlib
 
 import typer
 
-from retryopt import __version__
+from retryopt.version import __version__
 
 # (subcommand name, module under retryopt.commands). Each module defines ``command``.
 COMMANDS: tuple[tuple[str, str], ...] = (

@@ -223,7 +223,7 @@ class ModelStore:
             try:
                 loader = self._loader
                 if loader is None:
-                    from retryopt.training.bundle import resolve_model
+                    from retryopt.model.registry import resolve_model
 
                     loader = resolve_model
                 bundle = loader(where)

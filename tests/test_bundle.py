@@ -12,16 +12,16 @@ import pandas as pd
 import pytest
 
 from retryopt.features.build import encode_features, fit_feature_spec
-from retryopt.training.bundle import (
+from retryopt.model.bundle import (
     MANIFEST,
     REQUIRED_FILES,
     BundleError,
     ModelBundle,
     load_bundle,
-    resolve_model,
     write_bundle,
 )
-from retryopt.training.calibration import Calibrator, fit_calibrator
+from retryopt.model.calibration import Calibrator, fit_calibrator
+from retryopt.model.registry import resolve_model
 
 
 def _raw_features(n: int, seed: int) -> tuple[pd.DataFrame, np.ndarray]:

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from retryopt.training.calibration import (
+from retryopt.model.calibration import (
     Calibrator,
     choose_calibrator,
     fit_calibrator,

@@ -25,6 +25,8 @@ from retryopt.features import contract as c
 from retryopt.features._fe_synth import synthetic_attempts
 from retryopt.features.build import build_training_examples, encode_features, fit_feature_spec
 from retryopt.features.decisions import Constraints
+from retryopt.model.bundle import write_bundle
+from retryopt.model.calibration import fit_calibrator
 from retryopt.serving.app import _decision_out, decision_json
 from retryopt.serving.columnar import ColumnarBatch, columns_frame
 from retryopt.serving.model_store import ModelStore
@@ -32,8 +34,6 @@ from retryopt.serving.policy import FallbackPolicy
 from retryopt.serving.rules import charge_states
 from retryopt.serving.schemas import DecisionRequest, to_batch
 from retryopt.serving.settings import Settings
-from retryopt.training.bundle import write_bundle
-from retryopt.training.calibration import fit_calibrator
 
 T0 = datetime(2026, 1, 5, 8, 12, tzinfo=UTC)
 CODES = (

@@ -39,6 +39,8 @@ from retryopt.features.build import (
     fit_feature_spec,
 )
 from retryopt.features.decisions import Constraints, DecisionBatch
+from retryopt.model.bundle import load_bundle, write_bundle
+from retryopt.model.calibration import fit_calibrator
 from retryopt.serving.app import performance_options
 from retryopt.serving.model_store import ModelStore
 from retryopt.serving.policy import (
@@ -50,8 +52,6 @@ from retryopt.serving.policy import (
     _pick_alternatives,
 )
 from retryopt.serving.schemas import DecisionRequest, to_batch
-from retryopt.training.bundle import load_bundle, write_bundle
-from retryopt.training.calibration import fit_calibrator
 
 ROOT = Path(__file__).resolve().parents[1]
 T0 = datetime(2026, 1, 5, 8, 12, tzinfo=UTC)

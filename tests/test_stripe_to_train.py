@@ -27,7 +27,7 @@ from typer.testing import CliRunner
 from retryopt.cli import app
 from retryopt.features.stripe_import import parse_charge_object
 from retryopt.features.validation import load_attempts
-from retryopt.training.bundle import load_bundle
+from retryopt.model.bundle import load_bundle
 
 pytestmark = pytest.mark.slow
 

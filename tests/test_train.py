@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from retryopt.cli import app
 from retryopt.features.io import write_table_atomic
-from retryopt.training.bundle import load_bundle
+from retryopt.model.bundle import load_bundle
 from retryopt.training.train import TrainConfig, load_config, run_training, time_split
 
 FAST_CONFIG = """

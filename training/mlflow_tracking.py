@@ -11,68 +11,20 @@ in the model registry, so ``mlflow models serve -m models:/<name>/<version>`` ca
 
 from __future__ import annotations
 
-import contextlib
-import logging
-import os
-import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-DEFAULT_DB_FILE = "mlflow.db"
-DEFAULT_ARTIFACTS_DIR = "mlartifacts"
+from retryopt.model.registry import (
+    artifact_location_for,
+    configure_tracking,
+    quiet_mlflow,
+    tracking_uri,
+)
+
 DEFAULT_EXPERIMENT = "retryopt"
 DEFAULT_REGISTERED_NAME = "retryopt-retry-success"
-_QUIET_LOGGERS = ("mlflow", "alembic", "sqlalchemy", "urllib3", "git")
-
-
-def default_tracking_uri(cwd: str | Path | None = None) -> str:
-    """``sqlite:///<cwd>/mlflow.db``: the embedded store in the project folder."""
-    base = Path(cwd) if cwd is not None else Path.cwd()
-    return f"sqlite:///{(base / DEFAULT_DB_FILE).resolve()}"
-
-
-def tracking_uri(explicit: str | None = None) -> str:
-    """The tracking URI in effect: ``explicit``, else ``MLFLOW_TRACKING_URI``, else the default."""
-    return explicit or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
-
-
-def artifact_location_for(uri: str) -> str | None:
-    """Artifact root for new experiments: ``mlartifacts`` beside a SQLite file, else default."""
-    if uri.startswith("sqlite:///"):
-        db = Path(uri.removeprefix("sqlite:///"))
-        if not db.is_absolute():
-            db = Path("/" + str(db)) if uri.startswith("sqlite:////") else db.resolve()
-        return (db.parent / DEFAULT_ARTIFACTS_DIR).resolve().as_uri()
-    return None
-
-
-def configure_tracking(explicit: str | None = None) -> str:
-    """Point MLflow (tracking and registry) at :func:`tracking_uri` and return the URI."""
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    import mlflow
-
-    uri = tracking_uri(explicit)
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    return uri
-
-
-@contextlib.contextmanager
-def quiet_mlflow() -> Iterator[None]:
-    """Silence MLflow's and alembic's INFO logs and warnings inside the block."""
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    previous = {name: logging.getLogger(name).level for name in _QUIET_LOGGERS}
-    for name in _QUIET_LOGGERS:
-        logging.getLogger(name).setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for name, level in previous.items():
-            logging.getLogger(name).setLevel(level)
 
 
 def _experiment_id(name: str, uri: str) -> str:

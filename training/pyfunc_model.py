@@ -23,7 +23,7 @@ class BundlePythonModel(PythonModel):
 
     def load_context(self, context: Any) -> None:
         """Load and verify the bundle from the model's ``bundle`` artifact."""
-        from retryopt.training.bundle import find_bundle_dir, load_bundle
+        from retryopt.model.bundle import find_bundle_dir, load_bundle
 
         self.bundle = load_bundle(find_bundle_dir(context.artifacts["bundle"]))
 

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from retryopt.training.calibration import Calibrator, choose_calibrator
+from retryopt.model.calibration import Calibrator, choose_calibrator
 from retryopt.training.evaluation import (
     HistoricalRateBaseline,
     LogisticBaseline,
@@ -676,7 +676,7 @@ def run_training(
         The history cannot be trained on.
     """
     from retryopt.features.validation import load_attempts
-    from retryopt.training.bundle import write_bundle
+    from retryopt.model.bundle import write_bundle
 
     say = progress or (lambda _msg: None)
     source = Path(data)

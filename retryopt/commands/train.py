@@ -39,7 +39,7 @@ def command(
     # Passive OpenMP waiting: spinning threads slow LightGBM badly on a shared machine.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from retryopt.features.validation import ContractError
-    from retryopt.training.bundle import BundleError
+    from retryopt.model.bundle import BundleError
     from retryopt.training.train import TrainingDataError, load_config, run_training, summary_table
 
     started = time.perf_counter()

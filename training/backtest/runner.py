@@ -1047,7 +1047,7 @@ def bundle_holdout_months(models: Sequence[str]) -> list[str]:
     Read from each bundle's ``metrics["split"]`` (``test_months`` plus partial months merged into
     them); the intersection over bundles. Empty when a bundle does not describe its split.
     """
-    from retryopt.training.bundle import resolve_model
+    from retryopt.model.registry import resolve_model
 
     common: set[str] | None = None
     for name in models:
@@ -1136,8 +1136,8 @@ def run_cli(
             )
     dm = None
     if dm_model is not None:
+        from retryopt.model.registry import resolve_model
         from retryopt.serving.policy import BundleSuccessModel
-        from retryopt.training.bundle import resolve_model
 
         dm = BundleSuccessModel(resolve_model(dm_model))
     summary: dict[str, Any] = {}

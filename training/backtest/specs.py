@@ -220,7 +220,7 @@ def build_policy(spec: PolicySpec, *, seed: int = 0, world: object | None = None
 
         if spec.kind == "fallback":
             return FallbackPolicy()
-        from retryopt.training.bundle import resolve_model
+        from retryopt.model.registry import resolve_model
 
         assert spec.model is not None
         bundle = resolve_model(spec.model)

@@ -40,7 +40,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from retryopt.training.calibration import Calibrator
+from retryopt.model.calibration import Calibrator
+from retryopt.version import __version__
 
 if TYPE_CHECKING:
     from retryopt.features.build import FeatureSpec
@@ -77,8 +78,6 @@ def sha256_bytes(data: bytes) -> str:
 def code_version() -> dict[str, Any]:
     """The retryopt version, the git commit of the source tree if available, library versions."""
     import lightgbm
-
-    from retryopt import __version__
 
     info: dict[str, Any] = {
         "retryopt": __version__,
@@ -382,59 +381,3 @@ def find_bundle_dir(root: str | Path) -> Path:
         if isinstance(manifest, dict) and manifest.get("format") == BUNDLE_FORMAT:
             return candidate
     raise BundleError(f"no retryopt model bundle found under {base}")
-
-
-def _registry_uri(name: str) -> str:
-    if name.startswith("models:/"):
-        return name
-    parts = name.split("/")
-    if len(parts) == 1:
-        return f"models:/{parts[0]}/{_latest_version(parts[0])}"
-    if len(parts) == 2 and parts[0] and parts[1]:
-        return f"models:/{parts[0]}/{parts[1]}"
-    raise BundleError(f"{name!r} is not a registered model name, 'name/version' or 'models:/' URI")
-
-
-def _latest_version(name: str) -> str:
-    from mlflow import MlflowClient
-
-    versions = MlflowClient().search_model_versions(f"name = '{name}'")
-    if not versions:
-        raise BundleError(f"registered model {name!r} has no versions")
-    return str(max(int(v.version) for v in versions))
-
-
-def resolve_model(path_or_registry_name: str) -> ModelBundle:
-    """Load a bundle by directory path, or from the MLflow model registry.
-
-    Parameters
-    ----------
-    path_or_registry_name
-        An existing bundle directory; otherwise ``models:/<name>/<version>`` (or an alias URI
-        ``models:/<name>@<alias>``), ``<name>/<version>`` or ``<name>`` (latest version), looked
-        up in the tracking store of :func:`training.mlflow_tracking.configure_tracking`
-        (``MLFLOW_TRACKING_URI`` or the project's embedded SQLite store). Registry artifacts are
-        downloaded to a fresh temporary directory and verified by :func:`load_bundle`.
-    """
-    candidate = Path(path_or_registry_name)
-    if candidate.exists():
-        return load_bundle(candidate)
-    from retryopt.training.mlflow_tracking import configure_tracking, quiet_mlflow
-
-    configure_tracking()
-    try:
-        with quiet_mlflow():
-            import mlflow
-
-            uri = _registry_uri(path_or_registry_name)
-            safe = re.sub(r"[^A-Za-z0-9._-]+", "-", uri.removeprefix("models:/"))
-            dst = tempfile.mkdtemp(prefix=f"retryopt-model-{safe}-")
-            local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=dst)
-    except BundleError:
-        raise
-    except Exception as exc:
-        raise BundleError(
-            f"{path_or_registry_name!r} is neither an existing bundle directory nor a model in "
-            f"the MLflow registry ({type(exc).__name__}: {exc})"
-        ) from exc
-    return load_bundle(find_bundle_dir(local))
