@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from retryopt import version
 from retryopt.model.registry import (
     artifact_location_for,
     configure_tracking,
@@ -67,9 +68,7 @@ class TrackedRun:
 
 def _code_paths() -> list[str]:
     """The project package the pyfunc model needs at load time (copied into the model)."""
-    import retryopt
-
-    return [str(Path(retryopt.__file__).resolve().parent)]
+    return [str(Path(version.__file__).resolve().parent)]
 
 
 def _pip_requirements() -> list[str]:
