@@ -22,8 +22,6 @@ from collections.abc import (
 )
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
@@ -31,27 +29,29 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.concurrency import run_in_threadpool
 
-from retryopt.features.decisions import Constraints
 from retryopt.serving.metrics import Metrics
 from retryopt.serving.microbatch import MicroBatcher
 from retryopt.serving.model_store import ModelLoadError, ModelStore
-from retryopt.serving.policy import Decision, PlannerConfig
+from retryopt.serving.policy import Decision
 from retryopt.serving.schemas import (
-    AlternativeOut,
     BatchDecisionOut,
     BatchDecisionRequest,
     DecisionOut,
     DecisionRequest,
     ErrorOut,
     FieldIssue,
-    Limits,
     ModelOut,
     ReloadIn,
     RequestError,
     body_may_contain_pan,
-    check_request,
     find_pan,
-    to_batch,
+)
+from retryopt.serving.service import (
+    DecisionService,
+    PreparedRequest,
+    decision_json,
+    field_issues,
+    model_store_for,
 )
 from retryopt.serving.settings import Settings
 
@@ -77,21 +77,6 @@ def _error(status: int, issues: Sequence[FieldIssue]) -> JSONResponse:
             "detail": [{"field": i.field, "message": i.message, "type": i.type} for i in issues]
         },
     )
-
-
-def _loc_to_field(loc: Sequence[int | str]) -> str:
-    parts = list(loc)
-    if parts and parts[0] == "body":
-        parts = parts[1:]
-    out = ""
-    for p in parts:
-        if isinstance(p, int):
-            out += f"[{p}]"
-        elif p in ("function-after", "function-before", "function-wrap") or "[" in str(p):
-            continue
-        else:
-            out += f".{p}" if out else str(p)
-    return out or "body"
 
 
 class MetricsMiddleware:
@@ -171,210 +156,6 @@ class FastJSONResponse(JSONResponse):
         return _dumps(content)
 
 
-def _iso(t: Any) -> str | None:
-    """``2026-01-05T13:00:00Z`` for a UTC timestamp (pydantic's rendering of aware UTC times)."""
-    if t is None:
-        return None
-    ns = int(t.value)
-    if ns % 1000 == 0 and t.tzinfo is not None:
-        # Whole microseconds (always, on the hourly grid): datetime's isoformat, ~3x cheaper
-        # than the pandas conversions, same text; memoised, since decisions repeat the same
-        # few hundred grid hours.
-        text = _ISO_TEXT.get(ns)
-        if text is None:
-            if len(_ISO_TEXT) >= _ISO_CACHE_MAX:
-                _ISO_TEXT.clear()
-            text = _ISO_TEXT[ns] = f"{(_EPOCH + timedelta(microseconds=ns // 1000)).isoformat()}Z"
-        return text
-    text = t.tz_convert("UTC").tz_localize(None).isoformat()
-    return f"{text}Z"
-
-
-_EPOCH = datetime(1970, 1, 1)
-_ISO_CACHE_MAX = 1 << 16
-_ISO_TEXT: dict[int, str] = {}
-
-
-def decision_json(d: Decision) -> dict[str, Any]:
-    """The :class:`DecisionOut` JSON object of a decision, built without pydantic.
-
-    Equal to ``DecisionOut.model_dump(mode="json")`` of :func:`_decision_out` (tested); the
-    routes return it directly to skip a second validation of the response model.
-    """
-    return {
-        "charge_id": d.charge_id,
-        "action": d.action,
-        "retry_at": _iso(d.retry_at),
-        "success_probability": d.success_probability,
-        "reason": d.reason,
-        "action_required": d.action_required,
-        "alternatives": [
-            {"retry_at": _iso(a.retry_at), "success_probability": a.success_probability}
-            for a in d.alternatives
-        ],
-        "explanation": d.explanation,
-        "model_version": d.model_version,
-        "policy": d.policy,
-    }
-
-
-def _decision_out(d: Decision) -> DecisionOut:
-    return DecisionOut(
-        charge_id=d.charge_id,
-        action=d.action,  # type: ignore[arg-type]
-        retry_at=None if d.retry_at is None else d.retry_at.to_pydatetime(),
-        success_probability=d.success_probability,
-        reason=d.reason,
-        action_required=d.action_required,
-        alternatives=[
-            AlternativeOut(
-                retry_at=a.retry_at.to_pydatetime(), success_probability=a.success_probability
-            )
-            for a in d.alternatives
-        ],
-        explanation=d.explanation,
-        model_version=d.model_version,
-        policy=d.policy,  # type: ignore[arg-type]
-    )
-
-
-class DecisionService:
-    """Checks requests and runs the policies (the part of the API that is not HTTP)."""
-
-    def __init__(self, *, settings: Settings, store: ModelStore, metrics: Metrics) -> None:
-        self.settings = settings
-        self.store = store
-        self.metrics = metrics
-        self.defaults = settings.default_constraints()
-        self.limits = Limits(
-            max_attempts=settings.max_attempts,
-            max_history_rows=settings.max_history_rows,
-            max_batch=settings.max_batch,
-        )
-
-    def decide(
-        self, requests: Sequence[DecisionRequest], *, prefixes: Sequence[str]
-    ) -> list[DecisionOut]:
-        """Decide every request; raise :class:`RequestError` naming the bad fields."""
-        return [_decision_out(d) for d in self.decide_raw(requests, prefixes=prefixes)]
-
-    def decide_json(
-        self, requests: Sequence[DecisionRequest], *, prefixes: Sequence[str]
-    ) -> list[dict[str, Any]]:
-        """:meth:`decide` as JSON objects (:func:`decision_json`), the routes' fast path."""
-        return [decision_json(d) for d in self.decide_raw(requests, prefixes=prefixes)]
-
-    def decide_raw(
-        self, requests: Sequence[DecisionRequest], *, prefixes: Sequence[str]
-    ) -> list[Decision]:
-        """The policies' decisions for every request (checks as :meth:`decide`)."""
-        return self.decide_prepared(self.prepare(requests, prefixes=prefixes))
-
-    def prepare(
-        self,
-        requests: Sequence[DecisionRequest],
-        *,
-        prefixes: Sequence[str],
-        server_now: datetime | None = None,
-    ) -> list[PreparedRequest]:
-        """Check every request and resolve its ``now`` and constraints.
-
-        Raises
-        ------
-        RequestError
-            Naming every bad field (of every request; ``prefixes`` prefix the field paths).
-        """
-        server_now = server_now or datetime.now(UTC)
-        issues: list[FieldIssue] = []
-        out: list[PreparedRequest] = []
-        seen: dict[str, int] = {}
-        for i, (r, prefix) in enumerate(zip(requests, prefixes, strict=True)):
-            now = r.now or server_now
-            issues += check_request(r, now=now, limits=self.limits, prefix=prefix)
-            cid = r.charge.charge_id
-            if cid in seen:
-                issues.append(
-                    FieldIssue(
-                        f"{prefix}charge.charge_id",
-                        f"charge {cid!r} appears twice (requests {seen[cid] + 1} and {i + 1})",
-                        "duplicate",
-                    )
-                )
-            seen[cid] = i
-            try:
-                cons = (
-                    self.defaults if r.constraints is None else r.constraints.resolve(self.defaults)
-                )
-            except ValueError as exc:
-                issues.append(FieldIssue(f"{prefix}constraints", str(exc)))
-                cons = self.defaults
-            out.append(PreparedRequest(request=r, now=now, constraints=cons))
-        if issues:
-            raise RequestError(issues)
-        return out
-
-    def decide_prepared(self, items: Sequence[PreparedRequest]) -> list[Decision]:
-        """Decisions for checked requests (:meth:`prepare`) with distinct charge ids.
-
-        Requests are grouped by constraints; the model is read once for the whole call (a
-        reload never mixes models); every decision is counted in the metrics.
-        """
-        groups: dict[Constraints, list[int]] = {}
-        for i, item in enumerate(items):
-            groups.setdefault(item.constraints, []).append(i)
-        out: list[Decision | None] = [None] * len(items)
-        loaded = self.store.current
-        for cons, idx in groups.items():
-            prep = to_batch(
-                [items[i].request for i in idx],
-                nows=[items[i].now for i in idx],
-                constraints=cons,
-            )
-            decisions: list[Decision]
-            if loaded is None:
-                decisions = self.store.fallback.decide_detailed(
-                    prep.batch, current_cards=prep.current_cards
-                )
-            else:
-                policy = loaded.greedy if self.settings.policy == "greedy" else loaded.planner
-                try:
-                    decisions = policy.decide_detailed(
-                        prep.batch, current_cards=prep.current_cards, columns=prep.columns
-                    )
-                except Exception:
-                    log.exception("model policy failed; answering from the fallback")
-                    self.metrics.observe_model_error()
-                    decisions = self.store.fallback.decide_detailed(
-                        prep.batch, current_cards=prep.current_cards
-                    )
-            for i, d in zip(idx, decisions, strict=True):
-                self.metrics.observe_decision(action=d.action, reason=d.reason, policy=d.policy)
-                out[i] = d
-        return [d for d in out if d is not None]
-
-
-@dataclass(frozen=True, slots=True)
-class PreparedRequest:
-    """A checked decision request with its effective ``now`` and resolved constraints."""
-
-    request: DecisionRequest
-    now: datetime
-    constraints: Constraints
-
-    def conflict_keys(self) -> list[tuple[str, str]]:
-        """Keys that must not share a combined (micro-batched) call.
-
-        A batch pools the attempts and history of its charges by customer and by charge, so
-        two requests of the same customer (or naming the same charge) are decided apart: each
-        gets exactly the answer it gets alone.
-        """
-        r = self.request
-        keys = [("customer", r.charge.customer_id), ("charge", r.charge.charge_id)]
-        for h in r.customer_history or ():
-            keys.append(("charge", h.charge_id))
-        return keys
-
-
 def performance_options(env: Mapping[str, str] | None = None) -> tuple[str, str]:
     """Scoring engine and planner search from ``RETRYOPT_ENGINE`` / ``RETRYOPT_PLANNER_SEARCH``.
 
@@ -413,16 +194,7 @@ def create_app(settings: Settings | None = None, *, store: ModelStore | None = N
     """
     settings = settings or Settings()
     metrics = Metrics()
-    store = store or ModelStore(
-        location=settings.model,
-        config=PlannerConfig(
-            later_attempt_decay=settings.later_attempt_decay,
-            planning_gap_hours=settings.planning_gap_hours,
-            search=settings.planner_search,
-        ),
-        model_threads=settings.model_threads,
-        engine=settings.engine,
-    )
+    store = store or model_store_for(settings)
     service = DecisionService(settings=settings, store=store, metrics=metrics)
     batcher: MicroBatcher[PreparedRequest, Decision] | None = None
     if settings.microbatch_max_size > 1:
@@ -527,13 +299,7 @@ def create_app(settings: Settings | None = None, *, store: ModelStore | None = N
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         # Never echo the input back (it may hold personal data).
-        issues = [
-            FieldIssue(
-                _loc_to_field(e.get("loc", ())), str(e.get("msg", "")), str(e.get("type", ""))
-            )
-            for e in exc.errors()
-        ]
-        return _error(422, issues)
+        return _error(422, field_issues(exc.errors()))
 
     @app.post(
         "/v1/retry-decisions",

@@ -27,7 +27,7 @@ from retryopt.features.build import build_training_examples, encode_features, fi
 from retryopt.features.decisions import Constraints
 from retryopt.model.bundle import write_bundle
 from retryopt.model.calibration import fit_calibrator
-from retryopt.serving.app import _decision_out, decision_json
+from retryopt.serving.service import _decision_out, decision_json
 from retryopt.serving.columnar import ColumnarBatch, columns_frame
 from retryopt.serving.model_store import ModelStore
 from retryopt.serving.policy import FallbackPolicy

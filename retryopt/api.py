@@ -1,0 +1,222 @@
+"""The public Python API: one call per task, for data scientists, notebooks and scripts.
+
+Each function takes typed keyword arguments and returns a typed result; the ``retryopt``
+command line is a thin layer over these calls. Import them from the package root::
+
+    import retryopt
+
+    attempts = retryopt.load_attempts("attempts.parquet")
+    run = retryopt.train("attempts.parquet", out="models", mlflow=False)
+    bundle = retryopt.load_model(str(run.bundle_path))
+    decisions = retryopt.decide([request], model=bundle)
+    result = retryopt.backtest(attempts, policies=["logged", f"model:{run.bundle_path}"])
+
+Everything here is a wrapper over the layers below (``retryopt.features``, ``retryopt.model``,
+``retryopt.training``, ``retryopt.serving``); nothing in those layers imports this module.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import pandas as pd
+from pydantic import ValidationError
+
+from retryopt.features.validation import load_attempts as _load_attempts
+from retryopt.model.bundle import ModelBundle
+from retryopt.model.registry import resolve_model
+from retryopt.serving.metrics import Metrics
+from retryopt.serving.model_store import ModelStore
+from retryopt.serving.schemas import DecisionRequest, FieldIssue, RequestError
+from retryopt.serving.service import (
+    DecisionService,
+    decision_json,
+    field_issues,
+    model_store_for,
+)
+from retryopt.serving.settings import Settings
+from retryopt.training.mlflow_tracking import DEFAULT_EXPERIMENT, DEFAULT_REGISTERED_NAME
+from retryopt.training.simulate import SimulatedWorld, WorldConfig, simulate_world
+from retryopt.training.train import TrainConfig, TrainingRun, load_config, run_training
+
+__all__ = [
+    "decide",
+    "load_attempts",
+    "load_model",
+    "simulate",
+    "train",
+]
+
+Progress = Callable[[str], None]
+
+
+def load_attempts(path: str | Path, *, drop_invalid: bool = False) -> pd.DataFrame:
+    """Read a payment-attempt history (CSV or Parquet) and validate it against the contract.
+
+    Parameters
+    ----------
+    path
+        The history file.
+    drop_invalid
+        Drop the rows that break the contract instead of raising.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The canonical frame (UTC timestamps, typed columns, every optional column present).
+
+    Raises
+    ------
+    retryopt.features.validation.ContractError
+        When the history breaks the contract (strict mode); its ``report`` names every issue.
+    """
+    return _load_attempts(path, drop_invalid=drop_invalid)
+
+
+def simulate(
+    *,
+    customers: int,
+    months: int,
+    seed: int,
+    config: WorldConfig | str | Path | None = None,
+    progress: Progress | None = None,
+) -> SimulatedWorld:
+    """Generate a synthetic payment world with known ground truth.
+
+    ``config`` is a :class:`~retryopt.training.simulate.WorldConfig`, a TOML/JSON file, or None
+    for the documented defaults. The world's ``attempts`` follow the data contract.
+    """
+    world_config = (
+        config
+        if isinstance(config, WorldConfig)
+        else WorldConfig.from_file(config)
+        if config is not None
+        else WorldConfig()
+    )
+    return simulate_world(
+        world_config, customers=customers, months=months, seed=seed, progress=progress
+    )
+
+
+def train(
+    data: str | Path,
+    *,
+    out: str | Path = "models",
+    config: TrainConfig | str | Path | None = None,
+    seed: int | None = None,
+    experiment: str = DEFAULT_EXPERIMENT,
+    registered_name: str | None = DEFAULT_REGISTERED_NAME,
+    mlflow: bool = True,
+    progress: Progress | None = None,
+) -> TrainingRun:
+    """Train, calibrate and evaluate the retry-success model and write a verified bundle.
+
+    Parameters
+    ----------
+    data
+        The attempt history (CSV or Parquet, the data contract).
+    out
+        The models folder; the bundle goes to ``<out>/<version>/``.
+    config
+        A :class:`~retryopt.training.train.TrainConfig`, a TOML file overriding the packaged
+        defaults, or None for the defaults.
+    seed
+        Overrides the configuration's seed.
+    experiment, registered_name
+        MLflow experiment and registered model name (None: do not register).
+    mlflow
+        Log the run (and register the model) in MLflow.
+    progress
+        Called with one line per long step.
+
+    Returns
+    -------
+    TrainingRun
+        The bundle's path, the metrics and the MLflow run (None without ``mlflow``).
+    """
+    if isinstance(config, TrainConfig):
+        cfg = config if seed is None else replace(config, seed=seed)
+    else:
+        cfg = load_config(config, seed=seed)
+    return run_training(
+        data,
+        out,
+        config=cfg,
+        experiment=experiment,
+        registered_name=registered_name if mlflow else None,
+        track=mlflow,
+        progress=progress,
+    )
+
+
+def load_model(path_or_registry_name: str | Path) -> ModelBundle:
+    """Load and verify a model bundle from a folder or the MLflow registry (``name[/version]``)."""
+    return resolve_model(str(path_or_registry_name))
+
+
+def decide(
+    requests: Sequence[Mapping[str, Any]],
+    *,
+    model: ModelBundle | str | Path | None = None,
+    policy: Literal["model", "greedy"] = "model",
+    now: datetime | None = None,
+    settings: Settings | None = None,
+) -> list[dict[str, Any]]:
+    """Decide when to retry each failed charge, exactly as ``POST /v1/retry-decisions/batch``.
+
+    Parameters
+    ----------
+    requests
+        Decision requests in the API's JSON shape (``charge``, ``attempts``, optional
+        ``customer_history``, ``now`` and ``constraints``); see docs/serving.md.
+    model
+        A loaded bundle, a bundle folder or registry name, or None for the rules-only fallback.
+    policy
+        ``"model"`` (the planner) or ``"greedy"``.
+    now
+        The decision time of requests that give none (default: the clock).
+    settings
+        Server settings (default constraints, limits, planner options); default: the
+        environment's, as ``retryopt serve`` reads them.
+
+    Returns
+    -------
+    list of dict
+        One decision per request, in order, in the API's JSON shape.
+
+    Raises
+    ------
+    retryopt.serving.schemas.RequestError
+        (a ``ValueError``) When a request is invalid; ``issues`` names every bad field, as the
+        API's 422 answer does.
+    """
+    base = (settings or Settings()).model_copy(update={"policy": policy})
+    store = model_store_for(base)
+    if isinstance(model, ModelBundle):
+        loaded = model
+        store = ModelStore(
+            location=str(model.path),
+            config=store.config,
+            loader=lambda _location: loaded,
+            engine=base.engine,
+        )
+        store.load()
+    elif model is not None:
+        store.load(str(model))
+    service = DecisionService(settings=base, store=store, metrics=Metrics())
+    prefixes = [f"requests[{i}]." for i in range(len(requests))]
+    parsed: list[DecisionRequest] = []
+    issues: list[FieldIssue] = []
+    for prefix, raw in zip(prefixes, requests, strict=True):
+        try:
+            parsed.append(DecisionRequest.model_validate(raw))
+        except ValidationError as exc:
+            issues += [replace(i, field=prefix + i.field) for i in field_issues(exc.errors())]
+    if issues:
+        raise RequestError(issues)
+    prepared = service.prepare(parsed, prefixes=prefixes, server_now=now)
+    return [decision_json(d) for d in service.decide_prepared(prepared)]
