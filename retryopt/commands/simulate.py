@@ -57,8 +57,9 @@ def command(
     quiet: bool = typer.Option(False, "--quiet", help="No per-month progress lines."),
 ) -> None:
     """Simulate subscription customers, their monthly charges and the logged retries."""
+    from retryopt import api
     from retryopt.features.io import atomic_path, table_format, write_table_atomic
-    from retryopt.training.simulate import WorldConfig, simulate_world, summarize_world
+    from retryopt.training.simulate import WorldConfig, summarize_world
 
     if fmt is None:
         try:
@@ -75,8 +76,8 @@ def command(
 
     started = time.perf_counter()
     typer.echo(f"simulating {customers:,} customers over {months} months (seed {seed})")
-    world = simulate_world(
-        world_config,
+    world = api.simulate(
+        config=world_config,
         customers=customers,
         months=months,
         seed=seed,

@@ -38,9 +38,10 @@ def command(
     """Train the calibrated retry-success model on a history and write a verified bundle."""
     # Passive OpenMP waiting: spinning threads slow LightGBM badly on a shared machine.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from retryopt import api
     from retryopt.features.validation import ContractError
     from retryopt.model.bundle import BundleError
-    from retryopt.training.train import TrainingDataError, load_config, run_training, summary_table
+    from retryopt.training.train import TrainingDataError, summary_table
 
     started = time.perf_counter()
 
@@ -48,14 +49,14 @@ def command(
         typer.echo(f"[{time.perf_counter() - started:7.1f}s] {message}")
 
     try:
-        cfg = load_config(config, seed=seed)
-        result = run_training(
+        result = api.train(
             data,
-            out,
-            config=cfg,
+            out=out,
+            config=config,
+            seed=seed,
             experiment=experiment,
             registered_name=registered_name,
-            track=mlflow,
+            mlflow=mlflow,
             progress=progress,
         )
     except ContractError as exc:
