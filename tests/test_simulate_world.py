@@ -10,8 +10,13 @@ import pandas as pd
 import pytest
 
 from retryopt.features import contract as C  # noqa: N812
+from retryopt.features.taxonomy import classify_decline
 from retryopt.training.simulate import WorldConfig, simulate_world, summarize_world
-from retryopt.training.simulate.config import DEFAULT_CONFIG_PATH
+from retryopt.training.simulate.config import (
+    DEFAULT_CONFIG_PATH,
+    NEVER_RETRIED_CODES,
+    HardDeclineConfig,
+)
 from retryopt.training.simulate.logging_policy import logging_retry_offsets
 from retryopt.training.simulate.truth import CODE_NAMES
 
@@ -163,3 +168,10 @@ def test_cli_writes_attempts_truth_and_config(tmp_path: Path) -> None:
         app, ["simulate", "--customers", "10", "--out", str(out), "--format", "parquet"]
     )
     assert res.exit_code != 0
+
+
+def test_never_retried_codes_follow_the_taxonomy() -> None:
+    """One declaration of the world's never-retried codes, checked against the taxonomy."""
+    hard = {code for code in CODE_NAMES if classify_decline(code).hard}
+    assert set(NEVER_RETRIED_CODES) == hard - {"expired_card"}  # the account updater's case
+    assert set(HardDeclineConfig().codes) <= set(NEVER_RETRIED_CODES)

@@ -389,6 +389,21 @@ class ExpiryConfig:
     updater_delay_sd_days: float = 12.0
 
 
+# The world's decline codes that no retry can turn into a success: the taxonomy's hard declines
+# (retryopt.features.taxonomy) except ``expired_card``, which the world's account updater
+# refreshes (ExpiryConfig). The logging policy never retries them and the summary counts them as
+# hard declines; tests/test_simulate_world.py checks the list against the taxonomy.
+NEVER_RETRIED_CODES: tuple[str, ...] = (
+    "lost_card",
+    "stolen_card",
+    "fraudulent",
+    "pickup_card",
+    "invalid_account",
+    "stop_payment_order",
+    "authentication_required",
+)
+
+
 @dataclass(kw_only=True)
 class HardDeclineConfig:
     """Hard declines (lost, stolen, fraud, pickup, closed account) that never succeed."""
@@ -454,15 +469,7 @@ class LoggingPolicyConfig:
     window_hours: float = 504.0
     min_gap_hours: float = 1.0
     retry_hard_declines: bool = False
-    hard_codes: tuple[str, ...] = (
-        "lost_card",
-        "stolen_card",
-        "fraudulent",
-        "pickup_card",
-        "invalid_account",
-        "stop_payment_order",
-        "authentication_required",
-    )
+    hard_codes: tuple[str, ...] = NEVER_RETRIED_CODES
 
 
 @dataclass(kw_only=True)

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from retryopt.features import contract as C  # noqa: N812
+from retryopt.training.simulate.config import NEVER_RETRIED_CODES
 
 __all__ = ["WorldSummary", "summarize_attempts", "summarize_world"]
 
@@ -56,19 +57,6 @@ class WorldSummary:
         return "\n".join(lines)
 
 
-_HARD = frozenset(
-    {
-        "lost_card",
-        "stolen_card",
-        "fraudulent",
-        "pickup_card",
-        "invalid_account",
-        "stop_payment_order",
-        "authentication_required",
-    }
-)
-
-
 def summarize_attempts(attempts: pd.DataFrame) -> WorldSummary:
     """Summarise a canonical attempts frame (first attempt = earliest row of each charge)."""
     a = attempts.sort_values([C.CHARGE_ID, C.ATTEMPTED_AT], kind="mergesort")
@@ -95,7 +83,7 @@ def summarize_attempts(attempts: pd.DataFrame) -> WorldSummary:
         attempts=len(a),
         first_attempt_failure_rate=n_failed / len(first) if len(first) else float("nan"),
         decline_mix={str(k): float(v) for k, v in mix.items()},
-        hard_decline_share=float(mix[mix.index.isin(list(_HARD))].sum()),
+        hard_decline_share=float(mix[mix.index.isin(list(NEVER_RETRIED_CODES))].sum()),
         recovery_rate=wins[C.CHARGE_ID].nunique() / n_failed if n_failed else float("nan"),
         recovery_days={
             q: float(np.quantile(days, q / 100)) if days.size else float("nan")
