@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from retryopt.cli import app
 from retryopt.features import contract as c
-from retryopt.features.stripe_import import (
+from retryopt.features.importing import (
     SKIP_DUPLICATE,
     SKIP_INCOMPLETE_CARD,
     SKIP_INVALID,
@@ -27,14 +27,16 @@ from retryopt.features.stripe_import import (
     SKIP_PENDING,
     SKIP_UNKNOWN_STATUS,
     SKIP_UNREADABLE,
-    StripeRecordError,
+    RecordError,
+    normalize_brand,
+    parse_major_amount,
+)
+from retryopt.features.stripe_import import (
     choose_decline_code,
     import_stripe_files,
     map_csv_header,
-    normalize_brand,
     parse_charge_object,
     parse_created_text,
-    parse_major_amount,
 )
 
 FIXTURES = Path(__file__).parent / "fixtures" / "stripe"
@@ -393,7 +395,7 @@ def test_csv_missing_required_column_is_reported(tmp_path: Path) -> None:
     assert result.attempts.empty
     assert result.skipped[0].reason == SKIP_UNREADABLE
     assert "'created date (utc)'" in result.skipped[0].detail
-    with pytest.raises(StripeRecordError, match="created"):
+    with pytest.raises(RecordError, match="created"):
         map_csv_header(["id", "Amount", "Currency", "Status"])
 
 
@@ -417,7 +419,7 @@ def test_major_amounts_to_minor_units(text: str, currency: str, expected: int) -
 
 @pytest.mark.parametrize(("text", "currency"), [("10.5", "jpy"), ("abc", "usd"), ("", "usd")])
 def test_bad_major_amounts(text: str, currency: str) -> None:
-    with pytest.raises(StripeRecordError):
+    with pytest.raises(RecordError):
         parse_major_amount(text, currency)
 
 

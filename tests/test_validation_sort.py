@@ -1,4 +1,4 @@
-"""Integer-key sort and duplicate check of features.validation match arrow string order."""
+"""Integer-key sort and duplicate check of features.validation_sort match arrow string order."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from retryopt.features.validation import _duplicates, _sort_order, _text_keys, validate_attempts
+from retryopt.features.validation import validate_attempts
+from retryopt.features.validation_sort import duplicates, sort_order, text_keys
 
 _ALPHABET = ["a", "b", "\x00", "é", "Z", "0", "ab", "€"]
 
@@ -37,7 +38,7 @@ def test_sort_order_matches_arrow_sort(seed: int) -> None:
             ]
         )
         attempt = pa.chunked_array([pa.array(attempts, pa.large_string())])
-        got, group = _sort_order(charge, times, attempt, sortable)
+        got, group = sort_order(charge, times, attempt, sortable)
         reference = pc.sort_indices(
             pa.table({"c": charge, "t": times, "a": attempt}),
             sort_keys=[("c", "ascending"), ("t", "ascending"), ("a", "ascending")],
@@ -56,16 +57,16 @@ def test_sort_order_matches_arrow_sort(seed: int) -> None:
             later.append(value is not None and value in seen)
             if value is not None:
                 seen.add(value)
-        np.testing.assert_array_equal(_duplicates(attempt, n), np.array(later, dtype=bool))
+        np.testing.assert_array_equal(duplicates(attempt, n), np.array(later, dtype=bool))
 
 
 def test_text_keys_too_wide_falls_back() -> None:
     wide = pa.chunked_array([pa.array(["x" * 40, "y"], pa.large_string())])
-    assert _text_keys(wide) is None
-    order, group = _sort_order(wide, np.zeros(2, np.int64), wide, np.ones(2, dtype=bool))
+    assert text_keys(wide) is None
+    order, group = sort_order(wide, np.zeros(2, np.int64), wide, np.ones(2, dtype=bool))
     np.testing.assert_array_equal(order, [0, 1])
     assert group is None
-    np.testing.assert_array_equal(_duplicates(wide, 2), [False, False])
+    np.testing.assert_array_equal(duplicates(wide, 2), [False, False])
 
 
 @pytest.mark.parametrize("prefix", ["ch_", "ch_" + "x" * 40])
