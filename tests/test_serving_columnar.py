@@ -27,12 +27,12 @@ from retryopt.features.build import build_training_examples, encode_features, fi
 from retryopt.features.decisions import Constraints
 from retryopt.model.bundle import write_bundle
 from retryopt.model.calibration import fit_calibrator
-from retryopt.serving.service import _decision_out, decision_json
 from retryopt.serving.columnar import ColumnarBatch, columns_frame
 from retryopt.serving.model_store import ModelStore
 from retryopt.serving.policy import FallbackPolicy
 from retryopt.serving.rules import charge_states
 from retryopt.serving.schemas import DecisionRequest, to_batch
+from retryopt.serving.service import _decision_out, decision_json
 from retryopt.serving.settings import Settings
 
 T0 = datetime(2026, 1, 5, 8, 12, tzinfo=UTC)

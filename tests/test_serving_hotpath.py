@@ -8,9 +8,9 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from retryopt.serving.service import _iso
 from retryopt.serving.policy import _local_label, _night_means, _timestamp
 from retryopt.serving.schemas import body_may_contain_pan, body_may_contain_pan_reference
+from retryopt.serving.service import _iso
 
 _PAN_ALPHABET = '0123456789 -x",:{}T'
 
