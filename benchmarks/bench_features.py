@@ -7,7 +7,7 @@ Usage::
     .venv/bin/python benchmarks/bench_features.py --rows 200000 --online-calls 1000
 
 Batch: ``build_training_examples`` on a synthetic canonical frame of ``--rows`` attempts
-(generated with numpy by ``features._fe_synth``; generation time is not counted), then
+(generated with numpy by ``tests/synthetic_attempts.py``; generation time is not counted), then
 ``fit_feature_spec`` + ``encode_features``. Peak RSS is the whole process (generation
 included), read from ``resource.getrusage``.
 
@@ -25,13 +25,18 @@ import argparse
 import os
 import platform
 import resource
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from retryopt.features._fe_synth import synthetic_attempts
+# The synthetic frame generator is test code: it lives in tests/, outside the package.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from synthetic_attempts import synthetic_attempts
+
 from retryopt.features.build import (
     AttemptColumns,
     build_candidate_features,

@@ -9,8 +9,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 import pytest
+from synthetic_attempts import synthetic_attempts
 
-from retryopt.features._fe_synth import synthetic_attempts
 from retryopt.features._fe_time import NS_PER_HOUR, to_local_ns
 from retryopt.features.build import (
     CATEGORICAL_FEATURES,

@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+from synthetic_attempts import synthetic_attempts
 
 import retryopt.features.build as fb
-from retryopt.features._fe_synth import synthetic_attempts
 from retryopt.features.build import (
     CandidateEncoder,
     FeatureSpec,

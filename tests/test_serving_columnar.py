@@ -20,9 +20,9 @@ import numpy as np
 import pandas as pd
 import pydantic
 import pytest
+from synthetic_attempts import synthetic_attempts
 
 from retryopt.features import contract as c
-from retryopt.features._fe_synth import synthetic_attempts
 from retryopt.features.build import build_training_examples, encode_features, fit_feature_spec
 from retryopt.features.decisions import Constraints
 from retryopt.serving.app import _decision_out, decision_json

@@ -27,8 +27,8 @@ import lightgbm as lgb
 import numpy as np
 import pandas as pd
 import pytest
+from synthetic_attempts import synthetic_attempts
 
-from retryopt.features._fe_synth import synthetic_attempts
 from retryopt.features.build import (
     AttemptColumns,
     CandidateEncoder,
