@@ -37,16 +37,15 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from synthetic_attempts import synthetic_attempts
 
-from retryopt.features.build import (
-    AttemptColumns,
+from retryopt.features.columns import AttemptColumns
+from retryopt.features.decisions import DecisionBatch
+from retryopt.features.examples import build_training_examples
+from retryopt.features.online import (
     build_candidate_features,
-    build_training_examples,
     encode_candidate_features,
     encode_candidate_matrix,
-    encode_features,
-    fit_feature_spec,
 )
-from retryopt.features.decisions import DecisionBatch
+from retryopt.features.spec import encode_features, fit_feature_spec
 
 MONTHS = 12
 ATTEMPTS_PER_CHARGE = 1.29  # measured mean of the generator

@@ -101,7 +101,7 @@ def verify_policy(planner: PlannerPolicy) -> None:
     if isinstance(model, BundleSuccessModel) and model.fast_path:
         # The fast scoring path (numpy matrix, optional compiled engine) must reproduce the
         # bundle's own predictions on the pandas frame; otherwise it is switched off.
-        from retryopt.features.build import build_candidate_features, encode_candidate_matrix
+        from retryopt.features.online import build_candidate_features, encode_candidate_matrix
 
         raw = build_candidate_features(prep.batch, grid)
         slow = np.asarray(model.bundle.predict_proba(raw), dtype=np.float64)  # type: ignore[attr-defined]

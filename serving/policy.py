@@ -40,8 +40,9 @@ import numpy as np
 import pandas as pd
 
 from retryopt.features import contract as c
-from retryopt.features.build import AttemptColumns, CandidateEncoder
+from retryopt.features.columns import AttemptColumns
 from retryopt.features.decisions import Constraints, DecisionBatch, PolicyDecisions
+from retryopt.features.encoder import CandidateEncoder
 from retryopt.serving.columnar import ColumnarBatch
 from retryopt.serving.rules import (
     HOUR_NS,
@@ -234,7 +235,7 @@ class BundleSuccessModel:
             proba[valid_idx] = self.score_rows(enc, dec, times)
             return CandidateScores(proba=proba.reshape(candidate_times.shape), features=None)
         if self.fast_path and not self._needs_raw:
-            from retryopt.features.build import encode_candidate_matrix
+            from retryopt.features.online import encode_candidate_matrix
 
             bundle: Any = self.bundle
             X = encode_candidate_matrix(
@@ -249,7 +250,7 @@ class BundleSuccessModel:
                     ]
                 )
             return CandidateScores(proba=proba.reshape(candidate_times.shape), features=None)
-        from retryopt.features.build import build_candidate_features
+        from retryopt.features.online import build_candidate_features
 
         raw = build_candidate_features(batch, candidate_times)
         if flat_valid.any():

@@ -33,7 +33,7 @@ import pandas as pd
 
 from retryopt.features import contract as c
 from retryopt.features import taxonomy
-from retryopt.features.build import AttemptColumns
+from retryopt.features.columns import AttemptColumns
 from retryopt.features.decisions import Constraints, DecisionBatch
 
 HOUR_NS = np.int64(3_600_000_000_000)

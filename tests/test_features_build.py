@@ -12,20 +12,17 @@ import pytest
 from synthetic_attempts import synthetic_attempts
 
 from retryopt.features._fe_time import NS_PER_HOUR, to_local_ns
-from retryopt.features.build import (
-    CATEGORICAL_FEATURES,
+from retryopt.features.decisions import DecisionBatch
+from retryopt.features.examples import TrainingExamples, build_training_examples
+from retryopt.features.online import build_candidate_features, encode_candidate_features
+from retryopt.features.registry import CATEGORICAL_FEATURES, NUMERIC_FEATURES
+from retryopt.features.spec import (
     MISSING_LEVEL,
-    NUMERIC_FEATURES,
     OTHER_LEVEL,
     FeatureSpec,
-    TrainingExamples,
-    build_candidate_features,
-    build_training_examples,
-    encode_candidate_features,
     encode_features,
     fit_feature_spec,
 )
-from retryopt.features.decisions import DecisionBatch
 
 UTC = "UTC"
 

@@ -23,8 +23,9 @@ import pytest
 from synthetic_attempts import synthetic_attempts
 
 from retryopt.features import contract as c
-from retryopt.features.build import build_training_examples, encode_features, fit_feature_spec
 from retryopt.features.decisions import Constraints
+from retryopt.features.examples import build_training_examples
+from retryopt.features.spec import encode_features, fit_feature_spec
 from retryopt.serving.app import _decision_out, decision_json
 from retryopt.serving.columnar import ColumnarBatch, columns_frame
 from retryopt.serving.model_store import ModelStore
