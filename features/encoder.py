@@ -7,46 +7,46 @@ from typing import Final
 
 import numpy as np
 
-from retryopt.features._fe_time import NAT_INT, NS_PER_DAY, NS_PER_HOUR, to_local_ns
+from retryopt.features._fe_time import NAT_INT, NS_PER_DAY, to_local_ns
 from retryopt.features.calendar import (
-    _CALENDAR_ALIGN,
-    _CALENDAR_FEATURES,
-    _CALENDAR_SPAN_MAX,
-    _calendar_block,
-    _circular_distance,
+    A_DOM,
+    A_WD,
+    CALENDAR_ALIGN,
+    CALENDAR_SPAN_MAX,
+    DIM,
+    HELPER_COLUMNS,
+    calendar_block,
 )
-from retryopt.features.candidates import WINDOW_24H_NS, WINDOW_30D_NS, _candidate_features
+from retryopt.features.candidates import CandidateRows, DayRows
 from retryopt.features.columns import AttemptColumns
-from retryopt.features.decision_state import _State
 from retryopt.features.decisions import DecisionBatch
+from retryopt.features.evaluate import _candidate_features
 from retryopt.features.online import _model_matrix, _online_state, _spec_is_native
-from retryopt.features.pit import _CardCounter, _pit_counts
+from retryopt.features.pit import _CardCounter
+from retryopt.features.registry import (
+    CALENDAR_FEATURES,
+    DAY_FEATURES,
+    STATE_CATEGORICAL,
+    STATE_NUMERIC,
+    TIME_FEATURES,
+    DayCompute,
+    TimeCompute,
+)
 from retryopt.features.spec import FeatureSpec, _spec_code_one, _spec_codes
 
 # Rows per chunk when CandidateEncoder's per-row path writes candidate-dependent columns into
 # a row-major matrix (53 float64 features: ~400 KB per chunk, within L2).
 _ROW_CHUNK: Final = 1024
 
-# Candidate-dependent features that depend on the candidate's local day only (given the
-# decision): CandidateEncoder computes them once per (decision, day) and gathers whole rows.
-_DAY_FEATURES: Final[frozenset[str]] = frozenset(
-    (*_CALENDAR_FEATURES, "success_dom_distance", "success_weekday_distance")
-)
-# The other candidate-dependent features: written per row, straight into the matrix.
-_HOUR_FEATURES: Final[frozenset[str]] = frozenset(
-    {
-        "hours_since_first_failure",
-        "hours_since_prev_attempt",
-        "hours_from_now",
-        "card_attempts_24h",
-        "card_attempts_30d",
-        "local_hour",
-        "card_age_days",
-        "days_to_expiry",
-        "card_expired",
-        "tenure_days",
-    }
-)
+_STATE_NUMERIC: Final[frozenset[str]] = frozenset(name for name, _ in STATE_NUMERIC)
+_STATE_CATEGORICAL: Final[frozenset[str]] = frozenset(name for name, _ in STATE_CATEGORICAL)
+_CALENDAR_NAMES: Final[tuple[str, ...]] = tuple(name for name, _ in CALENDAR_FEATURES)
+_DAY: Final[dict[str, DayCompute]] = dict(DAY_FEATURES)
+_TIME: Final[dict[str, TimeCompute]] = dict(TIME_FEATURES)
+# Columns of the calendar block: the calendar features, then the day features' inputs.
+_BLOCK_A_DOM: Final = len(_CALENDAR_NAMES) + HELPER_COLUMNS.index(A_DOM)
+_BLOCK_A_WD: Final = len(_CALENDAR_NAMES) + HELPER_COLUMNS.index(A_WD)
+_BLOCK_DIM: Final = len(_CALENDAR_NAMES) + HELPER_COLUMNS.index(DIM)
 
 
 @dataclass(frozen=True)
@@ -57,67 +57,59 @@ class _Layout:
     numeric_cols: np.ndarray  # ... and their matrix columns
     categorical: tuple[tuple[int, str], ...]  # (matrix column, name), all candidate-independent
     varying: tuple[tuple[int, str], ...]  # (matrix column, name) of candidate-dependent ones
-    slots: dict[str, int] | None  # varying name -> column (None: not all day/hour features)
+    by_day: bool  # every varying feature is a registry calendar/day/time feature
     calendar: tuple[tuple[int, int, int], ...]  # (matrix column, block column, width) runs
+    day: tuple[tuple[int, DayCompute], ...]  # (matrix column, computation) of day features
+    time: tuple[tuple[int, TimeCompute], ...]  # (matrix column, computation) of time features
     varying_cols: np.ndarray
 
 
 _LAYOUTS: dict[int, tuple[FeatureSpec, _Layout]] = {}
 
 
-def _layout(spec: FeatureSpec, st: _State) -> _Layout:
-    """The :class:`_Layout` of ``spec`` (``st``'s constant features: the same for every state)."""
+def _layout(spec: FeatureSpec) -> _Layout:
+    """The :class:`_Layout` of ``spec``."""
     hit = _LAYOUTS.get(id(spec))
     if hit is not None and hit[0] is spec:  # the spec is frozen: cache per instance
         return hit[1]
     k = len(spec.numeric)
-    numeric = [(j, name) for j, name in enumerate(spec.numeric) if name in st.numeric]
+    numeric = [(j, name) for j, name in enumerate(spec.numeric) if name in _STATE_NUMERIC]
     categorical = [
-        (j, name) for j, name in enumerate(spec.categorical, start=k) if name in st.categorical
+        (j, name) for j, name in enumerate(spec.categorical, start=k) if name in _STATE_CATEGORICAL
     ]
     varying = [
         (j, name)
         for j, name in enumerate(spec.names)
-        if name not in st.numeric and name not in st.categorical
+        if name not in _STATE_NUMERIC and name not in _STATE_CATEGORICAL
     ]
     names = {name: j for j, name in varying}
-    slots: dict[str, int] | None = names
+    by_day = set(names) <= {*_CALENDAR_NAMES, *_DAY, *_TIME} and not set(names) & set(
+        spec.categorical
+    )
     runs: list[list[int]] = []
-    if not set(names) <= _DAY_FEATURES | _HOUR_FEATURES or set(names) & set(spec.categorical):
-        slots = None
-    else:
-        for c, name in enumerate(_CALENDAR_FEATURES):
-            if name not in names:
-                continue
-            j = names[name]
-            if runs and runs[-1][0] + runs[-1][2] == j and runs[-1][1] + runs[-1][2] == c:
-                runs[-1][2] += 1  # contiguous in both: one slice copy
-            else:
-                runs.append([j, c, 1])
+    for c, name in enumerate(_CALENDAR_NAMES):
+        if name not in names:
+            continue
+        j = names[name]
+        if runs and runs[-1][0] + runs[-1][2] == j and runs[-1][1] + runs[-1][2] == c:
+            runs[-1][2] += 1  # contiguous in both: one slice copy
+        else:
+            runs.append([j, c, 1])
     layout = _Layout(
         numeric_names=tuple(name for _, name in numeric),
         numeric_cols=np.asarray([j for j, _ in numeric], dtype=np.intp),
         categorical=tuple(categorical),
         varying=tuple(varying),
-        slots=slots,
+        by_day=by_day,
         calendar=tuple((j, c, w) for j, c, w in runs),
+        day=tuple((names[name], f) for name, f in _DAY.items() if name in names),
+        time=tuple((names[name], f) for name, f in _TIME.items() if name in names),
         varying_cols=np.asarray([j for j, _ in varying], dtype=np.intp),
     )
     if len(_LAYOUTS) >= 64:
         _LAYOUTS.clear()
     _LAYOUTS[id(spec)] = (spec, layout)
     return layout
-
-
-@dataclass
-class _DayPlan:
-    """Per-decision inputs of :meth:`CandidateEncoder._matrix_by_day` (built once)."""
-
-    zone: np.ndarray  # zone code of each decision
-    day0: np.ndarray  # local day (since 1970-01-01) of each decision's `now`
-    added: np.ndarray  # card_added_at of each decision's card (NAT_INT = missing)
-    added_missing: bool
-    exp_end: np.ndarray
 
 
 class CandidateEncoder:
@@ -152,7 +144,7 @@ class CandidateEncoder:
         self.n_charges = int(np.asarray(batch.charge_ids, dtype=object).size)
         self._log, self._state = _online_state(batch, attempts=attempts, history=history)
         self._rows: tuple[np.ndarray, tuple[tuple[int, str], ...]] | None = None
-        self._plan: _DayPlan | None = None
+        self._day0: np.ndarray | None = None  # local day of each decision's `now`
         # One decision: _pit_counts' single-group search is as fast without the counter's setup.
         self._counter = (
             _CardCounter(self._log, self._state.card_key) if self.n_charges > 1 else None
@@ -168,7 +160,7 @@ class CandidateEncoder:
         if self._rows is None:
             spec = self.spec
             st = self._state
-            lay = _layout(spec, st)
+            lay = _layout(spec)
             width = len(spec.numeric) + len(spec.categorical)
             if self.n_charges == 1:
                 # One decision: the row as Python floats (exact float64 values and codes), one
@@ -190,24 +182,13 @@ class CandidateEncoder:
             self._rows = (rows, lay.varying)
         return self._rows
 
-    def _day_plan(self) -> tuple[_DayPlan, _Layout] | None:
-        """The :class:`_DayPlan` and layout (None when a varying feature is not a day/hour
-        feature of :func:`_candidate_features`)."""
-        lay = _layout(self.spec, self._state)
-        if lay.slots is None:
-            return None
-        if self._plan is None:
-            log, st = self._log, self._state
-            zone = log.zone.codes[st.li]
-            added = log.card_added[st.li]
-            self._plan = _DayPlan(
-                zone=zone,
-                day0=np.floor_divide(to_local_ns(st.now, zone, log.zone.uniques), NS_PER_DAY),
-                added=added,
-                added_missing=bool((added == NAT_INT).any()),
-                exp_end=log.exp_end[st.li],
-            )
-        return self._plan, lay
+    def _local_day0(self) -> np.ndarray:
+        """Local day (since 1970-01-01) of each decision's ``now`` (computed once)."""
+        if self._day0 is None:
+            st = self._state
+            local = to_local_ns(st.now, st.zone, self._log.zone.uniques)
+            self._day0 = np.floor_divide(local, NS_PER_DAY)
+        return self._day0
 
     def matrix(self, dec: np.ndarray, times: np.ndarray, *, order: str = "C") -> np.ndarray:
         """Model matrix of the rows ``(dec[r], times[r])``.
@@ -281,27 +262,25 @@ class CandidateEncoder:
         Most candidate-dependent features (the calendar, the success-day distances) depend on
         the candidate's local day only, and a decision's candidates span a few days: rows
         holding the decision's constants plus those features are built once per (decision,
-        day) in the call's range and gathered whole; the hour-dependent features are then
-        written straight into their columns. Same expressions on the same values as
-        :func:`_candidate_features`, so the same bits; None when the (decision, day) table
-        would have more rows than the call (the per-row path is cheaper then).
+        day) in the call's range and gathered whole; the ``time`` features are then written
+        straight into their columns. The registry's computations, as on the frame path
+        (:func:`~features.evaluate._candidate_features`), so the same bits; None when the
+        (decision, day) table would have more rows than the call (the per-row path is cheaper
+        then).
         """
-        planned = self._day_plan()
-        if planned is None:
+        lay = _layout(self.spec)
+        if not lay.by_day:
             return None
-        plan, lay = planned
-        slots = lay.slots
-        assert slots is not None
         rows, _ = self._decision_rows()
-        log, st = self._log, self._state
+        day0 = self._local_day0()
+        st = self._state
         n = dec.size
         valid = t != NAT_INT
         all_valid = bool(valid.all())
         now = st.now[dec]
         tt = t if all_valid else np.where(valid, t, now)
-        local = to_local_ns(tt, plan.zone[dec], log.zone.uniques)
-        days = np.floor_divide(local, NS_PER_DAY)
-        rel = days - plan.day0[dec]
+        cand = CandidateRows(self._log, st, dec, tt, now, counter=self._counter)
+        rel = cand.days - day0[dec]
         d_lo = int(dec.min())
         d_hi = int(dec.max())
         r_lo = int(rel.min())
@@ -311,87 +290,27 @@ class CandidateEncoder:
         if n_keys > max(n, 64):
             return None
         key_dec = np.repeat(np.arange(d_lo, d_hi + 1, dtype=np.int64), width)
-        key_day = (plan.day0[d_lo : d_hi + 1, None] + np.arange(r_lo, r_hi + 1)).reshape(-1)
-        lo = int(key_day.min()) // _CALENDAR_ALIGN * _CALENDAR_ALIGN
-        span = -(-(int(key_day.max()) + 1 - lo) // _CALENDAR_ALIGN) * _CALENDAR_ALIGN
-        if span > _CALENDAR_SPAN_MAX:
+        key_day = (day0[d_lo : d_hi + 1, None] + np.arange(r_lo, r_hi + 1)).reshape(-1)
+        lo = int(key_day.min()) // CALENDAR_ALIGN * CALENDAR_ALIGN
+        span = -(-(int(key_day.max()) + 1 - lo) // CALENDAR_ALIGN) * CALENDAR_ALIGN
+        if span > CALENDAR_SPAN_MAX:
             return None
-        cal = _calendar_block(lo, span).take(key_day - lo, axis=0)
+        cal = calendar_block(lo, span, CALENDAR_FEATURES).take(key_day - lo, axis=0)
         table = rows.take(key_dec, axis=0)
         for jc, c, w in lay.calendar:
             table[:, jc : jc + w] = cal[:, c : c + w]
-        j = slots.get("success_dom_distance")
-        if j is not None:
-            table[:, j] = _circular_distance(cal[:, 12], st.dom_mean[key_dec], cal[:, 14])
-        j = slots.get("success_weekday_distance")
-        if j is not None:
-            table[:, j] = _circular_distance(cal[:, 13], st.wd_mean[key_dec], np.full(n_keys, 7.0))
+        if lay.day:
+            day_rows = DayRows(
+                st, key_dec, cal[:, _BLOCK_A_DOM], cal[:, _BLOCK_A_WD], cal[:, _BLOCK_DIM]
+            )
+            for j, compute_day in lay.day:
+                compute_day(day_rows, table[:, j])
         rel -= r_lo
         rel += (dec - d_lo) * width
         out = table.take(rel, axis=0)
-
-        # Hour-dependent features: the expressions of _candidate_features, the last operation
-        # of each writing its matrix column (no per-feature temporary, no copy pass).
-        h = float(NS_PER_HOUR)
-        day = float(NS_PER_DAY)
-        tmp = np.empty(n, dtype=np.int64)
-        for name, base in (
-            ("hours_since_first_failure", st.first_t),
-            ("hours_since_prev_attempt", st.last_t),
-            ("hours_from_now", None),
-        ):
-            j = slots.get(name)
-            if j is not None:
-                np.subtract(tt, now if base is None else base[dec], out=tmp)
-                np.divide(tmp, h, out=out[:, j])
-        j = slots.get("local_hour")
-        if j is not None:
-            np.multiply(days, NS_PER_DAY, out=tmp)
-            np.subtract(local, tmp, out=tmp)
-            np.divide(tmp, h, out=out[:, j])
-        j24 = slots.get("card_attempts_24h")
-        j30 = slots.get("card_attempts_30d")
-        if j24 is not None or j30 is not None:
-            lo24 = np.minimum(tt - WINDOW_24H_NS, now)
-            lo30 = np.minimum(tt - WINDOW_30D_NS, now)
-            if self._counter is not None:
-                c24, c30 = self._counter.counts_many(dec, (lo24, lo30))
-            else:
-                key = st.card_key[dec]
-                counts = _pit_counts(
-                    log.card_key, log.t, np.concatenate([key, key]), np.concatenate([lo24, lo30])
-                )
-                c24, c30 = counts[:n], counts[n:]
-            known_now = st.card_known_now[dec]
-            at_now = st.card_at_now[dec]
-            # Integer counts: exact in any order, converted to float64 on assignment.
-            for jw, window, part in (
-                (j24, WINDOW_24H_NS, c24),
-                (j30, WINDOW_30D_NS, c30),
-            ):
-                if jw is not None:
-                    out[:, jw] = known_now - part + np.where(tt - window <= now, at_now, 0)
-        j = slots.get("card_age_days")
-        if j is not None:
-            added = plan.added[dec]
-            col = out[:, j]
-            np.subtract(tt, added, out=tmp)
-            np.divide(tmp, day, out=col)
-            if plan.added_missing:
-                col[added == NAT_INT] = np.nan
-        je = slots.get("days_to_expiry")
-        jx = slots.get("card_expired")
-        if je is not None or jx is not None:
-            exp_end = plan.exp_end[dec]
-            if je is not None:
-                np.subtract(exp_end, tt, out=tmp)
-                np.divide(tmp, day, out=out[:, je])
-            if jx is not None:
-                out[:, jx] = tt >= exp_end
-        j = slots.get("tenure_days")
-        if j is not None:
-            np.subtract(tt, st.tenure_start[dec], out=tmp)
-            np.divide(tmp, day, out=out[:, j])
+        # Time features: each computation writes its matrix column (no temporary, no copy).
+        for j, compute in lay.time:
+            compute(cand, out[:, j])
         if not all_valid:
             out[np.ix_(np.flatnonzero(~valid), lay.varying_cols)] = np.nan
         return out

@@ -8,8 +8,7 @@ import numpy as np
 import pandas as pd
 
 from retryopt.features import contract as ct
-from retryopt.features.candidates import _candidate_features, _frame
-from retryopt.features.decision_state import _decision_state
+from retryopt.features.evaluate import _candidate_features, _decision_state, _frame
 from retryopt.features.history import _Log
 
 

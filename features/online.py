@@ -8,10 +8,10 @@ import numpy as np
 import pandas as pd
 
 from retryopt.features import contract as ct
-from retryopt.features.candidates import _candidate_features, _frame
 from retryopt.features.columns import _INT64_MAX, _SMALL_ROWS, AttemptColumns, _Table, _table_list
-from retryopt.features.decision_state import _decision_state, _State
+from retryopt.features.decision_state import _State
 from retryopt.features.decisions import DecisionBatch
+from retryopt.features.evaluate import _candidate_features, _decision_state, _frame
 from retryopt.features.history import _Log
 from retryopt.features.pit import _pit_counts
 from retryopt.features.registry import CATEGORICAL_FEATURES, NUMERIC_FEATURES

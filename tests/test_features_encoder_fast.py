@@ -172,7 +172,9 @@ def test_card_counter_counts_many_equal_pit_counts(synth: pd.DataFrame, spec: Fe
 
 
 def test_calendar_features_are_the_calendar_columns_in_order() -> None:
-    from retryopt.features.calendar import _CALENDAR_FEATURES, _calendar_columns
+    from retryopt.features.calendar import calendar_columns
+    from retryopt.features.registry import CALENDAR_FEATURES
 
-    names = [k for k in _calendar_columns(np.arange(3, dtype=np.int64)) if not k.startswith("_")]
-    assert list(_CALENDAR_FEATURES) == names
+    columns = calendar_columns(np.arange(3, dtype=np.int64), CALENDAR_FEATURES)
+    names = [k for k in columns if not k.startswith("_")]
+    assert [name for name, _ in CALENDAR_FEATURES] == names
