@@ -1,11 +1,20 @@
-"""The online encoder: model-matrix rows of a decision batch (the serving hot path)."""
+"""The serving encoder: model-matrix rows of a decision batch at candidate times (hot path).
+
+:class:`CandidateEncoder` is the one way to encode candidates for a model: build it once per
+decision batch (the candidate-independent work), then :meth:`CandidateEncoder.matrix` encodes
+any (decision, time) rows; :meth:`CandidateEncoder.grid_rows` lists the rows of a candidate
+grid. Matrix values are the registry's computations (:mod:`features.registry`), as on the
+frame path, so rows equal ``encode_features(build_candidate_features(...))`` with each
+categorical as its code in the spec's levels (what LightGBM sees).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 import numpy as np
+import pandas as pd
 
 from retryopt.features._fe_time import NAT_INT, NS_PER_DAY, to_local_ns
 from retryopt.features.calendar import (
@@ -20,19 +29,23 @@ from retryopt.features.calendar import (
 from retryopt.features.candidates import CandidateRows, DayRows
 from retryopt.features.columns import AttemptColumns
 from retryopt.features.decisions import DecisionBatch
-from retryopt.features.evaluate import _candidate_features
-from retryopt.features.online import _model_matrix, _online_state, _spec_is_native
+from retryopt.features.evaluate import _candidate_features, _frame
+from retryopt.features.online import _candidate_ns, _online_state
 from retryopt.features.pit import _CardCounter
 from retryopt.features.registry import (
     CALENDAR_FEATURES,
+    CATEGORICAL_FEATURES,
     DAY_FEATURES,
+    NUMERIC_FEATURES,
     STATE_CATEGORICAL,
     STATE_NUMERIC,
     TIME_FEATURES,
     DayCompute,
     TimeCompute,
 )
-from retryopt.features.spec import FeatureSpec, _spec_code_one, _spec_codes
+from retryopt.features.spec import FeatureSpec, _spec_code_one, _spec_codes, encode_features
+
+__all__ = ["CandidateEncoder"]
 
 # Rows per chunk when CandidateEncoder's per-row path writes candidate-dependent columns into
 # a row-major matrix (53 float64 features: ~400 KB per chunk, within L2).
@@ -117,13 +130,13 @@ class CandidateEncoder:
 
     The candidate-independent work (attempt log, per-decision state) is done once at
     construction; :meth:`matrix` then encodes only the (decision, time) rows asked for, e.g. the
-    rows a coarse-to-fine search actually scores. Rows equal those of
-    :func:`encode_candidate_matrix` for the same (decision, time) pairs.
+    rows a coarse-to-fine search actually scores, or every row of a grid
+    (``enc.matrix(*CandidateEncoder.grid_rows(candidate_times, enc.n_charges))``).
 
     Parameters
     ----------
     batch
-        The decision batch (as :func:`build_candidate_features`).
+        The decision batch (as :func:`features.online.build_candidate_features`).
     spec
         The spec fixed at training time.
     attempts, history
@@ -149,6 +162,33 @@ class CandidateEncoder:
         self._counter = (
             _CardCounter(self._log, self._state.card_key) if self.n_charges > 1 else None
         )
+
+    @staticmethod
+    def grid_rows(candidate_times: np.ndarray, n_charges: int) -> tuple[np.ndarray, np.ndarray]:
+        """The rows of a candidate grid, every (charge, candidate) in row-major order.
+
+        Parameters
+        ----------
+        candidate_times
+            ``datetime64`` (UTC, naive), shape ``(n_charges, n_candidates)`` (or 1-d for one
+            charge); ``NaT`` pads.
+        n_charges
+            Charges of the batch.
+
+        Returns
+        -------
+        dec, times
+            Decision index (int64) and candidate time (int64 UTC ns, NaT as int64 minimum) of
+            each row, for :meth:`matrix`.
+
+        Raises
+        ------
+        ValueError
+            On a shape or dtype error.
+        """
+        cand = _candidate_ns(candidate_times, n_charges)
+        dec = np.repeat(np.arange(n_charges, dtype=np.int64), cand.shape[1])
+        return dec, cand.reshape(-1)
 
     def _decision_rows(self) -> tuple[np.ndarray, tuple[tuple[int, str], ...]]:
         """Per-decision model-matrix rows and the (column, name) slots that vary by candidate.
@@ -201,9 +241,9 @@ class CandidateEncoder:
             ``(n,)`` candidate times, ``datetime64[ns]`` (UTC, naive) or int64 ns; NaT rows get
             NaN candidate-dependent features.
         order
-            ``"C"`` (row-major, as :func:`encode_candidate_matrix`; the fast one: each row is
-            its decision's constant row, then only the candidate-dependent features are
-            written in place) or ``"F"`` (column-major, filled one feature at a time).
+            ``"C"`` (row-major; the fast one: rows built per (decision, local day), then the
+            time features written in place) or ``"F"`` (column-major, filled one feature at a
+            time from the frame path's columns).
 
         Returns
         -------
@@ -314,3 +354,48 @@ class CandidateEncoder:
         if not all_valid:
             out[np.ix_(np.flatnonzero(~valid), lay.varying_cols)] = np.nan
         return out
+
+
+_NATIVE_SPECS: dict[int, tuple[FeatureSpec, bool]] = {}
+
+
+def _spec_is_native(spec: FeatureSpec) -> bool:
+    """Whether every feature of ``spec`` is one of ours with its own kind (numeric/categorical)."""
+    hit = _NATIVE_SPECS.get(id(spec))
+    if hit is not None and hit[0] is spec:  # the spec is frozen: cache per instance
+        return hit[1]
+    native = set(spec.numeric) <= set(NUMERIC_FEATURES) and set(spec.categorical) <= set(
+        CATEGORICAL_FEATURES
+    )
+    if len(_NATIVE_SPECS) >= 64:
+        _NATIVE_SPECS.clear()
+    _NATIVE_SPECS[id(spec)] = (spec, native)
+    return native
+
+
+def _model_matrix(
+    columns: dict[str, Any], spec: FeatureSpec, n: int, *, order: str = "C"
+) -> np.ndarray:
+    """Float64 model matrix from feature columns (categoricals as codes in the spec's levels)."""
+    if order not in ("C", "F"):
+        raise ValueError(f"order must be 'C' or 'F', got {order!r}")
+    if not _spec_is_native(spec):
+        enc = encode_features(_frame(columns, n), spec)
+        out = np.empty((n, len(spec.names)), dtype=np.float64, order="F" if order == "F" else "C")
+        for j, name in enumerate(spec.names):
+            col = enc[name]
+            if isinstance(col.dtype, pd.CategoricalDtype):
+                out[:, j] = col.cat.codes.to_numpy()
+            else:
+                out[:, j] = col.to_numpy(dtype=np.float64, na_value=np.nan)
+        return out
+    k = len(spec.numeric)
+    width = k + len(spec.categorical)
+    # Filled one feature at a time: contiguous writes into a (features, rows) block, then
+    # transposed (a blocked copy for C order; a free view for F order).
+    block = np.empty((width, n), dtype=np.float64)
+    for j, name in enumerate(spec.numeric):
+        block[j] = columns[name]
+    for j, name in enumerate(spec.categorical, start=k):
+        block[j] = _spec_codes(columns[name], spec.levels[name])
+    return block.T if order == "F" else np.ascontiguousarray(block.T)

@@ -1,4 +1,11 @@
-"""Features of a :class:`~features.decisions.DecisionBatch` at candidate retry times."""
+"""Decisions of a :class:`~features.decisions.DecisionBatch`: their state and raw features.
+
+:func:`_online_state` builds the attempt log of a batch (its attempts plus the customers'
+history) and the per-decision state (the candidate-independent work, done once per batch by
+:class:`~features.encoder.CandidateEncoder`). :func:`build_candidate_features` returns the raw
+features of a candidate grid as a frame: the one frame-returning function, for inspection,
+tests and models that read raw features (serving encodes with ``CandidateEncoder.matrix``).
+"""
 
 from __future__ import annotations
 
@@ -14,14 +21,8 @@ from retryopt.features.decisions import DecisionBatch
 from retryopt.features.evaluate import _candidate_features, _decision_state, _frame
 from retryopt.features.history import _Log
 from retryopt.features.pit import _pit_counts
-from retryopt.features.registry import CATEGORICAL_FEATURES, NUMERIC_FEATURES
-from retryopt.features.spec import (
-    FeatureSpec,
-    _join_blocks,
-    _level_lookup,
-    _spec_codes,
-    encode_features,
-)
+
+__all__ = ["build_candidate_features"]
 
 
 def _candidate_ns(candidate_times: np.ndarray, n_charges: int) -> np.ndarray:
@@ -55,8 +56,8 @@ def build_candidate_features(batch: DecisionBatch, candidate_times: np.ndarray) 
     -------
     pandas.DataFrame
         Raw features, one row per (charge, candidate) in row-major order, same columns as
-        :attr:`TrainingExamples.features`. Padding rows keep the charge's candidate-independent
-        features; candidate-dependent ones are NaN.
+        :attr:`features.examples.TrainingExamples.features`. Padding rows keep the charge's
+        candidate-independent features; candidate-dependent ones are NaN.
 
     Raises
     ------
@@ -65,96 +66,6 @@ def build_candidate_features(batch: DecisionBatch, candidate_times: np.ndarray) 
     """
     columns, n = _online_columns(batch, candidate_times)
     return _frame(columns, n)
-
-
-def encode_candidate_features(
-    batch: DecisionBatch, candidate_times: np.ndarray, spec: FeatureSpec
-) -> pd.DataFrame:
-    """Model matrix for a decision batch: ``encode_features(build_candidate_features(...))``.
-
-    Same values as the two-step call, but categoricals are mapped to the spec's levels from
-    their per-decision codes, without materialising string columns.
-
-    Parameters
-    ----------
-    batch, candidate_times
-        As for :func:`build_candidate_features`.
-    spec
-        The spec fixed at training time.
-
-    Returns
-    -------
-    pandas.DataFrame
-        As :func:`encode_features`.
-    """
-    columns, n = _online_columns(batch, candidate_times)
-    if not _spec_is_native(spec):
-        return encode_features(_frame(columns, n), spec)
-    numeric = _numeric_block(columns, spec, n)
-    cats: dict[str, Any] = {}
-    for name in spec.categorical:
-        dtype, _, _ = _level_lookup(spec.levels[name])
-        codes = _spec_codes(columns[name], spec.levels[name])
-        cats[name] = pd.Categorical.from_codes(codes, dtype=dtype, validate=False)
-    return _join_blocks(numeric, spec.numeric, cats, pd.RangeIndex(n))
-
-
-def encode_candidate_matrix(
-    batch: DecisionBatch,
-    candidate_times: np.ndarray,
-    spec: FeatureSpec,
-    *,
-    attempts: AttemptColumns | None = None,
-    history: AttemptColumns | None = None,
-) -> np.ndarray:
-    """The model matrix of a decision batch as one float64 array (the serving hot path).
-
-    Same numbers as :func:`encode_candidate_features`, with each categorical as its integer
-    code in ``spec.levels`` order (as float64): exactly what LightGBM sees when it is given the
-    pandas frame, since it converts pandas categoricals to their codes.
-
-    Parameters
-    ----------
-    batch, candidate_times
-        As for :func:`build_candidate_features`.
-    spec
-        The spec fixed at training time.
-    attempts, history
-        Optional :class:`AttemptColumns` holding the same rows as ``batch.attempts`` /
-        ``batch.history``; when given they are read instead of the frames (no pandas access).
-
-    Returns
-    -------
-    numpy.ndarray
-        ``(n_charges * n_candidates, len(spec.names))`` float64, C-contiguous, columns in
-        ``spec.names`` order, rows in row-major (charge, candidate) order.
-    """
-    columns, n = _online_columns(batch, candidate_times, attempts=attempts, history=history)
-    return _model_matrix(columns, spec, n)
-
-
-_NATIVE_SPECS: dict[int, tuple[FeatureSpec, bool]] = {}
-
-
-def _spec_is_native(spec: FeatureSpec) -> bool:
-    """Whether every feature of ``spec`` is one of ours with its own kind (numeric/categorical)."""
-    hit = _NATIVE_SPECS.get(id(spec))
-    if hit is not None and hit[0] is spec:  # the spec is frozen: cache per instance
-        return hit[1]
-    native = set(spec.numeric) <= set(NUMERIC_FEATURES) and set(spec.categorical) <= set(
-        CATEGORICAL_FEATURES
-    )
-    if len(_NATIVE_SPECS) >= 64:
-        _NATIVE_SPECS.clear()
-    _NATIVE_SPECS[id(spec)] = (spec, native)
-    return native
-
-
-def _numeric_block(columns: dict[str, Any], spec: FeatureSpec, n: int) -> np.ndarray:
-    numeric = np.empty((n, len(spec.numeric)), dtype=np.float64)
-    for j, name in enumerate(spec.numeric):
-        numeric[:, j] = columns[name]
-    return numeric
 
 
 def _attempt_ids(table: _Table) -> list[Any]:
@@ -231,31 +142,3 @@ def _online_columns(
     n_cand = cand.shape[1]
     dec = np.repeat(np.arange(n_charges, dtype=np.int64), n_cand)
     return _candidate_features(log, st, dec, cand.reshape(-1)), dec.size
-
-
-def _model_matrix(
-    columns: dict[str, Any], spec: FeatureSpec, n: int, *, order: str = "C"
-) -> np.ndarray:
-    """Float64 model matrix from feature columns (categoricals as codes in the spec's levels)."""
-    if order not in ("C", "F"):
-        raise ValueError(f"order must be 'C' or 'F', got {order!r}")
-    if not _spec_is_native(spec):
-        enc = encode_features(_frame(columns, n), spec)
-        out = np.empty((n, len(spec.names)), dtype=np.float64, order="F" if order == "F" else "C")
-        for j, name in enumerate(spec.names):
-            col = enc[name]
-            if isinstance(col.dtype, pd.CategoricalDtype):
-                out[:, j] = col.cat.codes.to_numpy()
-            else:
-                out[:, j] = col.to_numpy(dtype=np.float64, na_value=np.nan)
-        return out
-    k = len(spec.numeric)
-    width = k + len(spec.categorical)
-    # Filled one feature at a time: contiguous writes into a (features, rows) block, then
-    # transposed (a blocked copy for C order; a free view for F order).
-    block = np.empty((width, n), dtype=np.float64)
-    for j, name in enumerate(spec.numeric):
-        block[j] = columns[name]
-    for j, name in enumerate(spec.categorical, start=k):
-        block[j] = _spec_codes(columns[name], spec.levels[name])
-    return block.T if order == "F" else np.ascontiguousarray(block.T)

@@ -2,8 +2,8 @@
 
 :meth:`features.encoder.CandidateEncoder.matrix` builds row-major matrices from rows computed
 once per (decision, local day) plus the hour-dependent features written in place; these tests
-pin it to the per-row path (``_matrix_by_row``, itself pinned to
-:func:`features.online.encode_candidate_matrix`) on seeded random inputs: many decisions and
+pin it to the per-row path (``_matrix_by_row``, itself pinned to the frame path,
+:func:`feature_reference.encode_candidate_matrix`) on seeded random inputs: many decisions and
 zones, NaT rows, unsorted rows, candidates before ``now``, missing ``card_added_at``, reordered
 and partial specs, and the fallbacks.
 """
@@ -15,13 +15,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+from feature_reference import encode_candidate_matrix
 from synthetic_attempts import synthetic_attempts
 
 from retryopt.features.candidates import WINDOW_24H_NS, WINDOW_30D_NS
 from retryopt.features.decisions import DecisionBatch
 from retryopt.features.encoder import CandidateEncoder
 from retryopt.features.examples import build_training_examples
-from retryopt.features.online import encode_candidate_matrix
 from retryopt.features.pit import _pit_counts
 from retryopt.features.spec import FeatureSpec, fit_feature_spec
 

@@ -1,7 +1,8 @@
 """The serving fast path gives the same answers as the reference path.
 
-- ``encode_candidate_matrix`` (numpy matrix, optionally from ``AttemptColumns``) equals
-  ``encode_features(build_candidate_features(...))`` on random decisions;
+- the frame path's matrix (``feature_reference.encode_candidate_matrix``, optionally from
+  ``AttemptColumns``) equals ``encode_features(build_candidate_features(...))`` on random
+  decisions, and ``CandidateEncoder`` rows equal it;
 - the fast scoring path (and the lleaves engine, when installed) reproduces
   ``bundle.predict_proba`` on the pandas frame;
 - the coarse-to-fine planner picks a time whose planned value is within 2 % of the hourly
@@ -27,13 +28,14 @@ import lightgbm as lgb
 import numpy as np
 import pandas as pd
 import pytest
+from feature_reference import encode_candidate_matrix
 from synthetic_attempts import synthetic_attempts
 
 from retryopt.features.columns import AttemptColumns
 from retryopt.features.decisions import Constraints, DecisionBatch
 from retryopt.features.encoder import CandidateEncoder
 from retryopt.features.examples import build_training_examples
-from retryopt.features.online import build_candidate_features, encode_candidate_matrix
+from retryopt.features.online import build_candidate_features
 from retryopt.features.spec import encode_features, fit_feature_spec
 from retryopt.serving.app import performance_options
 from retryopt.serving.model_store import ModelStore
