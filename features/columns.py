@@ -17,6 +17,8 @@ import pandas as pd
 from retryopt.features import contract as ct
 from retryopt.features._fe_time import NAT_INT
 
+__all__ = ["AttemptColumns"]
+
 
 @dataclass
 class _Codes:

@@ -1,4 +1,10 @@
-"""Training examples: one point-in-time example per logged retry."""
+"""Training examples: one point-in-time example per logged retry.
+
+Each logged retry is a decision at ``now`` = the charge's previous attempt, with one candidate
+time: the retry's. The whole log goes through the frame path at once (one :class:`_Log`, one
+decision state, :func:`features.evaluate._candidate_features`), the same computations as
+serving.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +17,8 @@ from retryopt.features import contract as ct
 from retryopt.features.evaluate import _candidate_features, _decision_state, _frame
 from retryopt.features.history import _Log
 
+__all__ = ["TrainingExamples", "build_training_examples"]
+
 
 @dataclass
 class TrainingExamples:
@@ -20,7 +28,8 @@ class TrainingExamples:
     ----------
     features
         Raw features (numeric float64, categoricals as ``str``), columns
-        :data:`NUMERIC_FEATURES` then :data:`CATEGORICAL_FEATURES`.
+        :data:`~features.registry.NUMERIC_FEATURES` then
+        :data:`~features.registry.CATEGORICAL_FEATURES`.
     label
         int8, 1 when the retry succeeded.
     propensity

@@ -27,6 +27,7 @@ from retryopt.features._fe_time import (
     to_local_ns,
     weekday_of_days,
 )
+from retryopt.features.calendar import TWO_PI
 from retryopt.features.columns import _SMALL_ROWS, _Codes, _Columns, _Table, _unique_inverse
 from retryopt.features.taxonomy import (
     classify_decline,
@@ -38,7 +39,6 @@ from retryopt.features.timezones import resolve_timezones
 
 # Quantisation of cos/sin sums (integers keep batch and online sums bit-identical).
 _Q: Final = 1 << 20
-_TWO_PI: Final = 2.0 * math.pi
 
 
 @lru_cache(maxsize=65536)
@@ -309,9 +309,9 @@ class _Log:
         out = np.zeros(self.n, dtype=np.int64)
         if rows.size:
             if name.startswith("dom"):
-                angle = _TWO_PI * (d - 1) / days_in_month(y, m)
+                angle = TWO_PI * (d - 1) / days_in_month(y, m)
             else:
-                angle = _TWO_PI * wd / 7.0
+                angle = TWO_PI * wd / 7.0
             trig = np.cos(angle) if name.endswith("cos") else np.sin(angle)
             out[rows] = np.rint(trig * _Q).astype(np.int64)
         return out
@@ -365,8 +365,8 @@ def _success_day_trig(day: int) -> tuple[int, int, int, int]:
     y, m, d = civil_from_days(days)
     wd = weekday_of_days(days)
     y, m, d, wd = y.astype(np.int16), m.astype(np.int8), d.astype(np.int8), wd.astype(np.int8)
-    a_dom = _TWO_PI * (d - 1) / days_in_month(y, m)
-    a_wd = _TWO_PI * wd / 7.0
+    a_dom = TWO_PI * (d - 1) / days_in_month(y, m)
+    a_wd = TWO_PI * wd / 7.0
     q = [np.rint(f(a) * _Q).astype(np.int64)[0] for a in (a_dom, a_wd) for f in (np.cos, np.sin)]
     return int(q[0]), int(q[1]), int(q[2]), int(q[3])
 

@@ -19,6 +19,15 @@ import pyarrow.compute as pc
 
 from retryopt.features.columns import _Codes
 
+__all__ = [
+    "FEATURES_VERSION",
+    "MISSING_LEVEL",
+    "OTHER_LEVEL",
+    "FeatureSpec",
+    "encode_features",
+    "fit_feature_spec",
+]
+
 FEATURES_VERSION: Final = "retryopt-features-1"
 OTHER_LEVEL: Final = "other"
 MISSING_LEVEL: Final = "missing"
