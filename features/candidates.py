@@ -153,16 +153,6 @@ class DayRows:
         self.dim = dim
 
 
-def _hours_since(rows: CandidateRows, start: np.ndarray, out: np.ndarray) -> None:
-    np.subtract(rows.t, start, out=rows.scratch)
-    np.divide(rows.scratch, _HOUR, out=out)
-
-
-def _days_between(rows: CandidateRows, start: np.ndarray, end: np.ndarray, out: np.ndarray) -> None:
-    np.subtract(end, start, out=rows.scratch)
-    np.divide(rows.scratch, _DAY, out=out)
-
-
 def _card_attempts(rows: CandidateRows, window: int, out: np.ndarray) -> None:
     # Known attempts of the card in [t - W, t): other rows strictly before now, plus the
     # charge's own attempts at exactly now (the previous attempt). Integer counts: exact in
@@ -185,17 +175,20 @@ def _circular_distance(
 
 def hours_since_first_failure(rows: CandidateRows, out: np.ndarray) -> None:
     """``t`` - the charge's first attempt, in hours."""
-    _hours_since(rows, rows.st.first_t[rows.dec], out)
+    np.subtract(rows.t, rows.st.first_t[rows.dec], out=rows.scratch)
+    np.divide(rows.scratch, _HOUR, out=out)
 
 
 def hours_since_prev_attempt(rows: CandidateRows, out: np.ndarray) -> None:
     """``t`` - the charge's latest attempt, in hours."""
-    _hours_since(rows, rows.st.last_t[rows.dec], out)
+    np.subtract(rows.t, rows.st.last_t[rows.dec], out=rows.scratch)
+    np.divide(rows.scratch, _HOUR, out=out)
 
 
 def hours_from_now(rows: CandidateRows, out: np.ndarray) -> None:
     """``t`` - ``now``, in hours."""
-    _hours_since(rows, rows.now, out)
+    np.subtract(rows.t, rows.now, out=rows.scratch)
+    np.divide(rows.scratch, _HOUR, out=out)
 
 
 def card_attempts_24h(rows: CandidateRows, out: np.ndarray) -> None:
@@ -219,14 +212,16 @@ def local_hour(rows: CandidateRows, out: np.ndarray) -> None:
 def card_age_days(rows: CandidateRows, out: np.ndarray) -> None:
     """``t`` - ``card_added_at``, in days (NaN when missing)."""
     added = rows.st.card_added[rows.dec]
-    _days_between(rows, added, rows.t, out)
+    np.subtract(rows.t, added, out=rows.scratch)
+    np.divide(rows.scratch, _DAY, out=out)
     if rows.st.card_added_missing:
         out[added == NAT_INT] = np.nan
 
 
 def days_to_expiry(rows: CandidateRows, out: np.ndarray) -> None:
     """Days from ``t`` to the end of the card's expiry month."""
-    _days_between(rows, rows.t, rows.exp_end, out)
+    np.subtract(rows.exp_end, rows.t, out=rows.scratch)
+    np.divide(rows.scratch, _DAY, out=out)
 
 
 def card_expired(rows: CandidateRows, out: np.ndarray) -> None:
@@ -236,7 +231,8 @@ def card_expired(rows: CandidateRows, out: np.ndarray) -> None:
 
 def tenure_days(rows: CandidateRows, out: np.ndarray) -> None:
     """``t`` - the customer's first attempt, in days."""
-    _days_between(rows, rows.st.tenure_start[rows.dec], rows.t, out)
+    np.subtract(rows.t, rows.st.tenure_start[rows.dec], out=rows.scratch)
+    np.divide(rows.scratch, _DAY, out=out)
 
 
 # ---- day features: the decision and the candidate's local day ----
