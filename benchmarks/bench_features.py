@@ -7,16 +7,16 @@ Usage::
     .venv/bin/python benchmarks/bench_features.py --rows 200000 --online-calls 1000
 
 Batch: ``build_training_examples`` on a synthetic canonical frame of ``--rows`` attempts
-(generated with numpy by ``features._fe_synth``; generation time is not counted), then
+(generated with numpy by ``tests/synthetic_attempts.py``; generation time is not counted), then
 ``fit_feature_spec`` + ``encode_features``. Peak RSS is the whole process (generation
 included), read from ``resource.getrusage``.
 
-Online: ``build_candidate_features`` + ``encode_features``, the fused
-``encode_candidate_features`` and the serving path ``encode_candidate_matrix`` (numpy columns
-in, float64 matrix out) for one charge x 336 hourly candidate times (two weeks), with the
-customer's full history, over ``--online-calls`` calls cycling through random decisions;
-wall-clock and CPU medians and p99. The serving path is also timed with a single candidate
-time, which isolates its fixed per-call cost.
+Online: the frame path ``build_candidate_features`` + ``encode_features`` and the serving path
+``CandidateEncoder`` (numpy columns in, float64 matrix out: construction + ``matrix`` of the
+whole grid) for one charge x 336 hourly candidate times (two weeks), with the customer's full
+history, over ``--online-calls`` calls cycling through random decisions; wall-clock and CPU
+medians and p99. The serving path is also timed with a single candidate time, which isolates
+its fixed per-call cost.
 """
 
 from __future__ import annotations
@@ -25,23 +25,24 @@ import argparse
 import os
 import platform
 import resource
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from retryopt.features._fe_synth import synthetic_attempts
-from retryopt.features.build import (
-    AttemptColumns,
-    build_candidate_features,
-    build_training_examples,
-    encode_candidate_features,
-    encode_candidate_matrix,
-    encode_features,
-    fit_feature_spec,
-)
+# The synthetic frame generator is test code: it lives in tests/, outside the package.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from synthetic_attempts import synthetic_attempts
+
+from retryopt.features.columns import AttemptColumns
 from retryopt.features.decisions import DecisionBatch
+from retryopt.features.encoder import CandidateEncoder
+from retryopt.features.examples import build_training_examples
+from retryopt.features.online import build_candidate_features
+from retryopt.features.spec import FeatureSpec, encode_features, fit_feature_spec
 
 MONTHS = 12
 ATTEMPTS_PER_CHARGE = 1.29  # measured mean of the generator
@@ -80,6 +81,17 @@ def bench_batch(rows: int, seed: int) -> pd.DataFrame:
     return df
 
 
+def _encode(
+    batch: DecisionBatch,
+    cand: np.ndarray,
+    spec: FeatureSpec,
+    cols: tuple[AttemptColumns, AttemptColumns],
+) -> np.ndarray:
+    """The serving path: one encoder per batch, then the matrix of the whole grid."""
+    enc = CandidateEncoder(batch, spec, attempts=cols[0], history=cols[1])
+    return enc.matrix(*CandidateEncoder.grid_rows(cand, enc.n_charges))
+
+
 def bench_online(df: pd.DataFrame, calls: int, seed: int) -> None:
     ex = build_training_examples(df)
     spec = fit_feature_spec(ex.features, min_level_count=5)
@@ -110,13 +122,10 @@ def bench_online(df: pd.DataFrame, calls: int, seed: int) -> None:
         "build_candidate_features + encode_features": lambda b, c, a: encode_features(
             build_candidate_features(b, c), spec
         ),
-        "encode_candidate_features (fused)": lambda b, c, a: encode_candidate_features(b, c, spec),
-        "encode_candidate_matrix (numpy in/out, serving path)": lambda b, c, a: (
-            encode_candidate_matrix(b, c, spec, attempts=a[0], history=a[1])
-        ),
+        "CandidateEncoder (numpy in/out, serving path)": lambda b, c, a: _encode(b, c, spec, a),
         # One candidate instead of 336: the fixed per-call cost of the serving path.
-        "encode_candidate_matrix, 1 candidate only (fixed cost)": lambda b, c, a: (
-            encode_candidate_matrix(b, c[:, :1], spec, attempts=a[0], history=a[1])
+        "CandidateEncoder, 1 candidate only (fixed cost)": lambda b, c, a: _encode(
+            b, c[:, :1], spec, a
         ),
     }
     for label, fn in variants.items():

@@ -402,8 +402,8 @@ def mlflow_side_by_side(
     """`mlflow models serve` of the same bundle, scoring one decision's 21-day grid (505 rows)."""
     import mlflow
 
-    from retryopt.features.build import build_candidate_features
     from retryopt.features.decisions import Constraints
+    from retryopt.features.online import build_candidate_features
     from retryopt.serving.policy import _padded
     from retryopt.serving.rules import charge_states, evaluate_rules
     from retryopt.serving.schemas import DecisionRequest, to_batch

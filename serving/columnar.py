@@ -15,7 +15,7 @@ import pandas as pd
 import pyarrow as pa
 
 from retryopt.features import contract as c
-from retryopt.features.build import AttemptColumns
+from retryopt.features.columns import AttemptColumns
 from retryopt.features.decisions import Constraints, DecisionBatch
 
 _STR_DTYPE = pd.StringDtype("pyarrow", na_value=np.nan)

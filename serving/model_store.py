@@ -101,17 +101,18 @@ def verify_policy(planner: PlannerPolicy) -> None:
     if isinstance(model, BundleSuccessModel) and model.fast_path:
         # The fast scoring path (numpy matrix, optional compiled engine) must reproduce the
         # bundle's own predictions on the pandas frame; otherwise it is switched off.
-        from retryopt.features.build import build_candidate_features, encode_candidate_matrix
+        from retryopt.features.encoder import CandidateEncoder
+        from retryopt.features.online import build_candidate_features
 
         raw = build_candidate_features(prep.batch, grid)
         slow = np.asarray(model.bundle.predict_proba(raw), dtype=np.float64)  # type: ignore[attr-defined]
-        X = encode_candidate_matrix(
+        enc = CandidateEncoder(
             prep.batch,
-            grid,
             model.bundle.feature_spec,  # type: ignore[attr-defined]
             attempts=prep.columns[0] if prep.columns else None,
             history=prep.columns[1] if prep.columns else None,
         )
+        X = enc.matrix(*CandidateEncoder.grid_rows(grid, enc.n_charges))
         if model.engine is not None:
             engine = model.engine
             model.engine = None

@@ -40,8 +40,9 @@ import numpy as np
 import pandas as pd
 
 from retryopt.features import contract as c
-from retryopt.features.build import AttemptColumns, CandidateEncoder
+from retryopt.features.columns import AttemptColumns
 from retryopt.features.decisions import Constraints, DecisionBatch, PolicyDecisions
+from retryopt.features.encoder import CandidateEncoder
 from retryopt.serving.columnar import ColumnarBatch
 from retryopt.serving.rules import (
     HOUR_NS,
@@ -218,38 +219,15 @@ class BundleSuccessModel:
         flat_valid = ~np.isnat(candidate_times.ravel())
         proba = np.full(candidate_times.size, np.nan)
         n_charges = len(batch.charge_ids)
-        if (
-            self.fast_path
-            and not self._needs_raw
-            and candidate_times.ndim == 2
-            and candidate_times.shape[0] == n_charges
-            and candidate_times.dtype == np.dtype("datetime64[ns]")
-        ):
+        if self.fast_path and not self._needs_raw:
             # Only the valid (non-padding) rows are encoded and scored.
+            dec, times = CandidateEncoder.grid_rows(candidate_times, n_charges)
             enc = self.encoder(batch, attempts=attempts, history=history)
             assert enc is not None
             valid_idx = np.flatnonzero(flat_valid)
-            dec = valid_idx // max(candidate_times.shape[1], 1)
-            times = candidate_times.ravel()[valid_idx]
-            proba[valid_idx] = self.score_rows(enc, dec, times)
+            proba[valid_idx] = self.score_rows(enc, dec[valid_idx], times[valid_idx])
             return CandidateScores(proba=proba.reshape(candidate_times.shape), features=None)
-        if self.fast_path and not self._needs_raw:
-            from retryopt.features.build import encode_candidate_matrix
-
-            bundle: Any = self.bundle
-            X = encode_candidate_matrix(
-                batch, candidate_times, bundle.feature_spec, attempts=attempts, history=history
-            )
-            if flat_valid.any():
-                rows = X if flat_valid.all() else X[flat_valid]
-                proba[flat_valid] = np.concatenate(
-                    [
-                        self.predict_matrix(rows[k : k + CHUNK_ROWS * 4])
-                        for k in range(0, len(rows), CHUNK_ROWS * 4)
-                    ]
-                )
-            return CandidateScores(proba=proba.reshape(candidate_times.shape), features=None)
-        from retryopt.features.build import build_candidate_features
+        from retryopt.features.online import build_candidate_features
 
         raw = build_candidate_features(batch, candidate_times)
         if flat_valid.any():

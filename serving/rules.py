@@ -30,7 +30,7 @@ import pandas as pd
 
 from retryopt.features import contract as c
 from retryopt.features import taxonomy
-from retryopt.features.build import AttemptColumns
+from retryopt.features.columns import AttemptColumns
 from retryopt.features.decisions import Constraints, DecisionBatch
 from retryopt.features.localtime import NS_PER_HOUR, local_hours, resolve_zone, utc_offset
 

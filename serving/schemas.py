@@ -21,7 +21,7 @@ import numpy as np
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
 from retryopt.features import contract as c
-from retryopt.features.build import AttemptColumns
+from retryopt.features.columns import AttemptColumns
 from retryopt.features.decisions import Constraints
 from retryopt.features.localtime import canonical_timezone
 from retryopt.serving.columnar import ColumnarBatch

@@ -86,8 +86,8 @@ def body(
 def trained_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real model bundle trained on a small simulated world (skips if training is missing)."""
     try:
-        from retryopt.features.build import build_candidate_features  # noqa: F401
         from retryopt.features.io import write_table_atomic
+        from retryopt.features.online import build_candidate_features  # noqa: F401
         from retryopt.training.simulate.config import WorldConfig
         from retryopt.training.simulate.world import simulate_world
         from retryopt.training.train import load_config, run_training

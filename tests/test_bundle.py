@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from retryopt.features.build import encode_features, fit_feature_spec
+from retryopt.features.spec import encode_features, fit_feature_spec
 from retryopt.model.bundle import (
     MANIFEST,
     REQUIRED_FILES,

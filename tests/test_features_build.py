@@ -9,23 +9,21 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 import pytest
+from synthetic_attempts import synthetic_attempts
 
-from retryopt.features._fe_synth import synthetic_attempts
-from retryopt.features.build import (
-    CATEGORICAL_FEATURES,
+from retryopt.features.decisions import DecisionBatch
+from retryopt.features.encoder import CandidateEncoder
+from retryopt.features.examples import TrainingExamples, build_training_examples
+from retryopt.features.localtime import NS_PER_HOUR, to_local_ns
+from retryopt.features.online import build_candidate_features
+from retryopt.features.registry import CATEGORICAL_FEATURES, NUMERIC_FEATURES
+from retryopt.features.spec import (
     MISSING_LEVEL,
-    NUMERIC_FEATURES,
     OTHER_LEVEL,
     FeatureSpec,
-    TrainingExamples,
-    build_candidate_features,
-    build_training_examples,
-    encode_candidate_features,
     encode_features,
     fit_feature_spec,
 )
-from retryopt.features.decisions import DecisionBatch
-from retryopt.features.localtime import NS_PER_HOUR, to_local_ns
 
 UTC = "UTC"
 
@@ -599,9 +597,10 @@ def test_encode_training_examples_roundtrip(synth_examples: TrainingExamples) ->
     assert float(NS_PER_HOUR) == 3.6e12
 
 
-def test_encode_candidate_features_matches_two_steps(
+def test_candidate_encoder_matches_two_steps(
     synth: pd.DataFrame, synth_examples: TrainingExamples
 ) -> None:
+    """The serving encoder's grid matrix equals the encoded raw frame (categoricals as codes)."""
     ex = synth_examples
     spec = fit_feature_spec(ex.features, min_level_count=30)
     by_customer = dict(tuple(synth.groupby("customer_id", sort=False)))
@@ -613,8 +612,18 @@ def test_encode_candidate_features_matches_two_steps(
         cand = (now + np.arange(1, 337) * np.timedelta64(1, "h")).reshape(1, -1)
         cand[0, -3:] = np.datetime64("NaT")
         two_step = encode_features(build_candidate_features(batch, cand), spec)
-        fused = encode_candidate_features(batch, cand, spec)
-        pd.testing.assert_frame_equal(fused, two_step)
+        enc = CandidateEncoder(batch, spec)
+        fused = enc.matrix(*CandidateEncoder.grid_rows(cand, enc.n_charges))
+        codes = np.column_stack(
+            [
+                two_step[name].cat.codes.to_numpy(np.float64)
+                if isinstance(two_step[name].dtype, pd.CategoricalDtype)
+                else two_step[name].to_numpy(np.float64)
+                for name in spec.names
+            ]
+        )
+        assert list(two_step.columns) == list(spec.names)
+        np.testing.assert_array_equal(fused, codes)
 
 
 @pytest.mark.parametrize("dtype", [object, "float64", "str"])

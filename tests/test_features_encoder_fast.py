@@ -1,9 +1,9 @@
 """CandidateEncoder's per-(decision, day) matrix path equals the per-row reference bit for bit.
 
-:meth:`features.build.CandidateEncoder.matrix` builds row-major matrices from rows computed
+:meth:`features.encoder.CandidateEncoder.matrix` builds row-major matrices from rows computed
 once per (decision, local day) plus the hour-dependent features written in place; these tests
-pin it to the per-row path (``_matrix_by_row``, itself pinned to
-:func:`features.build.encode_candidate_matrix`) on seeded random inputs: many decisions and
+pin it to the per-row path (``_matrix_by_row``, itself pinned to the frame path,
+:func:`feature_reference.encode_candidate_matrix`) on seeded random inputs: many decisions and
 zones, NaT rows, unsorted rows, candidates before ``now``, missing ``card_added_at``, reordered
 and partial specs, and the fallbacks.
 """
@@ -15,17 +15,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+from feature_reference import encode_candidate_matrix
+from synthetic_attempts import synthetic_attempts
 
-import retryopt.features.build as fb
-from retryopt.features._fe_synth import synthetic_attempts
-from retryopt.features.build import (
-    CandidateEncoder,
-    FeatureSpec,
-    build_training_examples,
-    encode_candidate_matrix,
-    fit_feature_spec,
-)
+from retryopt.features.candidates import WINDOW_24H_NS, WINDOW_30D_NS
 from retryopt.features.decisions import DecisionBatch
+from retryopt.features.encoder import CandidateEncoder
+from retryopt.features.examples import build_training_examples
+from retryopt.features.pit import _pit_counts
+from retryopt.features.spec import FeatureSpec, fit_feature_spec
 
 HOUR = np.timedelta64(1, "h")
 
@@ -165,8 +163,8 @@ def test_card_counter_counts_many_equal_pit_counts(synth: pd.DataFrame, spec: Fe
     t = cand.reshape(-1).view(np.int64)
     assert dec.size > 4 * counter._ev_t.size  # the event-placement branch is exercised
     rng = np.random.default_rng(1)
-    for q in (t - fb.WINDOW_30D_NS, t - fb.WINDOW_24H_NS, np.minimum(t, st.now[dec])):
-        want = fb._pit_counts(log.card_key, log.t, st.card_key[dec], q)
+    for q in (t - WINDOW_30D_NS, t - WINDOW_24H_NS, np.minimum(t, st.now[dec])):
+        want = _pit_counts(log.card_key, log.t, st.card_key[dec], q)
         (got,) = counter.counts_many(dec, (q,))  # sorted queries: event placement
         np.testing.assert_array_equal(got, want)
         perm = rng.permutation(dec.size)  # unsorted queries: binary search
@@ -174,7 +172,9 @@ def test_card_counter_counts_many_equal_pit_counts(synth: pd.DataFrame, spec: Fe
 
 
 def test_calendar_features_are_the_calendar_columns_in_order() -> None:
-    from retryopt.features.build import _CALENDAR_FEATURES, _calendar_columns
+    from retryopt.features.calendar import calendar_columns
+    from retryopt.features.registry import CALENDAR_FEATURES
 
-    names = [k for k in _calendar_columns(np.arange(3, dtype=np.int64)) if not k.startswith("_")]
-    assert list(_CALENDAR_FEATURES) == names
+    columns = calendar_columns(np.arange(3, dtype=np.int64), CALENDAR_FEATURES)
+    names = [k for k in columns if not k.startswith("_")]
+    assert [name for name, _ in CALENDAR_FEATURES] == names

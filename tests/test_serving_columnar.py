@@ -20,11 +20,12 @@ import numpy as np
 import pandas as pd
 import pydantic
 import pytest
+from synthetic_attempts import synthetic_attempts
 
 from retryopt.features import contract as c
-from retryopt.features._fe_synth import synthetic_attempts
-from retryopt.features.build import build_training_examples, encode_features, fit_feature_spec
 from retryopt.features.decisions import Constraints
+from retryopt.features.examples import build_training_examples
+from retryopt.features.spec import encode_features, fit_feature_spec
 from retryopt.model.bundle import write_bundle
 from retryopt.model.calibration import fit_calibrator
 from retryopt.serving.columnar import ColumnarBatch, columns_frame

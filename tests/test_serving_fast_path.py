@@ -1,7 +1,8 @@
 """The serving fast path gives the same answers as the reference path.
 
-- ``encode_candidate_matrix`` (numpy matrix, optionally from ``AttemptColumns``) equals
-  ``encode_features(build_candidate_features(...))`` on random decisions;
+- the frame path's matrix (``feature_reference.encode_candidate_matrix``, optionally from
+  ``AttemptColumns``) equals ``encode_features(build_candidate_features(...))`` on random
+  decisions, and ``CandidateEncoder`` rows equal it;
 - the fast scoring path (and the lleaves engine, when installed) reproduces
   ``bundle.predict_proba`` on the pandas frame;
 - the coarse-to-fine planner picks a time whose planned value is within 2 % of the hourly
@@ -27,18 +28,15 @@ import lightgbm as lgb
 import numpy as np
 import pandas as pd
 import pytest
+from feature_reference import encode_candidate_matrix
+from synthetic_attempts import synthetic_attempts
 
-from retryopt.features._fe_synth import synthetic_attempts
-from retryopt.features.build import (
-    AttemptColumns,
-    CandidateEncoder,
-    build_candidate_features,
-    build_training_examples,
-    encode_candidate_matrix,
-    encode_features,
-    fit_feature_spec,
-)
+from retryopt.features.columns import AttemptColumns
 from retryopt.features.decisions import Constraints, DecisionBatch
+from retryopt.features.encoder import CandidateEncoder
+from retryopt.features.examples import build_training_examples
+from retryopt.features.online import build_candidate_features
+from retryopt.features.spec import encode_features, fit_feature_spec
 from retryopt.model.bundle import load_bundle, write_bundle
 from retryopt.model.calibration import fit_calibrator
 from retryopt.serving.app import performance_options
@@ -425,11 +423,12 @@ def test_candidate_encoder_batch_rows_equal_full_matrix(
 ) -> None:
     """Row-major in-place matrices (constant rows + candidate columns, row chunks, the card
     counter and its _pit_counts fallback) equal the full encoding over a many-charge batch."""
-    import retryopt.features.build as fb
+    import retryopt.features.encoder as fe
+    import retryopt.features.pit as fp
 
     if key_limit is not None:
-        monkeypatch.setattr(fb, "_KEY_LIMIT", key_limit)
-    monkeypatch.setattr(fb, "_ROW_CHUNK", 256)  # several chunks per call
+        monkeypatch.setattr(fp, "_KEY_LIMIT", key_limit)
+    monkeypatch.setattr(fe, "_ROW_CHUNK", 256)  # several chunks per call
     ex = build_training_examples(synth)
     spec = fit_feature_spec(ex.features, min_level_count=5)
     batch, cand = _multi_charge_batch(synth, 10, seed=9)

@@ -15,9 +15,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from retryopt.features.build import build_candidate_features
 from retryopt.features.decisions import DecisionBatch
 from retryopt.features.io import write_table_atomic
+from retryopt.features.online import build_candidate_features
 from retryopt.model.bundle import ModelBundle, load_bundle
 from retryopt.model.registry import resolve_model
 from retryopt.training.train import TrainConfig, load_config, run_training

@@ -444,7 +444,8 @@ def train_from_attempts(
     """
     import lightgbm as lgb
 
-    from retryopt.features.build import build_training_examples, encode_features, fit_feature_spec
+    from retryopt.features.examples import build_training_examples
+    from retryopt.features.spec import encode_features, fit_feature_spec
 
     say = progress or (lambda _msg: None)
     if len(attempts) == 0:

@@ -44,7 +44,7 @@ from retryopt.model.calibration import Calibrator
 from retryopt.version import __version__
 
 if TYPE_CHECKING:
-    from retryopt.features.build import FeatureSpec
+    from retryopt.features.spec import FeatureSpec
 
 BUNDLE_FORMAT = "retryopt-model-bundle"
 BUNDLE_FORMAT_VERSION = 1
@@ -237,7 +237,7 @@ class ModelBundle:
 
     def encode(self, raw_features: pd.DataFrame) -> pd.DataFrame:
         """The model matrix for raw features (:func:`features.build.encode_features`)."""
-        from retryopt.features.build import encode_features
+        from retryopt.features.spec import encode_features
 
         return encode_features(raw_features, self.feature_spec)
 
@@ -272,7 +272,7 @@ def load_bundle(path: str | Path) -> ModelBundle:
     """
     import lightgbm as lgb
 
-    from retryopt.features.build import FeatureSpec
+    from retryopt.features.spec import FeatureSpec
 
     root = Path(path)
     if not root.is_dir():

@@ -664,7 +664,7 @@ class FittedSuccessModel:
 
     def predict_rows(self, raw: pd.DataFrame) -> np.ndarray:
         """P(success) per raw feature row."""
-        from retryopt.features.build import encode_features
+        from retryopt.features.spec import encode_features
 
         if not len(raw):
             return np.empty(0)
@@ -672,7 +672,7 @@ class FittedSuccessModel:
 
     def predict_candidates(self, batch: DecisionBatch, candidate_times: np.ndarray) -> Any:
         """Score candidate times (``(n_charges, k)``, NaT = padding)."""
-        from retryopt.features.build import build_candidate_features
+        from retryopt.features.online import build_candidate_features
 
         raw = build_candidate_features(batch, candidate_times)
         flat = ~np.isnat(candidate_times.ravel())
@@ -708,7 +708,8 @@ def fit_success_model(
     """
     import lightgbm as lgb
 
-    from retryopt.features.build import build_training_examples, encode_features, fit_feature_spec
+    from retryopt.features.examples import build_training_examples
+    from retryopt.features.spec import encode_features, fit_feature_spec
 
     ex = build_training_examples(attempts)
     if len(ex.label) < 50:
