@@ -172,7 +172,7 @@ class ModelStore:
     config
         Planner settings for the policies.
     loader
-        Function loading a bundle from a location (default ``training.bundle.resolve_model``).
+        Function loading a bundle from a location (default ``retryopt.model.registry.resolve_model``).
     model_threads
         LightGBM threads per prediction.
     engine
@@ -214,7 +214,7 @@ class ModelStore:
         Raises
         ------
         ModelLoadError
-            No location configured, the bundle is broken (see ``training.bundle.BundleError``)
+            No location configured, the bundle is broken (see ``retryopt.model.bundle.BundleError``)
             or it failed verification.
         """
         where = location or self.location

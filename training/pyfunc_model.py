@@ -3,9 +3,9 @@
 ``mlflow.pyfunc.log_model(python_model=<this file>, artifacts={"bundle": <bundle dir>})`` stores
 this file's source, the bundle directory and the project packages (``code_paths``). At load time
 MLflow runs this file, which declares the model with :func:`mlflow.models.set_model`; the
-bundle is verified against its SHA-256 manifest by :func:`training.bundle.load_bundle`.
+bundle is verified against its SHA-256 manifest by :func:`retryopt.model.bundle.load_bundle`.
 
-Input: a DataFrame of raw feature rows (as built by ``features.build``). Output: a DataFrame with
+Input: a DataFrame of raw feature rows (as built by ``retryopt.features.examples`` or ``retryopt.features.online``). Output: a DataFrame with
 one column ``p_success`` (calibrated probability that the retry succeeds).
 """
 

@@ -3,18 +3,18 @@
 Pipeline (:func:`run_training` is the I/O edge, :func:`train_from_attempts` the pure core):
 
 1. ``features.validation.load_attempts`` reads and validates the history (``ContractError``).
-2. ``features.build.build_training_examples`` builds one point-in-time example per retry.
+2. ``retryopt.features.examples.build_training_examples`` builds one point-in-time example per retry.
 3. :func:`time_split` cuts by the calendar month (UTC) of each charge's first failure: the
    last ``test_months`` are the test set, the ``validation_months`` before them validation, the
    rest training; with the embargo, examples whose retry happened after the next split started
    are dropped. Fewer than 3 distinct months, or no retries, is a :class:`TrainingDataError`.
 4. LightGBM (binary, ``deterministic=True``, seeded, categoricals as pandas ``category`` via
-   ``features.build.encode_features``) with early stopping on the validation log loss.
+   ``retryopt.features.spec.encode_features``) with early stopping on the validation log loss.
 5. Calibration (isotonic vs Platt) chosen by cross-fitted log loss on the validation months
-   (:func:`training.calibration.choose_calibrator`).
+   (:func:`retryopt.model.calibration.choose_calibrator`).
 6. Test-month evaluation against the historical-rate and logistic-regression baselines, per
    decline family and per country, reliability curve, gain and mean |SHAP| importance.
-7. The bundle is written atomically (:func:`training.bundle.write_bundle`) and the run logged to
+7. The bundle is written atomically (:func:`retryopt.model.bundle.write_bundle`) and the run logged to
    MLflow (:mod:`training.mlflow_tracking`).
 """
 
