@@ -172,7 +172,7 @@ class ModelStore:
     config
         Planner settings for the policies.
     loader
-        Function loading a bundle from a location (default ``retryopt.model.registry.resolve_model``).
+        Function loading a bundle from a location (default ``model.registry.resolve_model``).
     model_threads
         LightGBM threads per prediction.
     engine

@@ -204,7 +204,7 @@ class HistoricalRateBaseline:
 
 
 class LogisticBaseline:
-    """Logistic regression on the encoded features (see :func:`retryopt.features.spec.encode_features`).
+    """Logistic regression on the encoded features (see :func:`features.spec.encode_features`).
 
     Categoricals are one-hot encoded over their levels; numerics are median-imputed with missing
     indicators and standardised.

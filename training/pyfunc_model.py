@@ -5,8 +5,8 @@ this file's source, the bundle directory and the project packages (``code_paths`
 MLflow runs this file, which declares the model with :func:`mlflow.models.set_model`; the
 bundle is verified against its SHA-256 manifest by :func:`retryopt.model.bundle.load_bundle`.
 
-Input: a DataFrame of raw feature rows (as built by ``retryopt.features.examples`` or ``retryopt.features.online``). Output: a DataFrame with
-one column ``p_success`` (calibrated probability that the retry succeeds).
+Input: a DataFrame of raw feature rows (as the feature registry builds them). Output: a
+DataFrame with one column ``p_success`` (calibrated probability that the retry succeeds).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Pipeline (:func:`run_training` is the I/O edge, :func:`train_from_attempts` the pure core):
 
 1. ``features.validation.load_attempts`` reads and validates the history (``ContractError``).
-2. ``retryopt.features.examples.build_training_examples`` builds one point-in-time example per retry.
+2. ``features.examples.build_training_examples`` builds one point-in-time example per retry.
 3. :func:`time_split` cuts by the calendar month (UTC) of each charge's first failure: the
    last ``test_months`` are the test set, the ``validation_months`` before them validation, the
    rest training; with the embargo, examples whose retry happened after the next split started
@@ -14,7 +14,7 @@ Pipeline (:func:`run_training` is the I/O edge, :func:`train_from_attempts` the 
    (:func:`retryopt.model.calibration.choose_calibrator`).
 6. Test-month evaluation against the historical-rate and logistic-regression baselines, per
    decline family and per country, reliability curve, gain and mean |SHAP| importance.
-7. The bundle is written atomically (:func:`retryopt.model.bundle.write_bundle`) and the run logged to
+7. The bundle is written atomically (:func:`model.bundle.write_bundle`) and the run logged to
    MLflow (:mod:`training.mlflow_tracking`).
 """
 

@@ -5,7 +5,7 @@ Layout of ``models/<version>/`` (no pickle anywhere; every file is text):
 ==========================  ==================================================================
 ``model.txt``               the LightGBM booster in its native text format
 ``calibration.json``        the calibration map as plain data (isotonic thresholds or Platt a, b)
-``feature_spec.json``       :meth:`retryopt.features.spec.FeatureSpec.to_dict` (names, categorical levels)
+``feature_spec.json``       :meth:`features.spec.FeatureSpec.to_dict` (names, categorical levels)
 ``metrics.json``            training/validation/test metrics, baselines, calibration choice
 ``data_fingerprint.json``   rows, time range and SHA-256 of the canonical training frame
 ``code_version.json``       retryopt version, git commit (if available), library versions
@@ -249,7 +249,7 @@ class ModelBundle:
         return np.asarray(self.booster.predict(X, num_threads=self.num_threads), dtype=np.float64)
 
     def predict_proba(self, raw_features: pd.DataFrame) -> np.ndarray:
-        """Calibrated P(success) per row of raw features (as built by ``retryopt.features.examples`` or ``retryopt.features.online``)."""
+        """Calibrated P(success) per row of raw features (as the feature registry builds them)."""
         return self.calibrator.apply(self.predict_raw(raw_features))
 
 
