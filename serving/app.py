@@ -35,7 +35,7 @@ from retryopt.features.decisions import Constraints
 from retryopt.serving.metrics import Metrics
 from retryopt.serving.microbatch import MicroBatcher
 from retryopt.serving.model_store import ModelLoadError, ModelStore
-from retryopt.serving.policy import Decision, PlannerConfig
+from retryopt.serving.policies import Decision, PlannerConfig
 from retryopt.serving.schemas import (
     AlternativeOut,
     BatchDecisionOut,

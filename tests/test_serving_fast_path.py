@@ -41,14 +41,8 @@ from retryopt.features.build import (
 from retryopt.features.decisions import Constraints, DecisionBatch
 from retryopt.serving.app import performance_options
 from retryopt.serving.model_store import ModelStore
-from retryopt.serving.policy import (
-    BundleSuccessModel,
-    Decision,
-    PlannerConfig,
-    PlannerPolicy,
-    _alternative_picks,
-    _pick_alternatives,
-)
+from retryopt.serving.policies import BundleSuccessModel, Decision, PlannerConfig, PlannerPolicy
+from retryopt.serving.policies.explain import _alternative_picks, _pick_alternatives
 from retryopt.serving.schemas import DecisionRequest, to_batch
 from retryopt.training.bundle import load_bundle, write_bundle
 from retryopt.training.calibration import fit_calibrator

@@ -59,7 +59,7 @@ class Policy(Protocol):
 
 
 class CandidateModel(Protocol):
-    """A success model scoring candidate times (``serving.policy.SuccessModel``)."""
+    """A success model scoring candidate times (``serving.policies.SuccessModel``)."""
 
     def predict_candidates(self, batch: DecisionBatch, candidate_times: np.ndarray) -> Any:
         """Return an object with ``proba`` of shape ``candidate_times.shape``."""
@@ -649,7 +649,7 @@ class FittedSuccessModel:
 
     Fitted on the logged retries of charges kept apart from the evaluated ones (other
     customers), with the same point-in-time features as the shipped model
-    (:mod:`features.build`). Implements ``predict_candidates`` like ``serving.policy``'s models.
+    (:mod:`features.build`). Implements ``predict_candidates`` like ``serving.policies``' models.
     """
 
     version = "backtest-dm"
@@ -1136,7 +1136,7 @@ def run_cli(
             )
     dm = None
     if dm_model is not None:
-        from retryopt.serving.policy import BundleSuccessModel
+        from retryopt.serving.policies import BundleSuccessModel
         from retryopt.training.bundle import resolve_model
 
         dm = BundleSuccessModel(resolve_model(dm_model))

@@ -211,7 +211,7 @@ def build_policy(spec: PolicySpec, *, seed: int = 0, world: object | None = None
     if spec.kind == "random":
         return UniformRandom(seed=seed, name=spec.label)
     if spec.kind in ("greedy", "model", "fallback"):
-        from retryopt.serving.policy import (
+        from retryopt.serving.policies import (
             BundleSuccessModel,
             FallbackPolicy,
             GreedyPolicy,
