@@ -18,8 +18,8 @@ import pandas as pd
 
 from retryopt.features.decisions import Constraints
 from retryopt.features.validation import validate_attempts
+from retryopt.serving.policies import FixedSchedule, UniformRandom
 from retryopt.training.backtest.runner import Policy, run_backtest, stderr_progress
-from retryopt.training.backtest.specs import FixedSchedule, UniformRandom
 
 
 def synthetic_history(n: int, *, seed: int, explore: float = 0.3) -> pd.DataFrame:

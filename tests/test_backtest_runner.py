@@ -12,10 +12,11 @@ import pytest
 
 from retryopt.features.decisions import Constraints, DecisionBatch
 from retryopt.features.validation import validate_attempts
+from retryopt.serving.policies import FixedSchedule, UniformRandom
 from retryopt.training.backtest.estimators import NO_EXPLORATION_WARNING
 from retryopt.training.backtest.report import headline_markdown, write_outputs
 from retryopt.training.backtest.runner import Policy, prepare_charges, run_backtest
-from retryopt.training.backtest.specs import FixedSchedule, SpecError, UniformRandom, parse_spec
+from retryopt.training.backtest.specs import SpecError, parse_spec
 
 T0 = pd.Timestamp("2025-03-01T10:00:00Z")
 

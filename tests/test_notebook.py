@@ -10,9 +10,9 @@ from nbclient import NotebookClient
 from test_backtest_runner import HoursModel, history
 
 from retryopt.features.decisions import Constraints
+from retryopt.serving.policies import FixedSchedule
 from retryopt.training.backtest.report import write_outputs
 from retryopt.training.backtest.runner import run_backtest
-from retryopt.training.backtest.specs import FixedSchedule
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "compare_backtests.ipynb"
 

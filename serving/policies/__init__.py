@@ -7,11 +7,12 @@ API, backtests and the synthetic world's ``play`` run them alike. Modules:
   :mod:`.caps` (the networks' reattempt caps), :mod:`.charges` (the rules' view of a batch);
 - :mod:`.model` (the success model and the model-bundle adapter), :mod:`.values` (the planner's
   dynamic programme), :mod:`.explain` (explanations), :mod:`.base` (shared machinery);
-- :mod:`.planner` (``model`` and ``greedy``), :mod:`.baselines` (``fallback``).
+- :mod:`.planner` (``model`` and ``greedy``), :mod:`.baselines` (``fallback``, ``fixed`` and
+  ``random``: no model, the same rules through the same code).
 """
 
-from retryopt.serving.policies.base import Alternative, Decision, PlannerConfig
-from retryopt.serving.policies.baselines import FallbackPolicy
+from retryopt.serving.policies.base import Alternative, Decision, PlannerConfig, StochasticPolicy
+from retryopt.serving.policies.baselines import FallbackPolicy, FixedSchedule, UniformRandom
 from retryopt.serving.policies.charges import (
     RuleRows,
     card_refs,
@@ -51,13 +52,16 @@ __all__ = [
     "ChargeState",
     "Decision",
     "FallbackPolicy",
+    "FixedSchedule",
     "GreedyPolicy",
     "PlannerConfig",
     "PlannerPolicy",
     "Reason",
     "RuleResult",
     "RuleRows",
+    "StochasticPolicy",
     "SuccessModel",
+    "UniformRandom",
     "card_refs",
     "charge_states",
     "charge_states_from_rows",

@@ -9,18 +9,31 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import pandas as pd
 
 from retryopt.features import contract as c
 from retryopt.features.build import AttemptColumns
-from retryopt.features.decisions import DecisionBatch, PolicyDecisions
+from retryopt.features.decisions import DecisionBatch, PolicyDecisions, RetryPolicy
 from retryopt.serving.columnar import ColumnarBatch
 from retryopt.serving.policies.charges import charge_states
 from retryopt.serving.policies.grid import evaluate_rules_batch
 from retryopt.serving.policies.rules import CardRef, RuleResult
+
+
+@runtime_checkable
+class StochasticPolicy(RetryPolicy, Protocol):
+    """A :class:`features.decisions.RetryPolicy` that draws its retry times at random.
+
+    It knows the probability of any retry time it could have chosen, which the backtest's
+    importance ratios need (e.g. :class:`.baselines.UniformRandom`).
+    """
+
+    def action_probability(self, batch: DecisionBatch, retry_at: np.ndarray) -> np.ndarray:
+        """Probability that :meth:`decide` retries each charge in the grid slot of ``retry_at``."""
+        ...
 
 
 @dataclass(frozen=True, kw_only=True)

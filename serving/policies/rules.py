@@ -54,6 +54,9 @@ class Reason(StrEnum):
     MODEL_OPTIMUM = "model_optimum"
     GREEDY_ARGMAX = "greedy_argmax"
     FALLBACK_SCHEDULE = "fallback_schedule"
+    FIXED_SCHEDULE = "fixed_schedule"
+    SCHEDULE_DONE = "schedule_done"
+    UNIFORM_RANDOM = "uniform_random"
 
 
 # Actions the billing service should take when we stop.
