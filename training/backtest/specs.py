@@ -14,6 +14,7 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass
 
+from retryopt.features.decisions import RetryPolicy
 from retryopt.serving.policies import (
     BundleSuccessModel,
     FallbackPolicy,
@@ -22,6 +23,7 @@ from retryopt.serving.policies import (
     PlannerPolicy,
     UniformRandom,
 )
+from retryopt.training.simulate import OraclePolicy, SimulatedWorld
 
 
 class SpecError(ValueError):
@@ -92,7 +94,9 @@ def unique_labels(specs: list[PolicySpec]) -> list[PolicySpec]:
     return out
 
 
-def build_policy(spec: PolicySpec, *, seed: int = 0, world: object | None = None) -> object:
+def build_policy(
+    spec: PolicySpec, *, seed: int = 0, world: SimulatedWorld | None = None
+) -> RetryPolicy:
     """Instantiate the :class:`~features.decisions.RetryPolicy` of a spec.
 
     ``logged`` has no policy object (the history is replayed); ``oracle`` needs the simulated
@@ -115,7 +119,5 @@ def build_policy(spec: PolicySpec, *, seed: int = 0, world: object | None = None
     if spec.kind == "oracle":
         if world is None:
             raise SpecError("policy spec 'oracle' needs simulated data (--simulate)")
-        from retryopt.training.simulate import OraclePolicy
-
-        return OraclePolicy(world)  # type: ignore[arg-type]
+        return OraclePolicy(world)
     raise SpecError(f"policy spec {spec.label!r} has no policy object (it replays the history)")
