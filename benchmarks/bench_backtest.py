@@ -11,15 +11,21 @@ a direct-method LightGBM fitted by the backtest itself.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 import numpy as np
 import pandas as pd
 
-from retryopt.features.decisions import Constraints
+from retryopt.features.decisions import Constraints, RetryPolicy
 from retryopt.features.validation import validate_attempts
-from retryopt.training.backtest.runner import Policy, run_backtest, stderr_progress
-from retryopt.training.backtest.specs import FixedSchedule, UniformRandom
+from retryopt.serving.policies import FixedSchedule, UniformRandom
+from retryopt.training.backtest.config import BacktestConfig
+from retryopt.training.backtest.runner import run_backtest
+
+
+def _progress(message: str) -> None:
+    print(f"[backtest {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 def synthetic_history(n: int, *, seed: int, explore: float = 0.3) -> pd.DataFrame:
@@ -100,7 +106,7 @@ def main() -> None:
     # 20 % more customers' charges are kept apart to fit the direct-method model
     att = synthetic_history(int(args.charges / 0.8), seed=args.seed)
     gen = time.perf_counter() - t
-    policies: dict[str, Policy | None] = {
+    policies: dict[str, RetryPolicy | None] = {
         "logged": None,
         "fixed:72,120,168,216": FixedSchedule((72.0, 120.0, 168.0, 216.0)),
         "fixed:24,96,240,408": FixedSchedule((24.0, 96.0, 240.0, 408.0)),
@@ -110,12 +116,14 @@ def main() -> None:
     res = run_backtest(
         att,
         policies,
-        n_boot=args.bootstrap,
-        seed=args.seed,
-        dm_share=0.2,
-        dm_max_examples=args.dm_max_examples,
-        constraints=Constraints(),
-        progress=stderr_progress,
+        config=BacktestConfig(
+            n_boot=args.bootstrap,
+            seed=args.seed,
+            dm_share=0.2,
+            dm_max_examples=args.dm_max_examples,
+            constraints=Constraints(),
+        ),
+        progress=_progress,
     )
     run = time.perf_counter() - t
     print(f"history generated: {len(att)} attempts in {gen:.1f} s")

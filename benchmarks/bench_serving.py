@@ -371,7 +371,7 @@ def library_latency(model: Path, n: int) -> dict[str, float]:
     """Decision latency of the library call (request model -> decision), no HTTP."""
     from retryopt.features.decisions import Constraints
     from retryopt.serving.model_store import ModelStore
-    from retryopt.serving.policy import PlannerConfig
+    from retryopt.serving.policies import PlannerConfig
     from retryopt.serving.schemas import DecisionRequest, to_batch
     from retryopt.serving.settings import Settings
 
@@ -404,8 +404,8 @@ def mlflow_side_by_side(
 
     from retryopt.features.decisions import Constraints
     from retryopt.features.online import build_candidate_features
-    from retryopt.serving.policy import _padded
-    from retryopt.serving.rules import charge_states, evaluate_rules
+    from retryopt.serving.policies import charge_states, evaluate_rules
+    from retryopt.serving.policies.base import _padded
     from retryopt.serving.schemas import DecisionRequest, to_batch
 
     req = DecisionRequest.model_validate(request_body(1))

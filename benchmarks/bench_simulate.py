@@ -15,8 +15,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from retryopt.features.decisions import Constraints
+from retryopt.serving.policies import FixedSchedule
 from retryopt.training.simulate import (
-    FixedSchedulePolicy,
     OraclePolicy,
     WorldConfig,
     play,
@@ -50,7 +50,7 @@ def main() -> None:
         f"recoveries 2-12 d {s.recovered_2_12_days:.1%}"
     )
     charges = world.failed_charges()[: args.play]
-    for policy in (FixedSchedulePolicy(), OraclePolicy(world)):
+    for policy in (FixedSchedule(), OraclePolicy(world)):
         t = time.perf_counter()
         result = play(policy, world, charges, Constraints(), seed=1)
         dt = time.perf_counter() - t

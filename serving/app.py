@@ -32,7 +32,7 @@ from starlette.concurrency import run_in_threadpool
 from retryopt.serving.metrics import Metrics
 from retryopt.serving.microbatch import MicroBatcher
 from retryopt.serving.model_store import ModelLoadError, ModelStore
-from retryopt.serving.policy import Decision
+from retryopt.serving.policies import Decision
 from retryopt.serving.schemas import (
     BatchDecisionOut,
     BatchDecisionRequest,

@@ -1,6 +1,6 @@
 """A :class:`features.decisions.DecisionBatch` held as numpy columns, frames built on demand.
 
-The API converts requests straight into :class:`features.build.AttemptColumns`; the policies'
+The API converts requests straight into :class:`features.columns.AttemptColumns`; the policies'
 fast path (rules, features, scoring) reads those columns. :class:`ColumnarBatch` still *is* a
 ``DecisionBatch``: code that reads ``batch.attempts`` / ``batch.history`` (slow scoring path,
 backtests, tests) gets the canonical pandas frames, built once on first access.

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from retryopt.features.decisions import Constraints
-from retryopt.serving.policy import (
+from retryopt.serving.policies import (
     ENGINES,
     BundleSuccessModel,
     FallbackPolicy,

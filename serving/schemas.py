@@ -25,7 +25,7 @@ from retryopt.features.columns import AttemptColumns
 from retryopt.features.decisions import Constraints
 from retryopt.features.localtime import canonical_timezone
 from retryopt.serving.columnar import ColumnarBatch
-from retryopt.serving.rules import CardRef
+from retryopt.serving.policies.rules import CardRef
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _US = timedelta(microseconds=1)

@@ -16,7 +16,7 @@ from typing import Any
 from retryopt.features.decisions import Constraints
 from retryopt.serving.metrics import Metrics
 from retryopt.serving.model_store import ModelStore
-from retryopt.serving.policy import Decision, PlannerConfig
+from retryopt.serving.policies import Decision, PlannerConfig
 from retryopt.serving.schemas import (
     AlternativeOut,
     DecisionOut,

@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from retryopt.features.decisions import Constraints, DecisionBatch
+from retryopt.features.decisions import Constraints, DecisionBatch, RetryPolicy
 from retryopt.features.validation import validate_attempts
+from retryopt.serving.policies import CandidateScores, FixedSchedule, UniformRandom
+from retryopt.training.backtest.charges import prepare_charges
+from retryopt.training.backtest.config import BacktestConfig
 from retryopt.training.backtest.estimators import NO_EXPLORATION_WARNING
 from retryopt.training.backtest.report import headline_markdown, write_outputs
-from retryopt.training.backtest.runner import Policy, prepare_charges, run_backtest
-from retryopt.training.backtest.specs import FixedSchedule, SpecError, UniformRandom, parse_spec
+from retryopt.training.backtest.runner import run_backtest
+from retryopt.training.backtest.specs import SpecError, parse_spec
 
 T0 = pd.Timestamp("2025-03-01T10:00:00Z")
 
@@ -84,21 +86,18 @@ def history(n: int, *, seed: int, explore: float = 0.5) -> pd.DataFrame:
     return validate_attempts(pd.DataFrame(rows)).clean
 
 
-@dataclass
-class _Scores:
-    proba: np.ndarray
-
-
 class HoursModel:
     """A success model that knows the true curve (hours since the first failure)."""
 
     version = "hours"
 
-    def predict_candidates(self, batch: DecisionBatch, candidate_times: np.ndarray) -> _Scores:
+    def predict_candidates(
+        self, batch: DecisionBatch, candidate_times: np.ndarray
+    ) -> CandidateScores:
         first = batch.attempts.groupby("charge_id")["attempted_at"].min()
         t0 = first.reindex(batch.charge_ids).dt.tz_localize(None).to_numpy("datetime64[ns]")
         hours = (candidate_times - t0[:, None]).astype("timedelta64[s]").astype(float) / 3600
-        return _Scores(proba=p_true(hours))
+        return CandidateScores(proba=p_true(hours))
 
 
 def _cell(rate: pd.DataFrame, policy: str, estimator: str, column: str) -> float:
@@ -144,7 +143,7 @@ def test_fixed_policy_follows_schedule_and_skips_hard_declines() -> None:
 
 def test_backtest_recovers_the_better_schedule_and_writes_outputs(tmp_path: Path) -> None:
     att = history(1500, seed=5)
-    policies: dict[str, Policy | None] = {
+    policies: dict[str, RetryPolicy | None] = {
         "logged": None,
         "fixed:96,168": FixedSchedule((96.0, 168.0)),
         "fixed:2,4": FixedSchedule((2.0, 4.0)),
@@ -153,11 +152,10 @@ def test_backtest_recovers_the_better_schedule_and_writes_outputs(tmp_path: Path
     res = run_backtest(
         att,
         policies,
-        n_boot=60,
-        seed=1,
+        config=BacktestConfig(
+            n_boot=60, seed=1, fit_dm=False, constraints=Constraints(max_retries=2)
+        ),
         dm_model=HoursModel(),
-        fit_dm=False,
-        constraints=Constraints(max_retries=2),
     )
     est = res.estimates
     rate = est[est["statistic"] == "recovery_rate"].set_index(["policy", "estimator"])
@@ -211,9 +209,8 @@ def test_no_exploration_reports_only_the_direct_method() -> None:
     res = run_backtest(
         att,
         {"logged": None, "fixed:96": FixedSchedule((96.0,))},
-        n_boot=20,
+        config=BacktestConfig(n_boot=20, fit_dm=False),
         dm_model=HoursModel(),
-        fit_dm=False,
     )
     assert res.warnings == [NO_EXPLORATION_WARNING]
     assert set(res.estimates["estimator"]) == {"observed", "dm"}
@@ -232,11 +229,10 @@ def test_amounts_of_every_currency_are_reported_in_one_currency() -> None:
     res = run_backtest(
         att,
         {"logged": None},
-        n_boot=20,
-        seed=1,
+        config=BacktestConfig(
+            n_boot=20, seed=1, fit_dm=False, constraints=Constraints(max_retries=2)
+        ),
         dm_model=HoursModel(),
-        fit_dm=False,
-        constraints=Constraints(max_retries=2),
     )
     est = res.estimates
     amount = est[(est["statistic"] == "recovered_amount") & (est["estimator"] == "observed")]

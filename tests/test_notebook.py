@@ -10,9 +10,10 @@ from nbclient import NotebookClient
 from test_backtest_runner import HoursModel, history
 
 from retryopt.features.decisions import Constraints
+from retryopt.serving.policies import FixedSchedule
+from retryopt.training.backtest.config import BacktestConfig
 from retryopt.training.backtest.report import write_outputs
 from retryopt.training.backtest.runner import run_backtest
-from retryopt.training.backtest.specs import FixedSchedule
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "compare_backtests.ipynb"
 
@@ -37,10 +38,8 @@ def test_compare_notebook_runs(tmp_path: Path) -> None:
         res = run_backtest(
             history(300, seed=11, explore=explore),
             {"logged": None, "fixed:96,168": FixedSchedule((96.0, 168.0))},
-            n_boot=20,
+            config=BacktestConfig(n_boot=20, fit_dm=False, constraints=Constraints(max_retries=2)),
             dm_model=HoursModel(),
-            fit_dm=False,
-            constraints=Constraints(max_retries=2),
         )
         dirs[name] = str(write_outputs(res, tmp_path / name))
     nb = nbformat.read(NOTEBOOK, as_version=4)

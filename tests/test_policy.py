@@ -1,7 +1,7 @@
-"""Tests of the retry planner, the greedy baseline and the fallback policy (serving.policy).
+"""Tests of the retry planner, the greedy baseline and the fallback policy (serving.policies).
 
 The planner is tested with a small deterministic success curve implementing the
-:class:`serving.policy.SuccessModel` protocol (a stand-in for the model's probabilities, so the
+:class:`serving.policies.SuccessModel` protocol (a stand-in for the model's probabilities, so the
 expected choices can be computed by hand); the API tests use a real trained bundle.
 """
 
@@ -16,16 +16,16 @@ import pytest
 from test_rules import FAIL, T0, Z, request
 
 from retryopt.features.decisions import Constraints, DecisionBatch, RetryPolicy
-from retryopt.serving.policy import (
+from retryopt.serving.policies import (
     CandidateScores,
     Decision,
     FallbackPolicy,
     GreedyPolicy,
     PlannerConfig,
     PlannerPolicy,
+    Reason,
     plan_values,
 )
-from retryopt.serving.rules import Reason
 from retryopt.serving.schemas import DecisionRequest, to_batch
 
 T0_NS = np.datetime64(T0.replace(tzinfo=None), "ns")

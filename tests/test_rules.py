@@ -1,4 +1,4 @@
-"""Tests of the network and merchant retry rules (serving.rules)."""
+"""Tests of the network and merchant retry rules (serving.policies.rules, .grid, .caps)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from retryopt.features.decisions import Constraints
-from retryopt.serving.rules import (
+from retryopt.features.localtime import local_hours
+from retryopt.serving.policies import (
     CardRef,
     ChargeState,
     Reason,
@@ -18,7 +19,6 @@ from retryopt.serving.rules import (
     charge_states,
     evaluate_rules,
     evaluate_rules_batch,
-    local_hours,
 )
 from retryopt.serving.schemas import DecisionRequest, to_batch
 
@@ -398,7 +398,7 @@ def test_batch_rules_of_no_charge_and_of_stops_only() -> None:
 def test_batch_rules_count_caps_per_charge_when_keys_do_not_fit(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import retryopt.serving.rules as rules_module
+    import retryopt.serving.policies.caps as rules_module
 
     monkeypatch.setattr(rules_module, "_KEY_LIMIT", 0)
     rng = np.random.default_rng(11)

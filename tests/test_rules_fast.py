@@ -2,7 +2,7 @@
 
 - ``_screen`` (cached per decline code and advice) equals the per-attempt taxonomy lookups;
 - skipping the networks' caps for charges with too few card events changes no verdict;
-- whole-hour grids' local hours equal :func:`serving.rules.local_hours`;
+- whole-hour grids' local hours equal :func:`features.localtime.local_hours`;
 - ``charge_states_from_rows`` (batch-wide columns for charges without history) equals the
   per-charge construction.
 """
@@ -20,12 +20,15 @@ from test_rules import _assert_same, _random_state
 from retryopt.features import contract as c
 from retryopt.features import taxonomy
 from retryopt.features.decisions import Constraints
-from retryopt.serving import rules
-from retryopt.serving.rules import (
+from retryopt.features.localtime import NS_PER_HOUR as HOUR_NS
+from retryopt.features.localtime import local_hours, resolve_zone
+from retryopt.serving.policies import caps as rules
+from retryopt.serving.policies.charges import RuleRows, _group_sorted, charge_states_from_rows
+from retryopt.serving.policies.grid import _grid_hours, evaluate_rules, evaluate_rules_batch
+from retryopt.serving.policies.rules import (
     _HARD_FAMILIES,
     ACTION_CUSTOMER_AUTHENTICATION,
     ACTION_UPDATE_PAYMENT_METHOD,
-    HOUR_NS,
     MASTERCARD_SOURCE,
     MERCHANT_SOURCE,
     STRIPE_SOURCE,
@@ -34,18 +37,10 @@ from retryopt.serving.rules import (
     ChargeState,
     Reason,
     RuleResult,
-    RuleRows,
     _ceil_hour,
-    _grid_hours,
-    _group_sorted,
     _Open,
     _screen,
     _stop,
-    charge_states_from_rows,
-    evaluate_rules,
-    evaluate_rules_batch,
-    local_hours,
-    resolve_zone,
 )
 
 

@@ -30,8 +30,7 @@ from retryopt.model.bundle import write_bundle
 from retryopt.model.calibration import fit_calibrator
 from retryopt.serving.columnar import ColumnarBatch, columns_frame
 from retryopt.serving.model_store import ModelStore
-from retryopt.serving.policy import FallbackPolicy
-from retryopt.serving.rules import charge_states
+from retryopt.serving.policies import FallbackPolicy, charge_states
 from retryopt.serving.schemas import DecisionRequest, to_batch
 from retryopt.serving.service import _decision_out, decision_json
 from retryopt.serving.settings import Settings

@@ -41,14 +41,8 @@ from retryopt.model.bundle import load_bundle, write_bundle
 from retryopt.model.calibration import fit_calibrator
 from retryopt.serving.app import performance_options
 from retryopt.serving.model_store import ModelStore
-from retryopt.serving.policy import (
-    BundleSuccessModel,
-    Decision,
-    PlannerConfig,
-    PlannerPolicy,
-    _alternative_picks,
-    _pick_alternatives,
-)
+from retryopt.serving.policies import BundleSuccessModel, Decision, PlannerConfig, PlannerPolicy
+from retryopt.serving.policies.explain import _alternative_picks, _pick_alternatives
 from retryopt.serving.schemas import DecisionRequest, to_batch
 
 ROOT = Path(__file__).resolve().parents[1]

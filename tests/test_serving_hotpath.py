@@ -8,7 +8,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from retryopt.serving.policy import _local_label, _night_means, _timestamp
+from retryopt.serving.policies.explain import _local_label, _night_means, _timestamp
 from retryopt.serving.schemas import body_may_contain_pan, body_may_contain_pan_reference
 from retryopt.serving.service import _iso
 
@@ -61,6 +61,41 @@ def test_memoised_times_and_labels_are_the_plain_ones() -> None:
     assert _local_label(np.datetime64(ns, "ns"), "America/New_York", 3) == label
 
 
+def plan_values_reference(
+    proba: np.ndarray,
+    allowed: np.ndarray,
+    *,
+    retries_left: np.ndarray,
+    amount: np.ndarray,
+    discount: np.ndarray,
+    cost: float,
+    gap_steps: int,
+    decay: float,
+) -> np.ndarray:
+    """:func:`serving.policies.plan_values` written plainly (the reference it is pinned to)."""
+    n, m = proba.shape
+    p = np.where(allowed, np.nan_to_num(proba, nan=0.0), 0.0)
+    gain = amount[:, None] * discount
+    out = np.full((n, m), -np.inf)
+    w = np.zeros((n, m))
+    r_max = int(retries_left.max()) if n else 0
+    for k in range(1, r_max + 1):
+        exponent = np.clip(retries_left - k, 0, None)[:, None]
+        pk = p * decay**exponent
+        val = pk * gain - cost + (1.0 - pk) * w
+        val = np.where(allowed, val, -np.inf)
+        at_level = retries_left == k
+        if at_level.any():
+            out[at_level] = val[at_level]
+        if k == r_max:
+            break
+        suffix = np.maximum.accumulate(val[:, ::-1], axis=1)[:, ::-1]
+        w = np.zeros((n, m))
+        if gap_steps < m:
+            w[:, : m - gap_steps] = np.maximum(suffix[:, gap_steps:], 0.0)
+    return out
+
+
 @settings(max_examples=60, deadline=None)
 @given(
     seed=st.integers(0, 2**32 - 1),
@@ -73,7 +108,7 @@ def test_memoised_times_and_labels_are_the_plain_ones() -> None:
 def test_plan_values_equals_the_reference_bit_for_bit(
     seed: int, n: int, m: int, gap: int, cost: float, discounted: bool
 ) -> None:
-    from retryopt.serving.policy import plan_values, plan_values_reference
+    from retryopt.serving.policies import plan_values
 
     rng = np.random.default_rng(seed)
     proba = rng.random((n, m))

@@ -6,12 +6,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from retryopt.features.decisions import Constraints, RetryPolicy
+from retryopt.features import contract as c
+from retryopt.features.decisions import Constraints, DecisionBatch, PolicyDecisions, RetryPolicy
+from retryopt.serving.policies import FixedSchedule, Reason, UniformRandom
 from retryopt.training.simulate import (
-    FixedSchedulePolicy,
     LoggingPolicy,
     OraclePolicy,
-    RandomPolicy,
     WorldConfig,
     play,
     simulate_world,
@@ -29,13 +29,13 @@ def charges(world):  # type: ignore[no-untyped-def]
 
 
 def test_policies_implement_the_protocol(world) -> None:  # type: ignore[no-untyped-def]
-    for p in (FixedSchedulePolicy(), RandomPolicy(1), OraclePolicy(world)):
+    for p in (FixedSchedule(), UniformRandom(1), OraclePolicy(world)):
         assert isinstance(p, RetryPolicy)
 
 
 def test_oracle_beats_fixed_schedule_on_the_same_charges(world, charges) -> None:  # type: ignore[no-untyped-def]
     cons = Constraints(max_retries=4, window_hours=504)
-    fixed = play(FixedSchedulePolicy(), world, charges, cons, seed=3)
+    fixed = play(FixedSchedule(), world, charges, cons, seed=3)
     oracle = play(OraclePolicy(world), world, charges, cons, seed=3)
     assert len(fixed.charges) == len(oracle.charges) == len(charges)
     fs, os_ = fixed.summary(), oracle.summary()
@@ -49,30 +49,83 @@ def test_oracle_beats_fixed_schedule_on_the_same_charges(world, charges) -> None
 
 def test_play_is_reproducible_and_seeded(world, charges) -> None:  # type: ignore[no-untyped-def]
     cons = Constraints()
-    a = play(RandomPolicy(7), world, charges, cons, seed=1)
-    b = play(RandomPolicy(7), world, charges, cons, seed=1)
+    a = play(UniformRandom(7), world, charges, cons, seed=1)
+    b = play(UniformRandom(7), world, charges, cons, seed=1)
     pd.testing.assert_frame_equal(a.charges, b.charges)
     pd.testing.assert_frame_equal(a.attempts, b.attempts)
-    c = play(RandomPolicy(7), world, charges, cons, seed=2)
+    c = play(UniformRandom(7), world, charges, cons, seed=2)
     assert not a.charges["recovered"].equals(c.charges["recovered"])
 
 
+class Replay:
+    """Retries every charge at the times of another play (a second policy class)."""
+
+    name = "replay"
+
+    def __init__(self, attempts: pd.DataFrame) -> None:
+        retries = attempts[~attempts[c.ATTEMPT_ID].str.endswith("_a0")]
+        retries = retries.sort_values([c.CHARGE_ID, c.ATTEMPTED_AT])
+        self.times = {
+            cid: g.dt.tz_localize(None).to_numpy("datetime64[ns]")
+            for cid, g in retries.groupby(c.CHARGE_ID)[c.ATTEMPTED_AT]
+        }
+
+    def decide(self, batch: DecisionBatch) -> PolicyDecisions:
+        done = batch.attempts.groupby(c.CHARGE_ID).size()
+        at = np.full(len(batch.charge_ids), np.datetime64("NaT", "ns"))
+        for i, cid in enumerate(batch.charge_ids):
+            times, k = self.times.get(cid, ()), int(done.get(cid, 1)) - 1
+            if k < len(times):
+                at[i] = times[k]
+        n = len(at)
+        return PolicyDecisions(
+            retry_at=at, propensity=np.ones(n), reason=np.full(n, "replay", dtype=object)
+        )
+
+
 def test_common_random_numbers_same_times_same_luck(world, charges) -> None:  # type: ignore[no-untyped-def]
-    """The same schedule expressed by two policy classes gives identical outcomes."""
+    """The same retry times chosen by two policy classes give identical outcomes."""
     cfg = world.config.logging_policy
     fixed_cfg = type(cfg)(**{**cfg.__dict__, "mode": "fixed"})
     cons = Constraints()
     a = play(LoggingPolicy(fixed_cfg, seed=0), world, charges, cons, seed=9)
-    b = play(FixedSchedulePolicy(cfg.schedule_hours), world, charges, cons, seed=9)
+    b = play(Replay(a.attempts), world, charges, cons, seed=9)
     np.testing.assert_array_equal(a.charges["recovered"], b.charges["recovered"])
+    pd.testing.assert_frame_equal(a.attempts, b.attempts)
+    # The fixed-schedule baseline plays the same schedule under the network rules: a retry at the
+    # first allowed whole hour at or after the logging policy's time, and no retry where the
+    # rules stop (the logging policy ignores decline codes).
+    fixed = play(FixedSchedule(cfg.schedule_hours), world, charges, cons, seed=9)
+    first = {
+        name: p.attempts[p.attempts[c.ATTEMPT_ID].str.endswith("_p1")].set_index(c.CHARGE_ID)[
+            c.ATTEMPTED_AT
+        ]
+        for name, p in (("logging", a), ("fixed", fixed))
+    }
+    both = first["fixed"].index.intersection(first["logging"].index)
+    assert len(both) > 0.8 * len(charges)
+    late = (first["fixed"][both] - first["logging"][both]).dt.total_seconds()
+    assert (late >= -1).all()  # the world's times are rounded to the second
+    assert (late < 3600).mean() > 0.95
+    never = fixed.charges.set_index("charge_id").loc[
+        first["logging"].index.difference(first["fixed"].index), "stop_reason"
+    ]
+    rule_stops = {
+        Reason.HARD_DECLINE,
+        Reason.NETWORK_DO_NOT_RETRY,
+        Reason.NEVER_RETRY_CODE,
+        Reason.UPDATE_PAYMENT_METHOD,
+        Reason.CUSTOMER_AUTHENTICATION,
+    }
+    assert set(never) <= rule_stops
     # ... and the play result does not depend on which other charges are played.
-    part = play(FixedSchedulePolicy(cfg.schedule_hours), world, charges[:100], cons, seed=9)
-    np.testing.assert_array_equal(part.charges["recovered"], b.charges["recovered"][:100])
+    part = play(FixedSchedule(cfg.schedule_hours), world, charges[:100], cons, seed=9)
+    np.testing.assert_array_equal(part.charges["recovered"], fixed.charges["recovered"][:100])
 
 
 def test_constraints_are_enforced(world, charges) -> None:  # type: ignore[no-untyped-def]
     cons = Constraints(max_retries=2, window_hours=100, min_gap_hours=30, quiet_hours=(22, 7))
-    r = play(RandomPolicy(3), world, charges, cons, seed=4)
+    r = play(UniformRandom(3), world, charges, cons, seed=4)
     assert (r.charges["retries"] <= 2).all()
     retries = r.attempts[~r.attempts["attempt_id"].str.endswith("_a0")]
     first = r.charges.set_index("charge_id")["first_failed_at"]
@@ -88,4 +141,4 @@ def test_constraints_are_enforced(world, charges) -> None:  # type: ignore[no-un
 def test_play_rejects_charges_that_did_not_fail(world) -> None:  # type: ignore[no-untyped-def]
     ok = world.truth.loc[~world.truth["first_failed"], "charge_id"].iloc[:2].to_numpy()
     with pytest.raises(ValueError, match="first attempt failed"):
-        play(FixedSchedulePolicy(), world, ok, Constraints(), seed=0)
+        play(FixedSchedule(), world, ok, Constraints(), seed=0)

@@ -43,12 +43,12 @@ from retryopt.training.evaluation import (
     grouped_metrics,
     plot_reliability,
 )
+from retryopt.training.progress import Progress
 
 # OpenMP threads that spin while waiting make LightGBM 10x slower on a shared, busy machine; a
 # passive wait policy costs nothing when idle. Only effective if set before lightgbm is loaded.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-Progress = Callable[[str], None]
 DEFAULT_CONFIG_FILE = "default_train.toml"
 MODEL_NAMES = ("model", "model_uncalibrated", "logistic", "historical_rate")
 

@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import typer
+
+from retryopt.training.backtest.config import BacktestConfig
+
+_DEFAULTS = BacktestConfig()
+
+
+def _progress(message: str) -> None:
+    """Progress lines of long runs (stderr, timestamped)."""
+    typer.echo(f"[backtest {time.strftime('%H:%M:%S')}] {message}", err=True)
 
 
 def command(
@@ -13,18 +23,26 @@ def command(
         ...,
         "--policy",
         help="Policy spec, repeatable: logged, fixed:72,120,168,216, random, greedy:MODEL, "
-        "model:MODEL (bundle path or registry name), oracle (simulated data only).",
+        "model:MODEL (bundle path or registry name), fallback, oracle (simulated data only).",
     ),
     out: Path = typer.Option(..., "--out", help="Output directory (replaced atomically)."),
     simulate: bool = typer.Option(
-        False, "--simulate", help="Also play every policy in the simulated world (ground truth)."
+        _DEFAULTS.simulate,
+        "--simulate",
+        help="Also play every policy in the simulated world (ground truth).",
     ),
-    bootstrap: int = typer.Option(200, "--bootstrap", min=10, help="Bootstrap resamples."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the resampling and random policies."),
+    bootstrap: int = typer.Option(
+        _DEFAULTS.n_boot, "--bootstrap", min=10, help="Bootstrap resamples."
+    ),
+    seed: int = typer.Option(
+        _DEFAULTS.seed, "--seed", help="Seed of the resampling and random policies."
+    ),
     truth: Path | None = typer.Option(
         None, "--truth", help="World file written by `retryopt simulate` (default: next to --data)."
     ),
-    bandwidth: float = typer.Option(6.0, "--bandwidth", help="IPS kernel width in hours."),
+    bandwidth: float = typer.Option(
+        _DEFAULTS.bandwidth_hours, "--bandwidth", help="IPS kernel width in hours."
+    ),
     dm_model: str | None = typer.Option(
         None,
         "--dm-model",
@@ -32,19 +50,19 @@ def command(
         "policy's training data (default: fit one on other customers).",
     ),
     holdout: bool = typer.Option(
-        True,
+        _DEFAULTS.holdout,
         "--holdout/--all-months",
         help="Evaluate only the charges of the model bundles' test months (default).",
     ),
     dm_refits: int = typer.Option(
-        4,
+        _DEFAULTS.dm_refits,
         "--dm-refits",
         min=0,
         help="Refits of the backtest's direct-method model on customer-bootstrap resamples "
         "(its interval then includes model error; 0 = charge sampling only).",
     ),
     min_ess: float = typer.Option(
-        30.0,
+        _DEFAULTS.min_ess,
         "--min-ess",
         min=1.0,
         help="Minimum effective sample size of the importance weights below which IPS, SNIPS "
@@ -58,10 +76,12 @@ def command(
         "approximate 2025 reference rates, see docs/backtesting.md).",
     ),
     reporting_currency: str = typer.Option(
-        "usd", "--reporting-currency", help="Currency of reported amounts (major units)."
+        _DEFAULTS.reporting_currency,
+        "--reporting-currency",
+        help="Currency of reported amounts (major units).",
     ),
     truth_replications: int = typer.Option(
-        3,
+        _DEFAULTS.truth_replications,
         "--truth-replications",
         min=1,
         help="With --simulate: plays per policy (distinct common random numbers) averaged into "
@@ -69,28 +89,46 @@ def command(
     ),
 ) -> None:
     """Compare policies with DM, IPS, SNIPS and DR estimates and 95 % bootstrap intervals."""
-    from retryopt.training.backtest.runner import run_cli
+    from retryopt.training.backtest.files import run_files
+    from retryopt.training.backtest.ground_truth import gap_lines
+    from retryopt.training.backtest.report import headline_markdown
     from retryopt.training.backtest.specs import SpecError
 
     try:
-        path = run_cli(
-            data=data,
-            specs=policy,
-            out=out,
-            simulate=simulate,
+        config = BacktestConfig(
             n_boot=bootstrap,
             seed=seed,
-            truth=truth,
             bandwidth_hours=bandwidth,
-            dm_model=dm_model,
-            holdout=holdout,
-            dm_refits=dm_refits,
             min_ess=min_ess,
-            fx_rates=fx_rates,
+            dm_refits=dm_refits,
+            holdout=holdout,
             reporting_currency=reporting_currency,
+            simulate=simulate,
             truth_replications=truth_replications,
+        )
+        run = run_files(
+            data,
+            policy,
+            out,
+            config=config,
+            truth=truth,
+            dm_model=dm_model,
+            fx_rates=fx_rates,
+            progress=_progress,
         )
     except (SpecError, FileNotFoundError, ValueError) as exc:
         typer.secho(f"error: {exc}", fg="red", err=True)
         raise typer.Exit(2) from None
-    typer.echo(f"Backtest report: {(path / 'report.html').resolve()}")
+    result = run.result
+    typer.echo(headline_markdown(result))
+    if result.truth:
+        plays = config.truth_replications
+        typer.echo(
+            "\nGround truth (simulated world, common random numbers, same charges, mean of "
+            f"{plays} play{'s' if plays > 1 else ''}; amounts in {run.fx.reporting.upper()}):"
+        )
+        for line in gap_lines(result.truth):
+            typer.echo(f"  {line}")
+    for w in result.warnings:
+        typer.echo(f"WARNING: {w}")
+    typer.echo(f"Backtest report: {(run.path / 'report.html').resolve()}")

@@ -50,18 +50,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from retryopt.training.backtest.config import MIN_ESS
+
 NO_EXPLORATION_WARNING = (
     "the history has no exploration: only model-based (direct method) estimates are possible"
 )
 
 ESTIMATORS: tuple[str, ...] = ("observed", "dm", "ips", "snips", "dr", "truth")
 
-#: Minimum effective sample size of the trajectory weights for IPS/SNIPS/DR to be reported.
-#: Below it the weighted estimates rest on a handful of charges and their bootstrap intervals are
-#: not trustworthy (measured on the ground-truth worlds: with ESS ~ 1-10 the 95 % intervals
-#: covered the truth in about half the cases); the estimators then declare themselves
-#: unavailable ("insufficient overlap") instead of reporting a number.
-MIN_ESS = 30.0
 
 INSUFFICIENT_OVERLAP = "insufficient overlap"
 

@@ -3,8 +3,9 @@
 ``training.simulate.play(policy, world, charges, constraints, seed=...)`` plays a policy forward
 with common random numbers (two policies see the same luck on the same charge). The played
 attempts are turned into per-charge metric contributions with exactly the same definitions as the
-estimators (:class:`~.estimators.MetricSet` via :func:`~.runner.prepare_charges`), so the true
-value and every estimate are directly comparable, charge by charge.
+estimators (:class:`~.estimators.MetricSet` via :func:`~.charges.prepare_charges`), so the true
+value and every estimate are directly comparable, charge by charge. :class:`GroundTruth` is the
+``truth_fn`` of :func:`~.runner.run_backtest` on a simulated world.
 
 ``PlayResult.attempts`` holds contract rows of the first attempts and every played retry.
 """
@@ -12,49 +13,19 @@ value and every estimate are directly comparable, charge by charge.
 from __future__ import annotations
 
 import time
-from pathlib import Path
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from retryopt.features import contract as c
 from retryopt.features.currency import FxRates
-from retryopt.features.decisions import Constraints
+from retryopt.features.decisions import Constraints, RetryPolicy
+from retryopt.training.backtest.charges import prepare_charges
 from retryopt.training.backtest.estimators import MetricSet, observed_contributions
-from retryopt.training.backtest.runner import Progress, _quiet, prepare_charges
-
-
-def load_world(data: str | Path, truth: str | Path | None = None) -> Any:
-    """Rebuild the simulated world that produced ``data`` (deterministic for its seed).
-
-    Reads ``<stem>.config.json`` written by ``retryopt simulate`` next to ``data`` (or the
-    config file given as ``truth``) and re-simulates the world from it.
-    """
-    import json
-
-    from retryopt.features.io import strip_table_suffix
-    from retryopt.training.simulate import WorldConfig, simulate_world
-
-    path = Path(truth) if truth is not None else None
-    if path is None or not str(path).endswith(".json"):
-        base = strip_table_suffix(data)
-        path = base.with_name(f"{base.name}.config.json")
-    if not path.exists():
-        raise FileNotFoundError(
-            f"--simulate needs the world config written by `retryopt simulate`: {path} not found"
-        )
-    payload = json.loads(path.read_text(encoding="utf-8"))
-    for key in ("customers", "months", "seed", "config"):
-        if key not in payload:
-            raise ValueError(f"{path}: field {key!r} missing")
-    config = WorldConfig.from_dict(payload["config"])
-    return simulate_world(
-        config,
-        customers=int(payload["customers"]),
-        months=int(payload["months"]),
-        seed=int(payload["seed"]),
-    )
+from retryopt.training.progress import Progress, quiet
+from retryopt.training.simulate import SimulatedWorld, play
 
 
 def played_contributions(
@@ -79,17 +50,18 @@ def played_contributions(
 
 
 def true_contributions(
-    world: Any,
+    world: SimulatedWorld,
     attempts: pd.DataFrame,
-    policies: dict[str, Any],
+    policies: Mapping[str, RetryPolicy | None],
     *,
     seed: int,
+    kinds: Mapping[str, str] | None = None,
     constraints: Constraints | None = None,
     metrics: MetricSet | None = None,
     charge_ids: np.ndarray | None = None,
     replications: int = 1,
     fx: FxRates | None = None,
-    progress: Progress = _quiet,
+    progress: Progress = quiet,
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """True per-charge contributions of every policy on the same failed charges (CRN).
 
@@ -97,12 +69,11 @@ def true_contributions(
     ``seed``, ``seed + 1``, ...; its truth is the mean contribution per charge (the expected
     value on these charges; one play's luck on a few large charges can otherwise decide a
     comparison). The logged policy's truth is what happened. Returns the contributions and a
-    summary with the fixed-to-oracle gap closed by the model policy when both are present.
+    summary with the fixed-to-oracle gap closed by the model policy when both are present
+    (:func:`gap_summary`; ``kinds`` gives each label's spec kind).
     """
     if replications < 1:
         raise ValueError(f"replications must be >= 1, got {replications}")
-    from retryopt.training.simulate import play
-
     mset = metrics or MetricSet()
     cons = constraints or Constraints()
     data = prepare_charges(attempts, charge_ids=charge_ids, keep_history=False, fx=fx)
@@ -131,11 +102,17 @@ def true_contributions(
             f"{label}: played in the simulated world on {len(ids)} charges x {replications} "
             f"({time.perf_counter() - started:.1f} s)"
         )
-    return out, gap_summary(out, mset)
+    return out, gap_summary(out, mset, kinds or {})
 
 
-def gap_summary(contrib: dict[str, np.ndarray], metrics: MetricSet) -> dict[str, Any]:
-    """True means per policy and the share of the fixed-to-oracle gap each model closes."""
+def gap_summary(
+    contrib: Mapping[str, np.ndarray], metrics: MetricSet, kinds: Mapping[str, str]
+) -> dict[str, Any]:
+    """True means per policy and the share of the fixed-to-oracle gap each model closes.
+
+    ``kinds`` maps each policy label to its spec kind (``fixed``, ``oracle``, ``model``,
+    ``greedy``, ...; :class:`.specs.PolicySpec`); labels without a kind only get true means.
+    """
     col = {n: i for i, n in enumerate(metrics.names)}
     means = {
         k: {
@@ -145,19 +122,20 @@ def gap_summary(contrib: dict[str, np.ndarray], metrics: MetricSet) -> dict[str,
         }
         for k, v in contrib.items()
     }
-    fixed = [k for k in means if k.startswith("fixed")]
+    fixed = [k for k in means if kinds.get(k) == "fixed"]
+    oracle = next((k for k in means if kinds.get(k) == "oracle"), None)
     summary: dict[str, Any] = {"true_values": means}
     if fixed:
         best = max(fixed, key=lambda k: means[k]["recovered_amount"])
         summary["best_fixed"] = best
         gap = (
-            means["oracle"]["recovered_amount"] - means[best]["recovered_amount"]
-            if "oracle" in means
+            means[oracle]["recovered_amount"] - means[best]["recovered_amount"]
+            if oracle is not None
             else float("nan")
         )
         summary["fixed_to_oracle_gap"] = gap
         for k in means:
-            if not k.startswith(("model", "greedy")):
+            if kinds.get(k) not in ("model", "greedy"):
                 continue
             amount = means[k]["recovered_amount"] - means[best]["recovered_amount"]
             retries = (
@@ -200,18 +178,63 @@ def gap_lines(summary: dict[str, Any]) -> list[str]:
     return lines
 
 
+@dataclass(kw_only=True)
+class GroundTruth:
+    """The ``truth_fn`` of :func:`~.runner.run_backtest` on a simulated world.
+
+    Called with the evaluated charges, it plays every policy on ``charge_ids`` (default: those
+    charges; the caller may widen them, e.g. to both halves of the DM split, so the verdict rests
+    on more charges) with :func:`true_contributions`, keeps the gap summary in :attr:`summary`
+    and returns the evaluated charges' true contributions in their order.
+    """
+
+    world: SimulatedWorld
+    attempts: pd.DataFrame
+    policies: Mapping[str, RetryPolicy | None]
+    kinds: Mapping[str, str]
+    seed: int
+    replications: int = 1
+    fx: FxRates | None = None
+    charge_ids: np.ndarray | None = None
+    constraints: Constraints | None = None
+    progress: Progress = quiet
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    def __call__(self, ids: np.ndarray) -> dict[str, np.ndarray]:
+        """True contributions of every policy on the evaluated charges ``ids`` (their order)."""
+        wide = ids
+        if self.charge_ids is not None:
+            wide = np.asarray(pd.unique(np.asarray(self.charge_ids, dtype=object)), dtype=object)
+        contrib, gaps = true_contributions(
+            self.world,
+            self.attempts,
+            self.policies,
+            seed=self.seed,
+            kinds=self.kinds,
+            constraints=self.constraints,
+            charge_ids=wide,
+            replications=self.replications,
+            fx=self.fx,
+            progress=self.progress,
+        )
+        self.summary.update(gaps)
+        self.summary["n_charges"] = len(wide)
+        pos = pd.Index(wide).get_indexer(pd.Index(np.asarray(ids, dtype=object)))
+        if (pos < 0).any():
+            raise ValueError("evaluated charges missing from the ground-truth play")
+        return {k: v[pos] for k, v in contrib.items()}
+
+
 def covered(lo: float, hi: float, truth: float) -> bool:
     """Whether an interval covers the truth."""
     return bool(np.isfinite(lo) and np.isfinite(hi) and lo <= truth <= hi)
 
 
 __all__ = [
+    "GroundTruth",
     "covered",
     "gap_lines",
     "gap_summary",
-    "load_world",
     "played_contributions",
     "true_contributions",
 ]
-
-_ = c  # the contract names the played attempts' columns

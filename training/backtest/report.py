@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from retryopt.training.backtest.runner import BacktestResult
+from retryopt.training.backtest.result import BacktestResult
 
 PLOTS = ("recovery_curves", "uplift", "families", "calibration")
 

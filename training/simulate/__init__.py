@@ -1,4 +1,4 @@
-"""The synthetic payment world: generator, ground truth, reference policies and ``play``.
+"""The synthetic payment world: generator, ground truth, logging and oracle policies, ``play``.
 
 Public API (see ``docs/synthetic-world.md``)::
 
@@ -11,22 +11,15 @@ Public API (see ``docs/synthetic-world.md``)::
 
 from retryopt.training.simulate.config import WorldConfig
 from retryopt.training.simulate.play import PlayResult, play
-from retryopt.training.simulate.policies import (
-    FixedSchedulePolicy,
-    LoggingPolicy,
-    OraclePolicy,
-    RandomPolicy,
-)
+from retryopt.training.simulate.policies import LoggingPolicy, OraclePolicy
 from retryopt.training.simulate.summary import WorldSummary, summarize_world
 from retryopt.training.simulate.world import Outcome, SimulatedWorld, simulate_world
 
 __all__ = [
-    "FixedSchedulePolicy",
     "LoggingPolicy",
     "OraclePolicy",
     "Outcome",
     "PlayResult",
-    "RandomPolicy",
     "SimulatedWorld",
     "WorldConfig",
     "WorldSummary",

@@ -1,9 +1,10 @@
-"""Reference retry policies for the synthetic world (all implement ``RetryPolicy``).
+"""Policies of the synthetic world (both implement ``features.decisions.RetryPolicy``).
 
-- :class:`FixedSchedulePolicy`: retries at fixed hours after the first failure.
-- :class:`RandomPolicy`: a uniformly random hour within the allowed window.
 - :class:`LoggingPolicy`: the world's logging policy (schedule mixed with exploration).
 - :class:`OraclePolicy`: knows the ground truth and picks the best times under the budget.
+
+The model-free baselines (fixed schedule, uniform random) are :mod:`serving.policies`'
+``FixedSchedule`` and ``UniformRandom``, held to the same network rules as the planner.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import pandas as pd
 
 from retryopt.features import contract as C  # noqa: N812
 from retryopt.features.decisions import Constraints, DecisionBatch, PolicyDecisions
+from retryopt.features.localtime import NS_PER_HOUR
 from retryopt.training.simulate.config import LoggingPolicyConfig
 from retryopt.training.simulate.logging_policy import logging_retry_offsets
 from retryopt.training.simulate.truth import (
@@ -24,15 +26,8 @@ from retryopt.training.simulate.truth import (
 )
 from retryopt.training.simulate.world import SimulatedWorld
 
-__all__ = [
-    "FixedSchedulePolicy",
-    "LoggingPolicy",
-    "OraclePolicy",
-    "RandomPolicy",
-    "charge_progress",
-]
+__all__ = ["LoggingPolicy", "OraclePolicy", "charge_progress"]
 
-HOUR_NS = 3_600_000_000_000
 NAT = np.datetime64("NaT", "ns")
 
 
@@ -73,71 +68,6 @@ def _charge_keys(charge_ids: np.ndarray) -> np.ndarray:
     return pd.util.hash_array(np.asarray(charge_ids, dtype=object)).astype(np.uint64)
 
 
-class FixedSchedulePolicy:
-    """Retry at fixed hours after the first failure (e.g. 3, 5, 7, 9 days).
-
-    Parameters
-    ----------
-    hours
-        Offsets from the first failed attempt of retries 1, 2, ...; a retry whose offset has
-        already passed (or is closer than ``min_gap_hours``) is made at ``now + min_gap``.
-    name
-        Policy name.
-    """
-
-    def __init__(
-        self, hours: tuple[float, ...] = (72.0, 120.0, 168.0, 216.0), *, name: str = "fixed"
-    ) -> None:
-        if not hours or any(h <= 0 for h in hours) or list(hours) != sorted(hours):
-            raise ValueError(f"hours must be increasing and > 0, got {hours}")
-        self.hours = tuple(float(h) for h in hours)
-        self.name = name
-
-    def decide(self, batch: DecisionBatch) -> PolicyDecisions:
-        """Retry ``k`` at ``first failure + hours[k-1]``; stop after the schedule or window."""
-        first, count, now = charge_progress(batch)
-        cons = batch.constraints
-        k = count  # retries so far + 1 == attempts so far
-        sched = np.array((*self.hours, np.nan))
-        offset = sched[np.minimum(np.maximum(k, 1) - 1, len(self.hours))]
-        t = first + np.nan_to_num(offset) * HOUR_NS
-        t = np.maximum(t, now + int(cons.min_gap_hours * HOUR_NS))
-        over_budget = (k - 1) >= cons.max_retries
-        late = t > first + int(cons.window_hours * HOUR_NS)
-        stop = np.isnan(offset) | over_budget | late
-        retry_at = np.where(stop, NAT, t.astype("datetime64[ns]"))
-        reason = np.where(stop, "schedule_done", "fixed_schedule").astype(object)
-        return PolicyDecisions(retry_at=retry_at, propensity=np.ones(len(t)), reason=reason)
-
-
-class RandomPolicy:
-    """A uniformly random hour in ``[now + min_gap, first failure + window]``.
-
-    The draw for a charge's ``k``-th retry depends only on (seed, charge id, k), so results do
-    not depend on batching. ``propensity`` = 1 / number of grid hours.
-    """
-
-    def __init__(self, seed: int, *, name: str = "random") -> None:
-        self.seed = seed
-        self.name = name
-
-    def decide(self, batch: DecisionBatch) -> PolicyDecisions:
-        """Draw one grid hour per charge (stop when the budget or window is exhausted)."""
-        first, count, now = charge_progress(batch)
-        cons = batch.constraints
-        lo = np.ceil((now - first) / HOUR_NS + cons.min_gap_hours - 1e-9)
-        hi = np.floor(cons.window_hours)
-        size = hi - lo + 1
-        u = crn_uniforms(self.seed, _charge_keys(batch.charge_ids), count, 1)[:, 0]
-        safe = np.maximum(size, 1)
-        offset = lo + np.minimum(np.floor(u * safe), safe - 1)
-        stop = (size < 1) | ((count - 1) >= cons.max_retries)
-        t = first + (offset * HOUR_NS).astype(np.int64)
-        retry_at = np.where(stop, NAT, t.astype("datetime64[ns]"))
-        reason = np.where(stop, "window_exhausted", "random").astype(object)
-        return PolicyDecisions(retry_at=retry_at, propensity=1.0 / safe, reason=reason)
-
-
 class LoggingPolicy:
     """The world's logging policy (see :mod:`training.simulate.logging_policy`) as a policy.
 
@@ -154,7 +84,7 @@ class LoggingPolicy:
         first, count, now = charge_progress(batch)
         keys = _charge_keys(batch.charge_ids)
         u = crn_uniforms(self.seed, keys, count, 2)
-        prev_offset = (now - first) / HOUR_NS
+        prev_offset = (now - first) / NS_PER_HOUR
         offset, prop = logging_retry_offsets(self.config, 1, prev_offset, u[:, 0], u[:, 1])
         # Retry number differs per charge: compute per distinct k.
         for k in np.unique(count):
@@ -164,7 +94,7 @@ class LoggingPolicy:
             )
             offset[rows], prop[rows] = o, p
         stop = np.isnan(offset) | ((count - 1) >= batch.constraints.max_retries)
-        t = first + (np.nan_to_num(offset) * HOUR_NS).astype(np.int64)
+        t = first + (np.nan_to_num(offset) * NS_PER_HOUR).astype(np.int64)
         retry_at = np.where(stop, NAT, t.astype("datetime64[ns]"))
         reason = np.where(stop, "schedule_done", "logging").astype(object)
         return PolicyDecisions(

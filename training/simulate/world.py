@@ -11,7 +11,7 @@ subscription (involuntary churn); customers also churn voluntarily each month.
 from __future__ import annotations
 
 import time as _time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +20,7 @@ import pandas as pd
 
 from retryopt.features import contract as C  # noqa: N812
 from retryopt.features.localtime import NS_PER_HOUR, utc_offset_hours
+from retryopt.training.progress import Progress
 from retryopt.training.simulate.config import WorldConfig
 from retryopt.training.simulate.logging_policy import logging_retry_offsets, stops_after
 from retryopt.training.simulate.truth import (
@@ -43,7 +44,6 @@ __all__ = ["Outcome", "SimulatedWorld", "simulate_world"]
 
 CALENDAR_KINDS: tuple[str, ...] = ("semimonthly", "month_end", "first_of_month", "day_25")
 TABLE_MARGIN_HOURS = 24 * 120  # hourly tables extend this far past the last month (play windows)
-ProgressFn = Callable[[str], None]
 
 
 @dataclass(frozen=True)
@@ -726,7 +726,7 @@ def simulate_world(
     customers: int,
     months: int,
     seed: int,
-    progress: ProgressFn | None = None,
+    progress: Progress | None = None,
 ) -> SimulatedWorld:
     """Generate a world: customers, their monthly renewals and the logging policy's retries.
 

@@ -1,0 +1,175 @@
+"""The success model the planner scores candidate times with, and its model-bundle adapter."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import pandas as pd
+
+from retryopt.features.columns import AttemptColumns
+from retryopt.features.decisions import DecisionBatch
+from retryopt.features.encoder import CandidateEncoder
+from retryopt.features.online import build_candidate_features
+
+
+@dataclass(frozen=True, kw_only=True)
+class CandidateScores:
+    """Model output over a candidate grid.
+
+    ``proba`` has shape ``(n_charges, n_candidates)`` with NaN at padding; ``features`` holds the
+    raw features, one row per (charge, candidate) in row-major order, or None.
+    """
+
+    proba: np.ndarray
+    features: pd.DataFrame | None = None
+
+
+@runtime_checkable
+class SuccessModel(Protocol):
+    """A retry-success model over candidate times."""
+
+    version: str
+
+    def predict_candidates(
+        self, batch: DecisionBatch, candidate_times: np.ndarray
+    ) -> CandidateScores:
+        """Score ``candidate_times`` (``datetime64[ns]``, ``(n_charges, n)``, NaT = padding)."""
+        ...
+
+
+CHUNK_ROWS = 4096
+ENGINES = ("lightgbm", "lleaves")
+
+
+class BundleSuccessModel:
+    """:class:`SuccessModel` backed by a trained model bundle (``model.bundle.ModelBundle``).
+
+    Fast path (default, verified at load by :func:`serving.model_store.verify_policy`): the
+    candidate features go straight into a float64 matrix
+    (:meth:`features.encoder.CandidateEncoder.matrix`, categoricals as their codes in the spec's
+    level order, exactly what LightGBM derives from the pandas frame) and are scored by the
+    booster (``num_threads`` per call) or by a compiled engine (``engine``, e.g. lleaves), then
+    calibrated. Slow path: :func:`features.online.build_candidate_features` and
+    ``bundle.predict_proba`` on the pandas frame.
+
+    Parameters
+    ----------
+    bundle
+        The model bundle.
+    fast_path
+        Use the numpy fast path when the bundle exposes ``booster``, ``calibrator`` and
+        ``feature_spec``.
+    engine
+        Optional compiled model with ``predict(X: ndarray) -> ndarray`` returning the same
+        uncalibrated probabilities as ``bundle.booster.predict`` (checked at load).
+    """
+
+    def __init__(self, bundle: object, *, fast_path: bool = True, engine: Any = None) -> None:
+        self.bundle = bundle
+        self.version = str(getattr(bundle, "version", "unknown"))
+        self.fast_path = fast_path and all(
+            hasattr(bundle, a) for a in ("booster", "calibrator", "feature_spec")
+        )
+        self.engine = engine
+        spec = getattr(bundle, "feature_spec", None)
+        names = getattr(spec, "names", ()) if spec is not None else ()
+        # The explanation reads payday-like raw features when the model has any.
+        self._needs_raw = any("payday" in n.lower() or "pay_day" in n.lower() for n in names)
+
+    @property
+    def engine_name(self) -> str:
+        """Scoring engine in use: ``lleaves``, ``lightgbm`` or ``bundle`` (slow path)."""
+        if not self.fast_path:
+            return "bundle"
+        return "lightgbm" if self.engine is None else "lleaves"
+
+    def predict_matrix(self, X: np.ndarray) -> np.ndarray:
+        """Calibrated P(success) of model-matrix rows (as ``CandidateEncoder.matrix`` encodes)."""
+        bundle: Any = self.bundle
+        if X.shape[0] == 0:
+            return np.empty(0, dtype=np.float64)
+        if self.engine is not None:
+            raw = self.engine.predict(X)
+        else:
+            raw = bundle.booster.predict(X, num_threads=getattr(bundle, "num_threads", 1))
+        return np.asarray(bundle.calibrator.apply(np.asarray(raw, dtype=np.float64)))
+
+    def encoder(
+        self,
+        batch: DecisionBatch,
+        *,
+        attempts: AttemptColumns | None = None,
+        history: AttemptColumns | None = None,
+    ) -> CandidateEncoder | None:
+        """A :class:`features.CandidateEncoder` of ``batch`` (None off the fast path).
+
+        Build it once per batch, then score any (charge, time) rows with :meth:`score_rows`.
+        """
+        if not self.fast_path or self._needs_raw:
+            return None
+        bundle: Any = self.bundle
+        return CandidateEncoder(batch, bundle.feature_spec, attempts=attempts, history=history)
+
+    def score_rows(
+        self, encoder: CandidateEncoder, dec: np.ndarray, times: np.ndarray
+    ) -> np.ndarray:
+        """Calibrated P(success) of charge ``dec[r]`` retried at ``times[r]`` (no NaT).
+
+        Encoded and scored in blocks of at most ``4 * CHUNK_ROWS`` rows (bounded memory), as
+        row-major blocks for both engines: lleaves needs them, the LightGBM booster reads them
+        without a copy, and the encoder writes them in place (per-decision constant rows, then
+        the candidate-dependent columns), which is cheaper than its column-major fill.
+        """
+        n = int(dec.size)
+        if n == 0:
+            return np.empty(0, dtype=np.float64)
+        step = CHUNK_ROWS * 4
+        parts = [
+            self.predict_matrix(encoder.matrix(dec[k : k + step], times[k : k + step], order="C"))
+            for k in range(0, n, step)
+        ]
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    def predict_rows(self, rows: pd.DataFrame) -> np.ndarray:
+        """Calibrated P(success) of raw feature rows (``bundle.predict_proba``)."""
+        bundle: Any = self.bundle
+        if len(rows) == 0:
+            return np.empty(0, dtype=np.float64)
+        return np.asarray(bundle.predict_proba(rows), dtype=np.float64)
+
+    def predict_candidates(
+        self,
+        batch: DecisionBatch,
+        candidate_times: np.ndarray,
+        *,
+        attempts: AttemptColumns | None = None,
+        history: AttemptColumns | None = None,
+    ) -> CandidateScores:
+        """Score the candidate grid of every charge of ``batch``.
+
+        ``attempts`` / ``history`` optionally hold the same rows as the batch's frames as
+        :class:`features.AttemptColumns` (read instead of the frames on the fast path).
+        """
+        flat_valid = ~np.isnat(candidate_times.ravel())
+        proba = np.full(candidate_times.size, np.nan)
+        n_charges = len(batch.charge_ids)
+        if self.fast_path and not self._needs_raw:
+            # Only the valid (non-padding) rows are encoded and scored.
+            dec, times = CandidateEncoder.grid_rows(candidate_times, n_charges)
+            enc = self.encoder(batch, attempts=attempts, history=history)
+            assert enc is not None
+            valid_idx = np.flatnonzero(flat_valid)
+            proba[valid_idx] = self.score_rows(enc, dec[valid_idx], times[valid_idx])
+            return CandidateScores(proba=proba.reshape(candidate_times.shape), features=None)
+        raw = build_candidate_features(batch, candidate_times)
+        if flat_valid.any():
+            sel = raw if flat_valid.all() else raw.iloc[np.flatnonzero(flat_valid)]
+            # Scored in blocks of at most CHUNK_ROWS rows (bounds memory on big batches).
+            parts = [
+                self.predict_rows(sel.iloc[k : k + CHUNK_ROWS])
+                for k in range(0, len(sel), CHUNK_ROWS)
+            ]
+            proba[flat_valid] = np.concatenate(parts)
+        return CandidateScores(proba=proba.reshape(candidate_times.shape), features=raw)

@@ -1,0 +1,339 @@
+"""The ``model`` policy (planner) and the ``greedy`` baseline over a success model.
+
+- ``model`` (:class:`PlannerPolicy`): scores every allowed hourly candidate time with the model
+  and chooses the next retry by dynamic programming over the remaining retry budget;
+- ``greedy`` (:class:`GreedyPolicy`): the argmax of the success probability.
+
+The planner (documented in ``docs/serving.md``). For a charge with ``R`` retries left, candidate
+times ``t_1 < ... < t_m`` (allowed by the rules), amount ``A``, cost per attempt ``c``, discount
+``d(t) = (1 - daily_discount) ** days(t - now)`` and planning gap ``g`` grid steps (the larger
+of the constraints' minimum gap and ``PlannerConfig.planning_gap_hours``, 24 h by default: a
+failed retry means the funds are still short, so the plan does not count on the next hour)::
+
+    W_0(j) = 0
+    val_k(j) = p_k(j) * A * d(j) - c + (1 - p_k(j)) * W_{k-1}(j)
+    W_k(j)  = max(0, max_{j' >= j + g} val_k(j'))        (0 = stop after a failure at t_j)
+
+and the next retry is ``argmax_j val_R(j)`` (stop when that value is <= 0). ``p_R`` is the
+model's probability for the next retry; the success probability of a *later* retry after a
+failure is approximated by the same curve times a decay factor per earlier failed retry,
+``p_k(j) = p_R(j) * decay ** (R - k)`` (``decay`` defaults to 0.8, configurable): scoring a
+second feature matrix per hypothetical failure time would multiply the model cost. The plan is
+recomputed at every call, so only its first step is ever executed.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+
+from retryopt.features.columns import AttemptColumns
+from retryopt.features.decisions import Constraints, DecisionBatch
+from retryopt.features.encoder import CandidateEncoder
+from retryopt.features.localtime import NS_PER_DAY
+from retryopt.serving.policies.base import (
+    Alternative,
+    Decision,
+    PlannerConfig,
+    _amounts,
+    _padded,
+    _padded_hours,
+    _RulesPolicy,
+)
+from retryopt.serving.policies.explain import (
+    _NIGHT_TABLE,
+    _alternative_picks,
+    _night_means,
+    _pick_alternatives,
+    _timestamp,
+    explanation_factors,
+)
+from retryopt.serving.policies.model import BundleSuccessModel, CandidateScores, SuccessModel
+from retryopt.serving.policies.rules import Reason, RuleResult
+from retryopt.serving.policies.values import plan_values
+
+
+class PlannerPolicy(_RulesPolicy):
+    """The ``model`` policy: rules, then dynamic programming over the remaining retries.
+
+    Parameters
+    ----------
+    model
+        Success model over candidate times (e.g. :class:`BundleSuccessModel`).
+    config
+        Planner settings.
+    """
+
+    name = "model"
+
+    def __init__(self, model: SuccessModel, *, config: PlannerConfig | None = None) -> None:
+        super().__init__(config=config)
+        self.model = model
+
+    @property
+    def model_version(self) -> str | None:
+        return self.model.version
+
+    def _values(
+        self,
+        proba: np.ndarray,
+        allowed: np.ndarray,
+        grid: np.ndarray,
+        batch: DecisionBatch,
+        rules: list[RuleResult],
+    ) -> np.ndarray:
+        cons: Constraints = batch.constraints
+        if cons.daily_discount == 0.0:
+            discount = np.ones(grid.shape)  # 1.0 ** days, without the power
+        else:
+            now_ns = batch.now.astype("datetime64[ns]").astype(np.int64)
+            grid_ns = grid.astype(np.int64)
+            days = np.clip((grid_ns - now_ns[:, None]) / NS_PER_DAY, 0, None)
+            discount = (1.0 - cons.daily_discount) ** days
+        gap_hours = max(cons.min_gap_hours, self.config.planning_gap_hours)
+        gap_steps = max(1, int(np.ceil(gap_hours / self.config.grid_hours)))
+        return plan_values(
+            proba,
+            allowed,
+            retries_left=np.array([r.retries_left for r in rules]),
+            amount=_amounts(batch, [r.charge_id for r in rules]),
+            discount=discount,
+            cost=cons.cost_per_attempt,
+            gap_steps=gap_steps,
+            decay=self.config.later_attempt_decay,
+        )
+
+    def _score(
+        self,
+        batch: DecisionBatch,
+        grid: np.ndarray,
+        columns: tuple[AttemptColumns, AttemptColumns | None] | None,
+    ) -> CandidateScores:
+        if columns is not None and isinstance(self.model, BundleSuccessModel):
+            return self.model.predict_candidates(
+                batch, grid, attempts=columns[0], history=columns[1]
+            )
+        return self.model.predict_candidates(batch, grid)
+
+    def _score_subset(
+        self,
+        batch: DecisionBatch,
+        grid: np.ndarray,
+        select: np.ndarray,
+        proba: np.ndarray,
+        columns: tuple[AttemptColumns, AttemptColumns | None] | None,
+        encoder: CandidateEncoder | None = None,
+    ) -> None:
+        """Score the grid points ``select`` (``(n, m)`` bool) into ``proba`` (in place).
+
+        With ``encoder`` (built once per batch) only the selected rows are encoded and scored.
+        """
+        if encoder is not None and isinstance(self.model, BundleSuccessModel):
+            rows, cols = np.nonzero(select)
+            if rows.size:
+                proba[rows, cols] = self.model.score_rows(encoder, rows, grid[rows, cols])
+            return
+        counts = select.sum(axis=1)
+        width = int(counts.max(initial=0))
+        if width == 0:
+            return
+        compact = np.full((grid.shape[0], width), np.datetime64("NaT", "ns"), grid.dtype)
+        rows, cols = np.nonzero(select)
+        slot = np.arange(rows.size) - np.repeat(np.cumsum(counts) - counts, counts)
+        compact[rows, slot] = grid[rows, cols]
+        scored = self._score(batch, compact, columns).proba
+        proba[rows, cols] = scored[rows, slot]
+
+    def _coarse_to_fine(
+        self,
+        batch: DecisionBatch,
+        grid: np.ndarray,
+        allowed: np.ndarray,
+        rules: list[RuleResult],
+        columns: tuple[AttemptColumns, AttemptColumns | None] | None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Probabilities on a coarse grid refined around its best points; the scored mask.
+
+        The candidate-independent feature state is built once (one
+        :class:`features.encoder.CandidateEncoder`); each pass encodes and scores only its rows.
+        """
+        cfg = self.config
+        m = grid.shape[1]
+        j = np.arange(m)
+        coarse = allowed & ((j % cfg.coarse_step == 0) | (j < cfg.dense_steps))[None, :]
+        proba = np.full(grid.shape, np.nan)
+        encoder: CandidateEncoder | None = None
+        if isinstance(self.model, BundleSuccessModel):
+            encoder = self.model.encoder(
+                batch,
+                attempts=None if columns is None else columns[0],
+                history=None if columns is None else columns[1],
+            )
+        self._score_subset(batch, grid, coarse, proba, columns, encoder)
+        values = self._values(proba, coarse, grid, batch, rules)
+        p_rank = np.where(coarse, np.nan_to_num(proba, nan=-1.0), -np.inf)
+        k = min(cfg.refine_top, m)
+        best = np.concatenate(
+            [np.argsort(-values, axis=1)[:, :k], np.argsort(-p_rank, axis=1)[:, :k]], axis=1
+        )
+        near = np.zeros(grid.shape, dtype=bool)
+        reach = cfg.coarse_step - 1
+        for off in range(-reach, reach + 1):
+            cols = np.clip(best + off, 0, m - 1)
+            near[np.arange(grid.shape[0])[:, None], cols] = True
+        fine = near & allowed & ~coarse
+        self._score_subset(batch, grid, fine, proba, columns, encoder)
+        return proba, coarse | fine
+
+    def _choose(
+        self,
+        batch: DecisionBatch,
+        rules: list[RuleResult],
+        zones: list[str],
+        *,
+        columns: tuple[AttemptColumns, AttemptColumns | None] | None = None,
+    ) -> list[Decision]:
+        grid, allowed = _padded(rules)
+        rule_allowed = allowed
+        if self.config.search == "coarse" and grid.shape[1] > self.config.dense_steps:
+            proba, scored = self._coarse_to_fine(batch, grid, allowed, rules, columns)
+            scores = CandidateScores(proba=proba)
+            allowed = allowed & scored
+        else:
+            scores = self._score(batch, grid, columns)
+            proba = scores.proba
+        values = self._values(proba, allowed, grid, batch, rules)
+        spacing = max(1, round(self.config.alternative_spacing_hours / self.config.grid_hours))
+        out: list[Decision] = []
+        m = grid.shape[1]
+        # Whole-batch work (one numpy call per step instead of one per charge): the chosen
+        # index, the alternatives' indices and the explanation's best probabilities.
+        chosen = np.argmax(values, axis=1)
+        alt_picks = _alternative_picks(
+            values, chosen, k=self.config.n_alternatives, spacing_steps=spacing
+        )
+        p_rules = np.where(rule_allowed, proba, np.nan)
+        best_next_day = np.fmax.reduce(p_rules[:, :24], axis=1)
+        best_window = np.fmax.reduce(p_rules, axis=1)
+        hours = _padded_hours(rules, m)
+        night_mean = _night_means(p_rules, _NIGHT_TABLE[hours] & rule_allowed)
+        grid_ns = grid.view(np.int64)
+        # The per-charge loop reads Python scalars gathered for the whole batch at once (a
+        # numpy scalar access costs about a microsecond here, several per charge otherwise).
+        at = (np.arange(len(rules)), chosen)
+        val_at = values[at].tolist()
+        p_at = proba[at].tolist()
+        t_at = grid_ns[at].tolist()
+        hour_at = hours[at].tolist()
+        next_day_l = best_next_day.tolist()
+        window_l = best_window.tolist()
+        night_l = night_mean.tolist()
+        alt_rows = [i for i, picks in enumerate(alt_picks) for _ in picks or ()]
+        alt_cols = [j for picks in alt_picks for j in picks or ()]
+        alt_t = iter(grid_ns[alt_rows, alt_cols].tolist())
+        alt_p = iter(proba[alt_rows, alt_cols].tolist())
+        for i, r in enumerate(rules):
+            j = int(chosen[i])
+            value = val_at[i]
+            picks = alt_picks[i]
+            alternatives = (
+                ()
+                if picks is None
+                else tuple(
+                    Alternative(
+                        retry_at=_timestamp(t),
+                        success_probability=None if pj != pj else round(pj, 4),
+                    )
+                    for t, pj in zip(
+                        itertools.islice(alt_t, len(picks)),
+                        itertools.islice(alt_p, len(picks)),
+                        strict=True,
+                    )
+                )
+            )
+            if not math.isfinite(value) or value <= 0:
+                out.append(
+                    Decision(
+                        charge_id=r.charge_id,
+                        action="stop",
+                        retry_at=None,
+                        success_probability=None,
+                        reason=str(Reason.NOT_WORTH_AN_ATTEMPT),
+                        source="expected value of every allowed time <= cost per attempt",
+                        action_required=None,
+                        alternatives=(),
+                        explanation="stop: no allowed retry time is worth the cost of an attempt",
+                        model_version=self.model_version,
+                        policy=self.name,
+                    )
+                )
+                continue
+            p_row = proba[i]
+            factors = explanation_factors(
+                r,
+                zones[i],
+                p_row,
+                j,
+                scores.features,
+                i * m + j,
+                best_next_day=next_day_l[i],
+                best_window=window_l[i],
+                night_mean=night_l[i],
+                p_at=p_at[i],
+                t_ns=t_at[i],
+                hour=hour_at[i],
+            )
+            out.append(
+                Decision(
+                    charge_id=r.charge_id,
+                    action="retry",
+                    retry_at=_timestamp(t_at[i]),
+                    success_probability=round(p_at[i], 4),
+                    reason=str(self._reason),
+                    source="model",
+                    action_required=None,
+                    alternatives=(
+                        alternatives
+                        if picks is not None
+                        else _pick_alternatives(
+                            grid[i],
+                            values[i],
+                            p_row,
+                            j,
+                            k=self.config.n_alternatives,
+                            spacing_steps=spacing,
+                        )
+                    ),
+                    explanation="; ".join(factors),
+                    model_version=self.model_version,
+                    policy=self.name,
+                    expected_value=round(value, 2),
+                    factors=tuple(factors),
+                )
+            )
+        return out
+
+    _reason = Reason.MODEL_OPTIMUM
+
+
+class GreedyPolicy(PlannerPolicy):
+    """The ``greedy`` baseline: the allowed time with the highest success probability."""
+
+    name = "greedy"
+    _reason = Reason.GREEDY_ARGMAX
+
+    def _values(
+        self,
+        proba: np.ndarray,
+        allowed: np.ndarray,
+        grid: np.ndarray,
+        batch: DecisionBatch,
+        rules: list[RuleResult],
+    ) -> np.ndarray:
+        amount = _amounts(batch, [r.charge_id for r in rules])
+        p = np.nan_to_num(proba, nan=0.0)
+        # Expected value of one attempt; argmax over time = argmax of p (earliest on ties).
+        val = p * amount[:, None] - batch.constraints.cost_per_attempt
+        return np.where(allowed, val, -np.inf)

@@ -1,0 +1,110 @@
+"""The planner's dynamic programme over the remaining retry budget (:func:`plan_values`).
+
+For a charge with ``R`` retries left, candidate times ``t_1 < ... < t_m`` (allowed by the rules),
+amount ``A``, cost per attempt ``c``, discount ``d(t)`` and planning gap ``g`` grid steps::
+
+    W_0(j) = 0
+    val_k(j) = p_k(j) * A * d(j) - c + (1 - p_k(j)) * W_{k-1}(j)
+    W_k(j)  = max(0, max_{j' >= j + g} val_k(j'))        (0 = stop after a failure at t_j)
+
+with ``p_k(j) = p_R(j) * decay ** (R - k)`` (see :mod:`.planner`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def plan_values(
+    proba: np.ndarray,
+    allowed: np.ndarray,
+    *,
+    retries_left: np.ndarray,
+    amount: np.ndarray,
+    discount: np.ndarray,
+    cost: float,
+    gap_steps: int,
+    decay: float,
+) -> np.ndarray:
+    """Expected value of retrying first at each candidate, planning the remaining budget.
+
+    Parameters
+    ----------
+    proba
+        ``(n, m)`` success probability of the next retry at each candidate (NaN = padding).
+    allowed
+        ``(n, m)`` bool, candidates the rules allow.
+    retries_left
+        ``(n,)`` int, retries left per charge (>= 1).
+    amount
+        ``(n,)`` amounts (minor units).
+    discount
+        ``(n, m)`` discount factor of money collected at each candidate.
+    cost
+        Cost of one attempt (minor units).
+    gap_steps
+        Minimum number of grid steps between two attempts (>= 1).
+    decay
+        Success of each later retry relative to the next one.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(n, m)`` value of a first retry at each candidate, ``-inf`` where not allowed.
+    """
+    n = proba.shape[0]
+    if n > _PLAN_BLOCK_ROWS:
+        # Rows are independent: blocks of rows keep the temporaries in cache (about 2x faster
+        # on a 200-charge batch than one pass over the whole (n, m) arrays).
+        return np.concatenate(
+            [
+                plan_values(
+                    proba[k : k + _PLAN_BLOCK_ROWS],
+                    allowed[k : k + _PLAN_BLOCK_ROWS],
+                    retries_left=retries_left[k : k + _PLAN_BLOCK_ROWS],
+                    amount=amount[k : k + _PLAN_BLOCK_ROWS],
+                    discount=discount[k : k + _PLAN_BLOCK_ROWS],
+                    cost=cost,
+                    gap_steps=gap_steps,
+                    decay=decay,
+                )
+                for k in range(0, n, _PLAN_BLOCK_ROWS)
+            ]
+        )
+    m = proba.shape[1]
+    # Same arithmetic, in the same order, as the textbook form (tests pin it bit for bit against
+    # ``plan_values_reference`` in tests/test_serving_hotpath.py), with the temporaries written in
+    # place: on one charge the numpy call overhead dominates, on a batch the memory traffic.
+    p = np.where(allowed, proba, 0.0)
+    np.copyto(p, 0.0, where=np.isnan(p))  # nan_to_num for probabilities (never infinite)
+    gain = amount[:, None] * discount
+    out = np.full((n, m), -np.inf)
+    w = np.zeros((n, m))  # W_{k-1}: value after a failure at j, with k-1 retries left
+    blocked = ~allowed
+    pk = np.empty((n, m))
+    val = np.empty((n, m))
+    tmp = np.empty((n, m))
+    r_max = int(retries_left.max()) if n else 0
+    for k in range(1, r_max + 1):
+        exponent = np.maximum(retries_left - k, 0)[:, None]
+        np.multiply(p, decay**exponent, out=pk)
+        np.multiply(pk, gain, out=val)
+        np.subtract(val, cost, out=val)
+        np.subtract(1.0, pk, out=tmp)
+        np.multiply(tmp, w, out=tmp)
+        np.add(val, tmp, out=val)
+        val[blocked] = -np.inf
+        at_level = retries_left == k
+        if at_level.any():
+            out[at_level] = val[at_level]
+        if k == r_max:
+            break
+        # W_k(j) = max(0, max_{j' >= j + gap} val_k(j')): a suffix maximum, shifted by the gap.
+        suffix = np.maximum.accumulate(val[:, ::-1], axis=1)[:, ::-1]
+        w.fill(0.0)
+        if gap_steps < m:
+            np.maximum(suffix[:, gap_steps:], 0.0, out=w[:, : m - gap_steps])
+    return out
+
+
+_PLAN_BLOCK_ROWS = 64
