@@ -36,8 +36,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from retryopt.features import contract as c
+from retryopt.features.io import read_table
 from retryopt.features.iso_codes import COUNTRIES, CURRENCIES
 from retryopt.features.localtime import is_valid_timezone
+from retryopt.features.taxonomy import classify_codes
 from retryopt.features.validation_columns import (
     Coded,
     as_string,
@@ -358,7 +360,6 @@ def _summarise_declines(report: ValidationReport, codes: Coded, rows: np.ndarray
     present = np.flatnonzero(numbers > 0)
     present = present[np.argsort(first[present], kind="stable")]
     values = codes.dictionary.take(pa.array(present)).to_pylist()
-    from retryopt.features.taxonomy import classify_codes
 
     info = classify_codes(pd.Series(values, dtype="str"))
     families: dict[str, int] = {}
@@ -451,7 +452,6 @@ def load_attempts(path: str | Path, *, drop_invalid: bool = False) -> pd.DataFra
     ContractError
         The table violates the contract (strict mode), naming ``path``.
     """
-    from retryopt.features.io import read_table
 
     raw = read_table(path)
     try:

@@ -15,6 +15,9 @@ from typing import Any
 import numpy as np
 
 from retryopt.features.decisions import Constraints
+from retryopt.features.encoder import CandidateEncoder
+from retryopt.features.online import build_candidate_features
+from retryopt.model.registry import resolve_model
 from retryopt.serving.policies import (
     ENGINES,
     BundleSuccessModel,
@@ -101,8 +104,6 @@ def verify_policy(planner: PlannerPolicy) -> None:
     if isinstance(model, BundleSuccessModel) and model.fast_path:
         # The fast scoring path (numpy matrix, optional compiled engine) must reproduce the
         # bundle's own predictions on the pandas frame; otherwise it is switched off.
-        from retryopt.features.encoder import CandidateEncoder
-        from retryopt.features.online import build_candidate_features
 
         raw = build_candidate_features(prep.batch, grid)
         slow = np.asarray(model.bundle.predict_proba(raw), dtype=np.float64)  # type: ignore[attr-defined]
@@ -224,8 +225,6 @@ class ModelStore:
             try:
                 loader = self._loader
                 if loader is None:
-                    from retryopt.model.registry import resolve_model
-
                     loader = resolve_model
                 bundle = loader(where)
                 if hasattr(bundle, "num_threads"):

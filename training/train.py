@@ -34,6 +34,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from retryopt.features.examples import build_training_examples
+from retryopt.features.spec import encode_features, fit_feature_spec
+from retryopt.features.validation import load_attempts
+from retryopt.model.bundle import write_bundle
 from retryopt.model.calibration import Calibrator, choose_calibrator
 from retryopt.training.evaluation import (
     HistoricalRateBaseline,
@@ -43,6 +47,7 @@ from retryopt.training.evaluation import (
     grouped_metrics,
     plot_reliability,
 )
+from retryopt.training.mlflow_tracking import log_training_run
 from retryopt.training.progress import Progress
 
 # OpenMP threads that spin while waiting make LightGBM 10x slower on a shared, busy machine; a
@@ -444,9 +449,6 @@ def train_from_attempts(
     """
     import lightgbm as lgb
 
-    from retryopt.features.examples import build_training_examples
-    from retryopt.features.spec import encode_features, fit_feature_spec
-
     say = progress or (lambda _msg: None)
     if len(attempts) == 0:
         raise TrainingDataError("the history is empty (no attempts)")
@@ -676,8 +678,6 @@ def run_training(
     TrainingDataError
         The history cannot be trained on.
     """
-    from retryopt.features.validation import load_attempts
-    from retryopt.model.bundle import write_bundle
 
     say = progress or (lambda _msg: None)
     source = Path(data)
@@ -726,8 +726,6 @@ def run_training(
         say(f"bundle written to {bundle_path}")
         tracked = None
         if track:
-            from retryopt.training.mlflow_tracking import log_training_run
-
             say("logging the run and registering the model in MLflow")
             tracked = log_training_run(
                 experiment=experiment,

@@ -35,16 +35,14 @@ import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from retryopt.features.spec import FeatureSpec, encode_features
 from retryopt.model.calibration import Calibrator
 from retryopt.version import __version__
-
-if TYPE_CHECKING:
-    from retryopt.features.spec import FeatureSpec
 
 BUNDLE_FORMAT = "retryopt-model-bundle"
 BUNDLE_FORMAT_VERSION = 1
@@ -237,7 +235,6 @@ class ModelBundle:
 
     def encode(self, raw_features: pd.DataFrame) -> pd.DataFrame:
         """The model matrix for raw features (:func:`retryopt.features.spec.encode_features`)."""
-        from retryopt.features.spec import encode_features
 
         return encode_features(raw_features, self.feature_spec)
 
@@ -271,8 +268,6 @@ def load_bundle(path: str | Path) -> ModelBundle:
         contents do not parse. The message names the file.
     """
     import lightgbm as lgb
-
-    from retryopt.features.spec import FeatureSpec
 
     root = Path(path)
     if not root.is_dir():

@@ -15,6 +15,7 @@ import itertools
 from dataclasses import dataclass
 
 from retryopt.features.decisions import RetryPolicy
+from retryopt.model.registry import resolve_model
 from retryopt.serving.policies import (
     BundleSuccessModel,
     FallbackPolicy,
@@ -110,8 +111,6 @@ def build_policy(
     if spec.kind == "fallback":
         return FallbackPolicy()
     if spec.kind in ("greedy", "model"):
-        from retryopt.model.registry import resolve_model
-
         assert spec.model is not None
         bundle = resolve_model(spec.model)
         model = BundleSuccessModel(bundle)

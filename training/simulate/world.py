@@ -21,7 +21,7 @@ import pandas as pd
 from retryopt.features import contract as C  # noqa: N812
 from retryopt.features.localtime import NS_PER_HOUR, utc_offset_hours
 from retryopt.training.progress import Progress
-from retryopt.training.simulate.config import WorldConfig
+from retryopt.training.simulate.config import PAY_CYCLE_KINDS, WorldConfig
 from retryopt.training.simulate.logging_policy import logging_retry_offsets, stops_after
 from retryopt.training.simulate.truth import (
     ADVICE_NAMES,
@@ -202,7 +202,6 @@ def _names(config: WorldConfig) -> _Names:
     country_currency = np.array(
         [currencies.index(c.currency.lower()) for c in config.population.countries.values()]
     )
-    from retryopt.training.simulate.config import PAY_CYCLE_KINDS
 
     return _Names(
         countries=countries,
