@@ -7,8 +7,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 os.environ.setdefault("MPLBACKEND", "Agg")
+
+# Seeded randomness: property-based tests draw the same examples on every run (and keep no
+# example database), so a run can only fail for a reason another run would show too.
+settings.register_profile("retryopt", derandomize=True, database=None)
+settings.load_profile("retryopt")
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ast
 from pathlib import Path
 
 import numpy as np
@@ -112,42 +111,5 @@ def test_calendar_features_fill_their_out_arrays() -> None:
     assert not block.flags.writeable
 
 
-def _feature_imports() -> dict[str, set[str]]:
-    """Modules of features/ -> the features modules they import (anywhere in the file)."""
-    graph: dict[str, set[str]] = {}
-    for path in sorted((ROOT / "features").glob("*.py")):
-        deps: set[str] = set()
-        for node in ast.walk(ast.parse(path.read_text())):
-            names: list[str] = []
-            if isinstance(node, ast.ImportFrom) and node.module:
-                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
-            elif isinstance(node, ast.Import):
-                names = [a.name for a in node.names]
-            for name in names:
-                assert not name.startswith(("retryopt.training", "retryopt.serving")), (
-                    f"features/{path.name} imports {name}"
-                )
-                parts = name.split(".")
-                is_feature = parts[:2] == ["retryopt", "features"] and len(parts) > 2
-                if is_feature and (ROOT / "features" / f"{parts[2]}.py").exists():
-                    deps.add(parts[2])
-        graph[path.stem] = deps - {path.stem}
-    return graph
-
-
-def test_feature_modules_import_no_cycle_and_no_upper_layer() -> None:
-    graph = _feature_imports()
-    state: dict[str, int] = {}  # 1 = on the stack, 2 = done
-
-    def visit(node: str, stack: list[str]) -> None:
-        state[node] = 1
-        for dep in sorted(graph.get(node, ())):
-            assert state.get(dep) != 1, f"import cycle: {' -> '.join([*stack, node, dep])}"
-            if dep not in state:
-                visit(dep, [*stack, node])
-        state[node] = 2
-
-    for node in graph:
-        if node not in state:
-            visit(node, [])
-    assert "build" not in graph
+# The layering of the feature modules (no cycle, nothing from training or serving) is checked
+# for the whole package in tests/test_architecture.py.

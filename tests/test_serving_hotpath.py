@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from retryopt.serving.policies.explain import _local_label, _night_means, _timestamp
+from retryopt.serving.policies.values import decay_powers
 from retryopt.serving.schemas import body_may_contain_pan, body_may_contain_pan_reference
 from retryopt.serving.service import _iso
 
@@ -79,9 +80,10 @@ def plan_values_reference(
     out = np.full((n, m), -np.inf)
     w = np.zeros((n, m))
     r_max = int(retries_left.max()) if n else 0
+    powers = decay_powers(decay, r_max)
     for k in range(1, r_max + 1):
         exponent = np.clip(retries_left - k, 0, None)[:, None]
-        pk = p * decay**exponent
+        pk = p * powers[exponent]
         val = pk * gain - cost + (1.0 - pk) * w
         val = np.where(allowed, val, -np.inf)
         at_level = retries_left == k
@@ -125,3 +127,31 @@ def test_plan_values_equals_the_reference_bit_for_bit(
     got = plan_values(proba, allowed, **kwargs)
     want = plan_values_reference(proba, allowed, **kwargs)
     assert np.array_equal(got, want)
+
+
+def test_plan_values_do_not_depend_on_the_batch() -> None:
+    """A charge's plan values are the same decided alone and among others, bit for bit."""
+    from retryopt.serving.policies import plan_values
+
+    rng = np.random.default_rng(0)
+    n, m = 8, 30
+    proba = rng.random((n, m))
+    allowed = rng.random((n, m)) < 0.8
+    retries_left = np.full(n, 5)  # exponents 0-4 of the decay, where numpy's pow rounding differed
+    amount = rng.integers(100, 100_000, size=n).astype(np.float64)
+    discount = np.ones((n, m))
+    kwargs: dict[str, Any] = {"cost": 0.5, "gap_steps": 3, "decay": 0.8}
+    together = plan_values(
+        proba, allowed, retries_left=retries_left, amount=amount, discount=discount, **kwargs
+    )
+    for i in range(n):
+        one = slice(i, i + 1)
+        alone = plan_values(
+            proba[one],
+            allowed[one],
+            retries_left=retries_left[one],
+            amount=amount[one],
+            discount=discount[one],
+            **kwargs,
+        )
+        assert np.array_equal(alone[0], together[i]), f"row {i}"

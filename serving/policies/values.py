@@ -85,9 +85,10 @@ def plan_values(
     val = np.empty((n, m))
     tmp = np.empty((n, m))
     r_max = int(retries_left.max()) if n else 0
+    powers = decay_powers(decay, r_max)
     for k in range(1, r_max + 1):
         exponent = np.maximum(retries_left - k, 0)[:, None]
-        np.multiply(p, decay**exponent, out=pk)
+        np.multiply(p, powers[exponent], out=pk)
         np.multiply(pk, gain, out=val)
         np.subtract(val, cost, out=val)
         np.subtract(1.0, pk, out=tmp)
@@ -108,3 +109,13 @@ def plan_values(
 
 
 _PLAN_BLOCK_ROWS = 64
+
+
+def decay_powers(decay: float, n: int) -> np.ndarray:
+    """``decay ** i`` for ``i = 0 .. n`` as float64, computed one scalar at a time.
+
+    ``decay ** exponents`` on a numpy array can round differently in the last bit depending on
+    the array's length (vectorised and scalar ``pow`` differ), which made a charge's plan values
+    depend on how many charges shared its batch; a table gathered by exponent does not.
+    """
+    return np.array([decay**i for i in range(n + 1)], dtype=np.float64)
