@@ -43,6 +43,7 @@ __all__ = [
     "NS_PER_SECOND",
     "canonical_timezone",
     "civil_from_days",
+    "constant_offset",
     "country_default_timezone",
     "days_from_civil",
     "days_in_month",
@@ -53,7 +54,6 @@ __all__ = [
     "resolve_zone",
     "shift_month",
     "to_local_ns",
-    "utc_offset",
     "utc_offset_hours",
     "weekday_of_days",
     "zone_offset_table",
@@ -469,33 +469,27 @@ def utc_offset_hours(zone: str, utc_ns: np.ndarray) -> np.ndarray:
     return offsets[idx] / float(NS_PER_HOUR)
 
 
-@lru_cache(maxsize=16384)
-def utc_offset(zone: str, ns: int) -> dt.timedelta | None:
-    """UTC offset of ``zone`` at the instant ``ns`` (cached: grid ends are whole hours that
-    recur across charges and requests)."""
-    return (
-        dt.datetime.fromtimestamp(ns / 1e9, tz=dt.UTC)
-        .astimezone(zoneinfo.ZoneInfo(zone))
-        .utcoffset()
-    )
+def constant_offset(zone: str, start_ns: int, end_ns: int) -> int | None:
+    """The UTC offset of ``zone`` (int ns) over ``[start_ns, end_ns]``, or None if it changes.
+
+    Exact: the offset table's transitions are looked up, so a span that contains a whole
+    daylight-saving period (both ends in winter, a summer between) is not mistaken for constant.
+    """
+    starts, offsets = zone_offset_table(zone)
+    i = int(np.searchsorted(starts, start_ns, side="right")) - 1
+    j = int(np.searchsorted(starts, end_ns, side="right")) - 1
+    return int(offsets[i]) if i == j else None
 
 
 def local_hours(times: np.ndarray, zone: str) -> np.ndarray:
-    """Local hour (0-23) of UTC-naive ``datetime64[ns]`` times in IANA ``zone``.
+    """Local hour (0-23) of UTC-naive ``datetime64[ns]`` times in IANA ``zone`` (DST-correct).
 
-    Uses one UTC offset when the zone's offset is the same at both ends of the span (no DST
-    transition inside), else converts every time exactly.
+    One offset-table lookup per time (:func:`zone_offset_table`): the same conversion as
+    :func:`to_local_ns`, exact to the second within the table's years.
     """
     if times.size == 0:
         return np.array([], dtype=np.int64)
     ns = times.astype("datetime64[ns]").astype(np.int64)
-    hour = np.int64(NS_PER_HOUR)
-    if zone in ("UTC", "Etc/UTC"):
-        return (ns // hour) % 24
-    first = utc_offset(zone, int(ns.min()))
-    last = utc_offset(zone, int(ns.max()))
-    if first is not None and first == last:
-        offset = np.int64(int(first.total_seconds()) * NS_PER_SECOND)
-        return ((ns + offset) // hour) % 24
-    idx = pd.DatetimeIndex(times.astype("datetime64[ns]")).tz_localize("UTC").tz_convert(zone)
-    return np.asarray(idx.hour, dtype=np.int64)
+    starts, offsets = zone_offset_table(zone)
+    local = ns + offsets[np.searchsorted(starts, ns, side="right") - 1]
+    return (local // NS_PER_HOUR) % 24

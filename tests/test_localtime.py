@@ -14,8 +14,10 @@ from retryopt.features.localtime import (
     COUNTRY_DEFAULT_TIMEZONE,
     FALLBACK_TIMEZONE,
     canonical_timezone,
+    constant_offset,
     country_default_timezone,
     is_valid_timezone,
+    local_hours,
     resolve_timezones,
     resolve_zone,
 )
@@ -196,3 +198,23 @@ def test_one_zone_rule_everywhere(given: str, canonical: str | None) -> None:
     else:
         parsed = ChargeIn.model_validate({**charge, "customer_timezone": given})
         assert parsed.customer_timezone == canonical
+
+
+@pytest.mark.parametrize(
+    "zone", ["America/New_York", "Europe/London", "Australia/Sydney", "Africa/Casablanca", "UTC"]
+)
+def test_local_hours_equal_an_exact_conversion(zone: str) -> None:
+    rng = np.random.default_rng(7)
+    ns = rng.integers(0, 4_000_000_000, size=5000) * 10**9  # 1970-2096, whole seconds
+    times = ns.view("datetime64[ns]")
+    want = pd.DatetimeIndex(times).tz_localize("UTC").tz_convert(zone).hour.to_numpy()
+    np.testing.assert_array_equal(local_hours(times, zone), want)
+
+
+def test_constant_offset_sees_a_whole_summer_inside_a_span() -> None:
+    """Both ends in winter with a summer between: the offset is not constant."""
+    october = int(pd.Timestamp("2025-11-15T12:00Z").value)
+    april = int(pd.Timestamp("2026-12-15T12:00Z").value)
+    assert constant_offset("America/New_York", october, april) is None
+    assert constant_offset("America/New_York", october, october + 3600 * 10**9) == -5 * 3600 * 10**9
+    assert constant_offset("UTC", october, april) == 0

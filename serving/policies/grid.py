@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from retryopt.features.decisions import Constraints
-from retryopt.features.localtime import NS_PER_HOUR, local_hours, utc_offset
+from retryopt.features.localtime import NS_PER_HOUR, constant_offset, local_hours
 from retryopt.serving.policies import caps
 from retryopt.serving.policies.rules import (
     MASTERCARD_SOURCE,
@@ -59,13 +59,9 @@ def _grid_hours(grid_ns: np.ndarray, step: int, zone: str) -> np.ndarray:
         # Whole-hour grid: with one UTC offset over the grid (as local_hours checks), the local
         # hour of point r is (h0 + r * step hours) % 24, h0 that of the first point (floor
         # division distributes over whole hours exactly).
-        if zone in ("UTC", "Etc/UTC"):
-            off = 0
-        else:
-            first = utc_offset(zone, first_ns)
-            if first is None or first != utc_offset(zone, int(grid_ns[-1])):
-                return local_hours(grid_ns.view("datetime64[ns]"), zone)
-            off = int(first.total_seconds()) * 1_000_000_000
+        off = constant_offset(zone, first_ns, int(grid_ns[-1]))
+        if off is None:
+            return local_hours(grid_ns.view("datetime64[ns]"), zone)
         h0 = ((first_ns + off) // NS_PER_HOUR) % 24
         return (
             np.arange(h0, h0 + grid_ns.size * (step // NS_PER_HOUR), step // NS_PER_HOUR) % 24
@@ -198,9 +194,9 @@ def _grid_verdicts(opened: list[_Open], constraints: Constraints) -> list[RuleRe
         zone = o.state.timezone
         if zone in ("UTC", "Etc/UTC"):
             continue
-        first, final = utc_offset(zone, a), utc_offset(zone, b)
-        if first is not None and first == final:
-            offset[j] = int(first.total_seconds()) * 1_000_000_000
+        off = constant_offset(zone, a, b)
+        if off is not None:
+            offset[j] = off
         else:
             slow.append(j)
     step0 = int(step[0])
