@@ -24,6 +24,7 @@ from retryopt.version import __version__
 
 if TYPE_CHECKING:
     from retryopt.api import (
+        backtest,
         decide,
         load_attempts,
         load_model,
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "__version__",
+    "backtest",
     "decide",
     "load_attempts",
     "load_model",

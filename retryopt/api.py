@@ -31,6 +31,7 @@ from retryopt.model.bundle import ModelBundle
 from retryopt.model.registry import resolve_model
 from retryopt.serving.metrics import Metrics
 from retryopt.serving.model_store import ModelStore
+from retryopt.serving.policies import BundleSuccessModel
 from retryopt.serving.schemas import DecisionRequest, FieldIssue, RequestError
 from retryopt.serving.service import (
     DecisionService,
@@ -39,11 +40,17 @@ from retryopt.serving.service import (
     model_store_for,
 )
 from retryopt.serving.settings import Settings
+from retryopt.training.backtest.config import BacktestConfig
+from retryopt.training.backtest.result import BacktestResult
+from retryopt.training.backtest.runner import run_backtest
+from retryopt.training.backtest.specs import build_policies
 from retryopt.training.mlflow_tracking import DEFAULT_EXPERIMENT, DEFAULT_REGISTERED_NAME
+from retryopt.training.progress import quiet
 from retryopt.training.simulate import SimulatedWorld, WorldConfig, simulate_world
 from retryopt.training.train import TrainConfig, TrainingRun, load_config, run_training
 
 __all__ = [
+    "backtest",
     "decide",
     "load_attempts",
     "load_model",
@@ -220,3 +227,52 @@ def decide(
         raise RequestError(issues)
     prepared = service.prepare(parsed, prefixes=prefixes, server_now=now)
     return [decision_json(d) for d in service.decide_prepared(prepared)]
+
+
+def backtest(
+    attempts: pd.DataFrame | str | Path,
+    *,
+    policies: Sequence[str],
+    config: BacktestConfig | None = None,
+    dm_model: ModelBundle | str | Path | None = None,
+    world: SimulatedWorld | None = None,
+    progress: Progress | None = None,
+) -> BacktestResult:
+    """Compare retry policies on logged history with DM, IPS, SNIPS and DR and 95 % intervals.
+
+    Parameters
+    ----------
+    attempts
+        The history: a canonical frame (:func:`load_attempts`) or a file to load.
+    policies
+        Policy specs, as ``retryopt backtest --policy``: ``logged``, ``fixed:72,120,168,216``,
+        ``random``, ``fallback``, ``greedy:MODEL``, ``model:MODEL`` and, with ``world``,
+        ``oracle``. Every policy obeys the same network rules as the planner.
+    config
+        The backtest's options (:class:`~retryopt.training.backtest.config.BacktestConfig`:
+        bootstrap, seed, bandwidth, DM fit, constraints, ...); default: its defaults.
+    dm_model
+        Bundle for the direct method, trained apart from the evaluated policies' data; default:
+        the backtest fits its own on customers kept apart.
+    world
+        The simulated world of ``attempts`` (for the ``oracle`` policy).
+    progress
+        Called with one line per long step.
+
+    Returns
+    -------
+    BacktestResult
+        Estimates with intervals per policy and estimator (``headline()`` for the summary);
+        ``retryopt.training.backtest.report.write_outputs`` writes the HTML report.
+    """
+    cfg = config or BacktestConfig()
+    frame = attempts if isinstance(attempts, pd.DataFrame) else load_attempts(attempts)
+    _, built = build_policies(policies, seed=cfg.seed, world=world)
+    bundle = load_model(dm_model) if isinstance(dm_model, str | Path) else dm_model
+    return run_backtest(
+        frame,
+        built,
+        config=cfg,
+        dm_model=None if bundle is None else BundleSuccessModel(bundle),
+        progress=progress or quiet,
+    )

@@ -21,8 +21,9 @@ from retryopt.model.bundle import ModelBundle
 from retryopt.serving.app import BackgroundServer, create_app
 from retryopt.serving.schemas import RequestError
 from retryopt.serving.settings import Settings
+from retryopt.training.backtest.config import BacktestConfig
 
-PUBLIC = {"__version__", "decide", "load_attempts", "load_model", "simulate", "train"}
+PUBLIC = {"__version__", "backtest", "decide", "load_attempts", "load_model", "simulate", "train"}
 
 
 def test_the_package_root_lists_the_public_api() -> None:
@@ -95,3 +96,21 @@ def test_decide_names_the_bad_field() -> None:
         retryopt.decide(bad)
     assert [i.field for i in info.value.issues] == ["requests[1].charge.amount"]
     assert "-5" not in str(info.value)
+
+
+def test_backtest_compares_policies_under_the_same_rules(
+    api_world: tuple[Path, ModelBundle],
+) -> None:
+    data, bundle = api_world
+    result = retryopt.backtest(
+        data,
+        policies=["logged", "fixed:72,120,168,216", f"model:{bundle.path}"],
+        config=BacktestConfig(n_boot=20, dm_refits=0, holdout=False),
+    )
+    labels = ["logged", "fixed:72,120,168,216", "model"]
+    assert list(result.meta["policies"]) == labels
+    headline = result.headline()
+    assert set(headline["policy"]) == set(labels)
+    for label in labels[1:]:
+        assert result.rules[label]["retries_of_hard_declines"] == 0
+        assert result.rules[label]["network_rule_violations"] == 0

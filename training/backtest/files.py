@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 
 from retryopt.features.currency import FxRates, load_fx_rates
-from retryopt.features.decisions import RetryPolicy
 from retryopt.features.io import strip_table_suffix
 from retryopt.features.validation import load_attempts
 from retryopt.model.registry import resolve_model
@@ -26,7 +25,7 @@ from retryopt.training.backtest.ground_truth import GroundTruth
 from retryopt.training.backtest.report import write_outputs
 from retryopt.training.backtest.result import BacktestResult
 from retryopt.training.backtest.runner import run_backtest
-from retryopt.training.backtest.specs import build_policy, parse_spec, unique_labels
+from retryopt.training.backtest.specs import build_policies, parse_spec, unique_labels
 from retryopt.training.progress import Progress, quiet
 from retryopt.training.simulate import SimulatedWorld, WorldConfig, simulate_world
 
@@ -128,19 +127,14 @@ def run_files(
     """
     cfg = config or BacktestConfig()
     fx = load_fx(fx_rates, cfg.reporting_currency)
-    parsed = unique_labels([parse_spec(s) for s in specs])
+    kinds = {spec.label: spec.kind for spec in unique_labels([parse_spec(s) for s in specs])}
     progress(f"loading {data}")
     attempts = load_attempts(data)
     world = None
-    if cfg.simulate or any(p.kind == "oracle" for p in parsed):
+    if cfg.simulate or "oracle" in kinds.values():
         progress("re-simulating the world for the ground truth")
         world = load_world(data, truth)
-    policies: dict[str, RetryPolicy | None] = {
-        spec.label: None
-        if spec.kind == "logged"
-        else build_policy(spec, seed=cfg.seed + i, world=world)
-        for i, spec in enumerate(parsed)
-    }
+    parsed, policies = build_policies(specs, seed=cfg.seed, world=world)
     eval_charges = None
     models = [p.model for p in parsed if p.model]
     if cfg.holdout and models:
@@ -158,7 +152,7 @@ def run_files(
             world=world,
             attempts=attempts,
             policies=policies,
-            kinds={p.label: p.kind for p in parsed},
+            kinds=kinds,
             seed=cfg.seed,
             replications=cfg.truth_replications,
             fx=fx,

@@ -12,6 +12,7 @@ obey the same network rules, through the same code, as the planner they are comp
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from retryopt.features.decisions import RetryPolicy
@@ -120,3 +121,20 @@ def build_policy(
             raise SpecError("policy spec 'oracle' needs simulated data (--simulate)")
         return OraclePolicy(world)
     raise SpecError(f"policy spec {spec.label!r} has no policy object (it replays the history)")
+
+
+def build_policies(
+    specs: Sequence[str], *, seed: int = 0, world: SimulatedWorld | None = None
+) -> tuple[list[PolicySpec], dict[str, RetryPolicy | None]]:
+    """Parse ``specs`` and build their policies, labelled uniquely (``None`` = ``logged``).
+
+    Policy ``i`` gets the seed ``seed + i`` (the random baseline's draws).
+    """
+    parsed = unique_labels([parse_spec(s) for s in specs])
+    policies: dict[str, RetryPolicy | None] = {
+        spec.label: None
+        if spec.kind == "logged"
+        else build_policy(spec, seed=seed + i, world=world)
+        for i, spec in enumerate(parsed)
+    }
+    return parsed, policies
