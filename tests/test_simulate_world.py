@@ -13,12 +13,12 @@ from retryopt.features import contract as C  # noqa: N812
 from retryopt.features.taxonomy import classify_decline
 from retryopt.training.simulate import WorldConfig, simulate_world, summarize_world
 from retryopt.training.simulate.config import (
+    CODE_NAMES,
     DEFAULT_CONFIG_PATH,
     NEVER_RETRIED_CODES,
     HardDeclineConfig,
 )
 from retryopt.training.simulate.logging_policy import logging_retry_offsets
-from retryopt.training.simulate.truth import CODE_NAMES
 
 
 @pytest.fixture(scope="module")

@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from retryopt.features.taxonomy import classify_decline
+
 __all__ = [
     "PAY_CYCLE_KINDS",
     "AdviceCodeConfig",
@@ -389,11 +391,15 @@ class ExpiryConfig:
     updater_delay_sd_days: float = 12.0
 
 
-# The world's decline codes that no retry can turn into a success: the taxonomy's hard declines
-# (retryopt.features.taxonomy) except ``expired_card``, which the world's account updater
-# refreshes (ExpiryConfig). The logging policy never retries them and the summary counts them as
-# hard declines; tests/test_simulate_world.py checks the list against the taxonomy.
-NEVER_RETRIED_CODES: tuple[str, ...] = (
+# Every decline code the world emits (index = code id used in arrays; -1 = no decline).
+CODE_NAMES: tuple[str, ...] = (
+    "insufficient_funds",
+    "do_not_honor",
+    "generic_decline",
+    "issuer_not_available",
+    "processing_error",
+    "try_again_later",
+    "expired_card",
     "lost_card",
     "stolen_card",
     "fraudulent",
@@ -401,6 +407,15 @@ NEVER_RETRIED_CODES: tuple[str, ...] = (
     "invalid_account",
     "stop_payment_order",
     "authentication_required",
+    "card_velocity_exceeded",
+)
+CODE_INDEX: dict[str, int] = {c: i for i, c in enumerate(CODE_NAMES)}
+
+# The world's decline codes that no retry can turn into a success: the taxonomy's hard declines
+# except ``expired_card``, which the world's account updater refreshes (ExpiryConfig). The
+# logging policy never retries them and the summary counts them as hard declines.
+NEVER_RETRIED_CODES: tuple[str, ...] = tuple(
+    code for code in CODE_NAMES if classify_decline(code).hard and code != "expired_card"
 )
 
 

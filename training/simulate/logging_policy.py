@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from retryopt.training.simulate.config import LoggingPolicyConfig
-from retryopt.training.simulate.truth import ADVICE_INDEX, CODE_INDEX
+from retryopt.training.simulate.config import CODE_INDEX, LoggingPolicyConfig
+from retryopt.training.simulate.truth import ADVICE_INDEX
 
 __all__ = ["logging_retry_offsets", "stops_after"]
 

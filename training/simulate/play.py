@@ -18,7 +18,8 @@ import pandas as pd
 
 from retryopt.features import contract as C  # noqa: N812
 from retryopt.features.decisions import Constraints, DecisionBatch, RetryPolicy
-from retryopt.training.simulate.truth import CODE_NAMES, crn_uniforms
+from retryopt.training.simulate.config import CODE_NAMES
+from retryopt.training.simulate.truth import crn_uniforms
 from retryopt.training.simulate.world import SimulatedWorld
 
 __all__ = ["PlayResult", "play", "play_seed"]

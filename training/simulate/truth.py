@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from retryopt.training.simulate.config import WorldConfig
+from retryopt.training.simulate.config import CODE_INDEX, CODE_NAMES, WorldConfig
 
 __all__ = [
     "ADVICE_NAMES",
@@ -54,25 +54,6 @@ MECHANISMS: tuple[str, ...] = (
 )
 M_FUNDS, M_RISK, M_OUTAGE, M_MAINT, M_EXPIRED, M_HARD, M_AUTH, M_VELOCITY = range(len(MECHANISMS))
 
-# Every decline code the world emits (index = code id used in arrays; -1 = no decline).
-CODE_NAMES: tuple[str, ...] = (
-    "insufficient_funds",
-    "do_not_honor",
-    "generic_decline",
-    "issuer_not_available",
-    "processing_error",
-    "try_again_later",
-    "expired_card",
-    "lost_card",
-    "stolen_card",
-    "fraudulent",
-    "pickup_card",
-    "invalid_account",
-    "stop_payment_order",
-    "authentication_required",
-    "card_velocity_exceeded",
-)
-CODE_INDEX: dict[str, int] = {c: i for i, c in enumerate(CODE_NAMES)}
 
 # Mastercard merchant advice codes the world emits (index = id; -1 = none). 03/21: do not try
 # again; 24-30: retry after 1 h, 24 h, 2, 4, 6, 8, 10 days (domain-facts.md, Mastercard MAC).
