@@ -17,7 +17,7 @@ Everything here is a wrapper over the layers below (``retryopt.features``, ``ret
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
@@ -45,7 +45,7 @@ from retryopt.training.backtest.result import BacktestResult
 from retryopt.training.backtest.runner import run_backtest
 from retryopt.training.backtest.specs import build_policies
 from retryopt.training.mlflow_tracking import DEFAULT_EXPERIMENT, DEFAULT_REGISTERED_NAME
-from retryopt.training.progress import quiet
+from retryopt.training.progress import Progress, quiet
 from retryopt.training.simulate import SimulatedWorld, WorldConfig, simulate_world
 from retryopt.training.train import TrainConfig, TrainingRun, load_config, run_training
 
@@ -57,8 +57,6 @@ __all__ = [
     "simulate",
     "train",
 ]
-
-Progress = Callable[[str], None]
 
 
 def load_attempts(path: str | Path, *, drop_invalid: bool = False) -> pd.DataFrame:

@@ -363,11 +363,6 @@ def body_may_contain_pan(raw: bytes) -> bool:
     return False
 
 
-def body_may_contain_pan_reference(raw: bytes) -> bool:
-    """:func:`body_may_contain_pan` by one scan of ``_PAN_BYTES`` (the reference; slower)."""
-    return any(_looks_like_pan(m.group().decode("ascii")) for m in _PAN_BYTES.finditer(raw))
-
-
 def _walk(obj: object, path: str) -> Iterator[tuple[str, object]]:
     if isinstance(obj, dict):
         for k, v in obj.items():
