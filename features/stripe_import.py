@@ -487,15 +487,29 @@ def detect_format(path: Path, text: str) -> str:
             json.loads(text)
         except json.JSONDecodeError:
             return "jsonl"
+        except RecursionError:
+            return "json"  # one value, too deep: reported as unreadable when parsed
         return "json"
     return "csv"
 
 
-def _expand(value: Any) -> Iterator[Any]:
-    """Charges inside a JSON value: arrays, list pages, webhook events, or a bare charge."""
-    if isinstance(value, list):
+# Stripe's shapes nest at most a few containers deep (an array or list page of charges, an
+# event wrapping one); deeper nesting is not an export.
+MAX_CONTAINER_DEPTH: Final = 4
+_TOO_DEEP: Final = "JSON nested too deeply to be a Stripe export"
+
+
+def _expand(value: Any, depth: int = 0) -> Iterator[Any]:
+    """Charges inside a JSON value: arrays, list pages, webhook events, or a bare charge.
+
+    Containers nested deeper than :data:`MAX_CONTAINER_DEPTH` are not a Stripe shape: they are
+    yielded as they are (and skipped as "not a charge"), so hostile nesting costs no recursion.
+    """
+    if depth > MAX_CONTAINER_DEPTH:
+        yield value
+    elif isinstance(value, list):
         for item in value:
-            yield from _expand(item)
+            yield from _expand(item, depth + 1)
     elif _is_map(value) and value.get("object") == "event":
         data = value.get("data")
         yield data.get("object") if _is_map(data) else value
@@ -505,7 +519,7 @@ def _expand(value: Any) -> Iterator[Any]:
         and isinstance(value.get("data"), list)
     ):
         for item in value["data"]:
-            yield from _expand(item)
+            yield from _expand(item, depth + 1)
     else:
         yield value
 
@@ -517,6 +531,9 @@ def iter_json_records(text: str, *, fmt: str, source: str) -> Iterator[tuple[str
             value = json.loads(text)
         except json.JSONDecodeError as exc:
             yield f"{source}", RecordError(SKIP_UNREADABLE, f"not valid JSON: {exc}")
+            return
+        except RecursionError:
+            yield f"{source}", RecordError(SKIP_UNREADABLE, _TOO_DEEP)
             return
         for i, record in enumerate(_expand(value), start=1):
             yield f"{source} record {i}", record
@@ -531,6 +548,9 @@ def iter_json_records(text: str, *, fmt: str, source: str) -> Iterator[tuple[str
                 f"{source} line {line_no}",
                 RecordError(SKIP_INVALID, f"not valid JSON: {exc.msg}"),
             )
+            continue
+        except RecursionError:
+            yield f"{source} line {line_no}", RecordError(SKIP_INVALID, _TOO_DEEP)
             continue
         records = list(_expand(value))
         for j, record in enumerate(records, start=1):

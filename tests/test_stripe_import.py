@@ -558,3 +558,35 @@ def test_cli_bad_arguments(tmp_path: Path) -> None:
     nothing = runner.invoke(app, ["import-stripe", str(empty), "-o", str(out)])
     assert nothing.exit_code == 1
     assert not out.exists()
+
+
+# --- hostile nesting (issue 13, item 8) -------------------------------------------------------
+
+
+@pytest.mark.parametrize("suffix", [".json", ".txt"])
+def test_a_deeply_nested_json_file_is_reported_not_raised(tmp_path: Path, suffix: str) -> None:
+    path = tmp_path / f"deep{suffix}"
+    path.write_text("[" * 1_000_000 + "]" * 1_000_000)
+    result = import_stripe_files([path])
+    assert len(result.attempts) == 0
+    assert [s.reason for s in result.skipped] == [SKIP_UNREADABLE]
+    assert "nested too deeply" in result.skipped[0].detail
+
+
+def test_a_deeply_nested_json_line_is_skipped_and_the_others_imported(tmp_path: Path) -> None:
+    good = json.loads(LIST_JSON.read_text())["data"]
+    lines = [json.dumps(good[0]), "[" * 200_000 + "]" * 200_000, json.dumps(good[1])]
+    path = tmp_path / "charges.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    result = import_stripe_files([path])
+    assert result.n_records == 3  # read: two charges and the hostile line
+    assert len(result.attempts) == 2
+    deep = [s for s in result.skipped if s.location.endswith("line 2")]
+    assert [s.reason for s in deep] == [SKIP_INVALID]
+
+
+def test_nesting_below_the_parser_limit_costs_no_recursion(tmp_path: Path) -> None:
+    path = tmp_path / "nested.json"
+    path.write_text("[" * 900 + "]" * 900)  # parses; not a Stripe shape
+    result = import_stripe_files([path])
+    assert len(result.attempts) == 0
