@@ -417,17 +417,39 @@ def _rejects(raw: pd.DataFrame, findings: list[Finding], invalid: np.ndarray) ->
     if positions.size == 0:
         reasons = pd.Series([], dtype="str")
     else:
-        pos = np.concatenate([f.positions for f in findings])
-        label = np.concatenate(
-            [np.full(f.positions.size, i, dtype=np.int64) for i, f in enumerate(findings)]
-        )
-        texts = np.array([f"{f.column}: {RULES[f.rule]}" for f in findings], dtype=object)
-        order = np.argsort(pos, kind="stable")
-        joined = pd.Series(texts[label[order]]).groupby(pos[order], sort=True).agg("; ".join)
-        reasons = pd.Series(joined.to_numpy(), dtype="str")
+        reasons = pd.Series(_reason_texts(findings, positions, len(raw)), dtype="str")
     rejects.insert(0, "reason", reasons)
     rejects.insert(0, "row", (positions + 1).astype(np.int64))
     return rejects
+
+
+def _reason_texts(findings: list[Finding], positions: np.ndarray, n_rows: int) -> np.ndarray:
+    """Per row of ``positions``: its violated rules, ``"; "``-joined in finding order.
+
+    Rows are grouped by the set of findings they break (a bit mask), and each distinct set is
+    joined once: the cost is linear in the rows, however many rows are invalid.
+    """
+    texts = [f"{f.column}: {RULES[f.rule]}" for f in findings]
+    out = np.empty(positions.size, dtype=object)
+    for start in range(0, len(findings), 63):  # 63 findings per int64 mask
+        part = findings[start : start + 63]
+        mask = np.zeros(n_rows, dtype=np.int64)
+        for bit, f in enumerate(part):
+            mask[f.positions] |= np.int64(1) << bit
+        sets, inverse = np.unique(mask[positions], return_inverse=True)
+        joined = np.array(
+            [
+                "; ".join(texts[start + b] for b in range(len(part)) if (int(m) >> b) & 1)
+                for m in sets.tolist()
+            ],
+            dtype=object,
+        )[inverse]
+        if start == 0:
+            out[:] = joined
+        else:
+            both = (out != "") & (joined != "")
+            out = np.where(both, out + "; " + joined, np.where(out != "", out, joined))
+    return out
 
 
 def load_attempts(path: str | Path, *, drop_invalid: bool = False) -> pd.DataFrame:

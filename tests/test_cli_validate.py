@@ -145,3 +145,5 @@ def test_missing_column_exits_1_even_with_drop_invalid(tmp_path: Path) -> None:
     assert code == 1
     assert "'currency'" in output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cols.csv"]
+    assert "use --drop-invalid" not in output  # it was given: say why nothing could be kept
+    assert "no row can be kept" in output

@@ -529,3 +529,21 @@ def test_categorical_and_mixed_object_columns_are_accepted() -> None:
     clean = validate_attempts(df).clean
     assert clean[c.CARD_FUNDING].dtype == "str"
     assert sorted(clean[c.ATTEMPT_ID]) == ["1", "2", "4", "5", "x"]
+
+
+def test_column_shaped_garbage_rejects_every_row_with_its_reasons() -> None:
+    """Rows of random text in every column (issue 13, item 9): every row rejected, each with
+    its reasons; the reasons are built per distinct set of broken rules (no per-row groupby)."""
+    rng = np.random.default_rng(3)
+    alphabet = np.array(list("abcdefghijklmnopqrstuvwxyz0123456789"))
+    n = 2000
+    words = ["".join(w) for w in alphabet[rng.integers(0, 36, size=(n, 8))]]
+    raw = pd.DataFrame({col: rng.permutation(words) for col in c.ALL_COLUMNS})
+    result = validate_attempts(raw, drop_invalid=True)
+    assert result.report.n_valid == 0
+    assert len(result.rejects) == n
+    reasons = result.rejects["reason"]
+    assert reasons.str.contains("amount: ").all()
+    assert reasons.str.contains("attempted_at: ").all()
+    first = reasons.iloc[0].split("; ")
+    assert first == sorted(set(first), key=first.index)  # no rule twice

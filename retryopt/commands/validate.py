@@ -81,7 +81,11 @@ def command(
     except ContractError as exc:
         show(exc.report)
         if not quiet:
-            typer.echo("Nothing written (strict mode; use --drop-invalid to keep valid rows).")
+            typer.echo(
+                "Nothing written: the table itself breaks the contract (no row can be kept)."
+                if drop_invalid
+                else "Nothing written (strict mode; use --drop-invalid to keep valid rows)."
+            )
         raise typer.Exit(EXIT_INVALID) from None
     show(result.report)
 
