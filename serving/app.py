@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hmac
+import ipaddress
 import json
 import logging
 import os
@@ -28,10 +30,16 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
 
 from retryopt.serving.metrics import Metrics
 from retryopt.serving.microbatch import MicroBatcher
-from retryopt.serving.model_store import ModelLoadError, ModelStore
+from retryopt.serving.model_store import (
+    REFUSED_MESSAGE,
+    ModelLoadError,
+    ModelStore,
+    confine_model_path,
+)
 from retryopt.serving.policies import Decision
 from retryopt.serving.schemas import (
     BatchDecisionOut,
@@ -53,7 +61,8 @@ from retryopt.serving.service import (
     field_issues,
     model_store_for,
 )
-from retryopt.serving.settings import Settings
+from retryopt.serving.settings import Settings, load_settings
+from retryopt.serving.workers import SharedState, WorkerSync
 
 log = logging.getLogger("retryopt.serving")
 
@@ -65,7 +74,7 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorOut, "description": "missing or wrong API key"},
-    413: {"model": ErrorOut, "description": "body too large"},
+    413: {"model": ErrorOut, "description": "body over the route's byte limit (named)"},
     422: {"model": ErrorOut, "description": "malformed request (the field is named)"},
 }
 
@@ -79,13 +88,145 @@ def _error(status: int, issues: Sequence[FieldIssue]) -> JSONResponse:
     )
 
 
-class MetricsMiddleware:
-    """Times and counts every request; rejects bodies over the size limit before reading them."""
+BATCH_PATH = "/v1/retry-decisions/batch"
+# Routes behind the API keys (when keys are configured) and routes behind the admin credential.
+KEY_PATHS = frozenset({"/v1/retry-decisions", BATCH_PATH, "/v1/model"})
+ADMIN_PREFIX = "/admin/"
 
-    def __init__(self, app: ASGIApp, *, metrics: Metrics, max_body_bytes: int) -> None:
+
+class BodyTooLarge(HTTPException):
+    """The body streamed past the route's byte limit (raised from ``receive``)."""
+
+    def __init__(self, limit: int, setting: str) -> None:
+        super().__init__(413)
+        self.limit = limit
+        self.setting = setting
+
+    def issue(self) -> FieldIssue:
+        """The error naming the limit."""
+        return FieldIssue(
+            "body", f"body over {self.limit} bytes (RETRYOPT_{self.setting})", "too_large"
+        )
+
+
+def _bearer(scope: Scope) -> bytes | None:
+    for name, value in scope.get("headers", ()):
+        if name == b"authorization":
+            scheme, _, token = bytes(value).partition(b" ")
+            return token.strip() if scheme.lower() == b"bearer" else None
+    return None
+
+
+def _matches_any(token: bytes | None, secrets: Sequence[str]) -> bool:
+    """Constant-time check of ``token`` against every secret (no early exit)."""
+    if token is None:
+        return False
+    found = False
+    for secret in secrets:
+        found |= hmac.compare_digest(token, secret.encode("utf-8"))
+    return found
+
+
+def _is_loopback(scope: Scope) -> bool:
+    client = scope.get("client")
+    if not client:
+        return False
+    try:
+        return ipaddress.ip_address(str(client[0])).is_loopback
+    except ValueError:
+        return False
+
+
+def is_admin(scope: Scope, settings: Settings) -> bool:
+    """An admin caller: the admin token as Bearer, or (no token configured) a loopback client."""
+    if settings.admin_token is None:
+        return _is_loopback(scope)
+    return _matches_any(_bearer(scope), [settings.admin_token.get_secret_value()])
+
+
+class GuardMiddleware:
+    """Authentication from the headers before any body byte is read, then the body limit on
+    the bytes actually streamed (``Content-Length`` or chunked)."""
+
+    def __init__(self, app: ASGIApp, *, settings: Settings) -> None:
+        self.app = app
+        self.settings = settings
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = str(scope["path"]).rstrip("/") or "/"
+        refusal = self._refusal(scope, path)
+        if refusal is not None:
+            await refusal(scope, receive, send)
+            return
+        if path == BATCH_PATH:
+            limit, setting = self.settings.max_batch_body_bytes, "MAX_BATCH_BODY_BYTES"
+        else:
+            limit, setting = self.settings.max_body_bytes, "MAX_BODY_BYTES"
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length" and value.isdigit() and int(value) > limit:
+                await _error(413, [BodyTooLarge(limit, setting).issue()])(scope, receive, send)
+                return
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise BodyTooLarge(limit, setting)
+            return message
+
+        started = False
+
+        async def _send(message: Message) -> None:
+            nonlocal started
+            started = True
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, _send)
+        except BodyTooLarge as exc:  # raised outside the routes' exception handlers
+            if started:
+                raise
+            await _error(413, [exc.issue()])(scope, receive, send)
+
+    def _refusal(self, scope: Scope, path: str) -> JSONResponse | None:
+        if path.startswith(ADMIN_PREFIX.rstrip("/")) and not is_admin(scope, self.settings):
+            if self.settings.admin_token is None:
+                return _error(
+                    403,
+                    [
+                        FieldIssue(
+                            "client",
+                            "admin routes answer loopback clients only unless "
+                            "RETRYOPT_ADMIN_TOKEN is set",
+                            "forbidden",
+                        )
+                    ],
+                )
+            return _unauthorized("missing or wrong admin token (Authorization: Bearer <token>)")
+        keys = self.settings.api_keys
+        if path in KEY_PATHS and keys and not _matches_any(_bearer(scope), keys):
+            return _unauthorized("missing or unknown API key (Authorization: Bearer <key>)")
+        return None
+
+
+def _unauthorized(message: str) -> JSONResponse:
+    resp = _error(401, [FieldIssue("headers.authorization", message, "unauthorized")])
+    resp.headers["WWW-Authenticate"] = "Bearer"
+    return resp
+
+
+class MetricsMiddleware:
+    """Times and counts every request."""
+
+    def __init__(self, app: ASGIApp, *, metrics: Metrics) -> None:
         self.app = app
         self.metrics = metrics
-        self.max_body_bytes = max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -93,15 +234,6 @@ class MetricsMiddleware:
             return
         started = time.perf_counter()
         status = {"code": 500}
-        for name, value in scope.get("headers", ()):
-            if name == b"content-length" and value.isdigit() and int(value) > self.max_body_bytes:
-                resp = _error(
-                    413,
-                    [FieldIssue("body", f"body over {self.max_body_bytes} bytes", "too_large")],
-                )
-                await resp(scope, receive, send)
-                self._observe(scope, 413, started)
-                return
 
         async def _send(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -217,16 +349,45 @@ def create_app(settings: Settings | None = None, *, store: ModelStore | None = N
             )
         return batch_pools[0]
 
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if store.current is None and store.location:
+    sync: WorkerSync | None = None
+    if settings.state_dir:
+        sync = WorkerSync(
+            SharedState(settings.state_dir),
+            load=lambda location: store.load(location).version,
+            current_version=lambda: None if store.current is None else store.current.version,
+        )
+
+    def after_sighup(ok: bool) -> None:
+        metrics.observe_reload(outcome="ok" if ok else "refused")
+        if sync is not None:
+            sync.report(error=not ok)
+
+    async def load_at_start() -> bool:
+        """Load the last reloaded model (several workers) or the configured one."""
+        start = sync.start_model() if sync is not None else None
+        for location in (start, store.location if store.current is None else None):
+            if not location:
+                continue
             try:
-                await run_in_threadpool(store.load)
+                await run_in_threadpool(store.load, location)
                 metrics.observe_reload(outcome="ok")
+                return location == start or start is None
             except ModelLoadError:
                 metrics.observe_reload(outcome="refused")
-        store.install_sighup()
+        return start is None
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if sync is not None:
+            sync.announce()  # a reload in progress now waits for this worker too
+        ok = await load_at_start()
+        if sync is not None:
+            sync.report(error=not ok)
+            sync.start()
+        store.install_sighup(after_sighup)
         yield
+        if sync is not None:
+            sync.stop()
         if batcher is not None:
             await batcher.aclose()
         while batch_pools:
@@ -241,34 +402,10 @@ def create_app(settings: Settings | None = None, *, store: ModelStore | None = N
     app.state.store = store
     app.state.metrics = metrics
     app.state.settings = settings
-    app.add_middleware(
-        MetricsMiddleware,
-        metrics=metrics,
-        max_body_bytes=settings.max_body_bytes,
-    )
-
-    def _check_key(request: Request, keys: Sequence[str]) -> None:
-        if not keys:
-            return
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or token.strip() not in keys:
-            raise RequestError(
-                [
-                    FieldIssue(
-                        "headers.authorization",
-                        "missing or unknown API key (Authorization: Bearer <key>)",
-                        "unauthorized",
-                    )
-                ],
-                status_code=401,
-            )
-
-    async def require_key(request: Request) -> None:
-        _check_key(request, settings.api_keys)
-
-    async def require_admin(request: Request) -> None:
-        _check_key(request, settings.admin_api_keys or settings.api_keys)
+    # Outermost last: metrics see every answer, including the guard's 401/403/413.
+    app.add_middleware(GuardMiddleware, settings=settings)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    models_root = settings.admin_models_root()
 
     async def reject_pan(request: Request) -> None:
         raw = await request.body()
@@ -289,6 +426,10 @@ def create_app(settings: Settings | None = None, *, store: ModelStore | None = N
                 ]
             )
 
+    @app.exception_handler(BodyTooLarge)
+    async def _too_large(request: Request, exc: BodyTooLarge) -> JSONResponse:
+        return _error(413, [exc.issue()])
+
     @app.exception_handler(RequestError)
     async def _request_error(request: Request, exc: RequestError) -> JSONResponse:
         resp = _error(exc.status_code, exc.issues)
@@ -305,7 +446,7 @@ def create_app(settings: Settings | None = None, *, store: ModelStore | None = N
         "/v1/retry-decisions",
         response_model=DecisionOut,
         responses=_ERRORS,
-        dependencies=[Depends(require_key), Depends(reject_pan)],
+        dependencies=[Depends(reject_pan)],
         tags=["decisions"],
     )
     async def retry_decision(body: DecisionRequest) -> FastJSONResponse:
@@ -322,7 +463,7 @@ def create_app(settings: Settings | None = None, *, store: ModelStore | None = N
         "/v1/retry-decisions/batch",
         response_model=BatchDecisionOut,
         responses=_ERRORS,
-        dependencies=[Depends(require_key), Depends(reject_pan)],
+        dependencies=[Depends(reject_pan)],
         tags=["decisions"],
     )
     async def retry_decisions_batch(body: BatchDecisionRequest) -> FastJSONResponse:
@@ -352,20 +493,21 @@ def create_app(settings: Settings | None = None, *, store: ModelStore | None = N
         return {"status": "ok"}
 
     @app.get("/readyz", tags=["operations"], responses={503: {"description": "no model"}})
-    async def readyz() -> JSONResponse:
-        """Readiness: a verified model is serving (503 while on the rule-based fallback)."""
+    async def readyz(request: Request) -> JSONResponse:
+        """Readiness: a verified model is serving (503 while on the rule-based fallback).
+
+        The load error is shown to admin callers only (it may name paths)."""
         loaded = store.current
         if loaded is None:
-            return JSONResponse(
-                status_code=503,
-                content={"status": "fallback", "policy": "fallback", "error": store.last_error},
-            )
+            content: dict[str, Any] = {"status": "fallback", "policy": "fallback"}
+            if is_admin(request.scope, settings):
+                content["error"] = store.last_error
+            return JSONResponse(status_code=503, content=content)
         return JSONResponse(content={"status": "ready", "model_version": loaded.version})
 
     @app.get(
         "/v1/model",
         response_model=ModelOut,
-        dependencies=[Depends(require_key)],
         responses=_ERRORS,
         tags=["operations"],
     )
@@ -403,24 +545,63 @@ def create_app(settings: Settings | None = None, *, store: ModelStore | None = N
         )
         return PlainTextResponse(text, media_type="text/plain; version=0.0.4; charset=utf-8")
 
+    def refused() -> JSONResponse:
+        metrics.observe_reload(outcome="refused")
+        current = store.current
+        resp = _error(409, [FieldIssue("model", REFUSED_MESSAGE, "model_refused")])
+        resp.headers["X-Model-Version"] = current.version if current else "fallback"
+        return resp
+
     @app.post(
         "/admin/reload",
-        dependencies=[Depends(require_admin)],
-        responses={**_ERRORS, 409: {"model": ErrorOut, "description": "model refused"}},
+        responses={
+            **_ERRORS,
+            403: {"model": ErrorOut, "description": "not loopback and no admin token set"},
+            409: {"model": ErrorOut, "description": "model refused (one message for any cause)"},
+            503: {"model": ErrorOut, "description": "some workers did not switch in time"},
+        },
         tags=["operations"],
     )
     async def reload_model(body: ReloadIn | None = None) -> JSONResponse:
-        """Load a model (default: the configured location); a broken one is refused."""
+        """Load a model (default: the configured location) in every worker; a broken one is
+        refused and the old model keeps serving."""
+        location = store.location
+        if body is not None and body.model is not None:
+            location = confine_model_path(body.model, models_root)
+            if location is None:
+                log.warning("reload refused: not a bundle directory under the models root")
+                return refused()
+        if not location:
+            return refused()
         try:
-            loaded = await run_in_threadpool(store.load, body.model if body else None)
-        except ModelLoadError as exc:
-            metrics.observe_reload(outcome="refused")
-            current = store.current
-            resp = _error(409, [FieldIssue("model", str(exc), "model_refused")])
-            resp.headers["X-Model-Version"] = current.version if current else "fallback"
-            return resp
+            loaded = await run_in_threadpool(store.load, location)
+        except ModelLoadError:
+            return refused()
         metrics.observe_reload(outcome="ok")
-        return JSONResponse(content={"loaded": True, "model_version": loaded.version})
+        if sync is None:
+            return JSONResponse(content={"loaded": True, "model_version": loaded.version})
+        desired = await run_in_threadpool(sync.adopt, model=location, version=loaded.version)
+        lagging = await run_in_threadpool(
+            sync.state.wait_for, desired.generation, timeout_s=settings.reload_timeout_s
+        )
+        if lagging:
+            pids = ", ".join(str(p) for p in lagging)
+            return _error(
+                503,
+                [
+                    FieldIssue(
+                        "workers",
+                        f"model {loaded.version} published, but workers {pids} did not serve "
+                        f"it within RETRYOPT_RELOAD_TIMEOUT_S={settings.reload_timeout_s:g} s "
+                        "(they keep trying; retry the reload or check their log)",
+                        "reload_incomplete",
+                    )
+                ],
+            )
+        workers = len(sync.state.workers())
+        return JSONResponse(
+            content={"loaded": True, "model_version": loaded.version, "workers": workers}
+        )
 
     return app
 
@@ -428,7 +609,7 @@ def create_app(settings: Settings | None = None, *, store: ModelStore | None = N
 def create_app_from_env() -> FastAPI:
     """Uvicorn factory: settings from ``RETRYOPT_*`` environment variables."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    return create_app(Settings())
+    return create_app(load_settings())
 
 
 class BackgroundServer:

@@ -160,6 +160,31 @@ def compile_lleaves(booster: Any) -> LleavesEngine:
     return LleavesEngine(model)
 
 
+REFUSED_MESSAGE = (
+    "model refused: not a verified bundle directory under the models root "
+    "(RETRYOPT_MODELS_ROOT); the server log says why"
+)
+
+
+def confine_model_path(requested: str, root: Path | None) -> str | None:
+    """The bundle directory ``requested`` names under ``root``, or None.
+
+    Relative paths are taken under ``root``; symbolic links and ``..`` are resolved first, so
+    only a directory strictly inside ``root`` passes. Files, missing paths, paths outside the
+    root and unreadable names all give None: the caller answers them alike (one message,
+    no path echoed).
+    """
+    if root is None:
+        return None
+    try:
+        candidate = Path(requested)
+        resolved = (candidate if candidate.is_absolute() else root / candidate).resolve()
+        inside = root in resolved.parents and resolved.is_dir()
+    except (OSError, ValueError, RuntimeError):  # NUL bytes, symlink loops, too long
+        return None
+    return str(resolved) if inside else None
+
+
 class ModelStore:
     """Holds the serving model; reloads are serialised, verified and atomic.
 
@@ -269,17 +294,23 @@ class ModelStore:
             return False
         return True
 
-    def install_sighup(self) -> bool:
-        """Reload on SIGHUP (in a background thread). Only possible from the main thread."""
+    def install_sighup(self, on_reload: Callable[[bool], None] | None = None) -> bool:
+        """Reload on SIGHUP (in a background thread). Only possible from the main thread.
+
+        ``on_reload(ok)`` is called after each such reload (metrics, the workers' shared state).
+        """
         if threading.current_thread() is not threading.main_thread() or not hasattr(
             signal, "SIGHUP"
         ):
             return False
 
+        def _reload() -> None:
+            ok = self.reload_quietly()
+            if on_reload is not None:
+                on_reload(ok)
+
         def _handler(signum: int, frame: object) -> None:
-            threading.Thread(
-                target=self.reload_quietly, name="retryopt-reload", daemon=True
-            ).start()
+            threading.Thread(target=_reload, name="retryopt-reload", daemon=True).start()
 
         signal.signal(signal.SIGHUP, _handler)
         return True

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from retryopt.features.decisions import Constraints
+
+MAX_BATCH_ITEMS = 1000
+# A typical decision request is 1-2 KiB (a few attempts, no history); 16 KiB per item leaves
+# room for a long attempt list while a 1,000-item batch stays under 16 MiB.
+BATCH_ITEM_BYTES = 16 * 1024
 
 
 class Settings(BaseSettings):
@@ -23,10 +29,30 @@ class Settings(BaseSettings):
         default=None, description="bundle directory or MLflow registry name[/version]"
     )
     api_keys: Annotated[tuple[str, ...], NoDecode] = Field(
-        default=(), description="accepted Bearer keys (empty = no authentication)"
+        default=(),
+        description="accepted Bearer keys, comma-separated (unset = no authentication; an "
+        "empty or malformed list such as ',' refuses to start)",
     )
-    admin_api_keys: Annotated[tuple[str, ...], NoDecode] = Field(
-        default=(), description="keys for /admin/* (empty = the api_keys)"
+    admin_token: SecretStr | None = Field(
+        default=None,
+        description="Bearer token of the admin routes (/admin/*, /readyz details); unset = "
+        "admin routes answer loopback clients only",
+    )
+    models_root: str | None = Field(
+        default=None,
+        description="/admin/reload loads only bundle directories under this folder (default: "
+        "the folder of RETRYOPT_MODEL when it is a directory; none = only the configured model)",
+    )
+    state_dir: str | None = Field(
+        default=None,
+        description="folder shared by the workers of one `retryopt serve` (the reloaded model "
+        "and each worker's version); set by `retryopt serve`, unset = one process",
+    )
+    reload_timeout_s: float = Field(
+        default=120.0,
+        gt=0,
+        le=3600,
+        description="/admin/reload waits this long for every worker to serve the new version",
     )
     policy: Literal["model", "greedy"] = "model"
     # Default constraints (a request's ``constraints`` override them field by field).
@@ -89,16 +115,60 @@ class Settings(BaseSettings):
     # Limits.
     max_attempts: int = Field(default=1000, ge=1)
     max_history_rows: int = Field(default=100_000, ge=0)
-    max_batch: int = Field(default=1000, ge=1)
-    max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    max_batch: int = Field(default=MAX_BATCH_ITEMS, ge=1)
+    max_body_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=1024,
+        description="most bytes of a request body (counted as streamed, chunked included)",
+    )
+    max_batch_body_bytes: int = Field(
+        default=MAX_BATCH_ITEMS * BATCH_ITEM_BYTES,
+        ge=1024,
+        description="most bytes of a /v1/retry-decisions/batch body (default 1,000 items x 16 KiB)",
+    )
     model_threads: int = Field(default=1, ge=1, description="LightGBM threads per prediction")
 
-    @field_validator("api_keys", "admin_api_keys", mode="before")
+    @field_validator("api_keys", mode="before")
     @classmethod
     def _split_keys(cls, value: object) -> object:
         if isinstance(value, str):
-            return tuple(k.strip() for k in value.split(",") if k.strip())
+            # Set but empty or malformed is refused: a typo must not leave the service open
+            # (unset = no authentication, the documented choice).
+            keys = tuple(k.strip() for k in value.split(","))
+            if any(not k or any(c.isspace() for c in k) for k in keys):
+                raise ValueError(
+                    "RETRYOPT_API_KEYS must be comma-separated non-empty keys without spaces "
+                    f"(got {len(keys)} entries, {sum(not k for k in keys)} empty; unset the "
+                    "variable to run without authentication)"
+                )
+            return keys
         return value
+
+    @field_validator("api_keys")
+    @classmethod
+    def _check_keys(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for key in value:
+            if not key or any(c.isspace() for c in key):
+                raise ValueError("API keys must be non-empty and contain no whitespace")
+        return value
+
+    @field_validator("admin_token", mode="before")
+    @classmethod
+    def _check_admin_token(cls, value: object) -> object:
+        if isinstance(value, str) and (not value.strip() or any(c.isspace() for c in value)):
+            raise ValueError(
+                "RETRYOPT_ADMIN_TOKEN must be non-empty and contain no whitespace (unset it "
+                "to keep admin routes on loopback)"
+            )
+        return value
+
+    def admin_models_root(self) -> Path | None:
+        """The folder /admin/reload may load from (None: only the configured model)."""
+        if self.models_root:
+            return Path(self.models_root).resolve()
+        if self.model and Path(self.model).is_dir():
+            return Path(self.model).resolve().parent
+        return None
 
     @field_validator("engine", "planner_search", mode="before")
     @classmethod
@@ -150,6 +220,24 @@ class Settings(BaseSettings):
             cost_per_attempt=self.cost_per_attempt,
             daily_discount=self.daily_discount,
         )
+
+
+def load_settings() -> Settings:
+    """:class:`Settings` from the environment.
+
+    Raises
+    ------
+    ValueError
+        Naming each invalid ``RETRYOPT_*`` variable and why, never its value (keys are secret).
+    """
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"RETRYOPT_{'.'.join(str(p) for p in e['loc']).upper()}: {e['msg']}"
+            for e in exc.errors(include_input=False, include_url=False)
+        )
+        raise ValueError(f"invalid settings: {problems}") from None
 
 
 def _installed(module: str) -> bool:

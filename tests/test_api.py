@@ -395,7 +395,7 @@ def test_batch_keeps_order_and_mixes_constraints(fallback_url: str) -> None:
 
 
 def test_api_keys() -> None:
-    settings = Settings(api_keys=("k1", "k2"), admin_api_keys=("adm",))
+    settings = Settings(api_keys=("k1", "k2"), admin_token="adm")
     with BackgroundServer(create_app(settings)) as server:
         assert post(server.url, "/v1/retry-decisions", body()).status_code == 401
         wrong = post(
@@ -493,7 +493,8 @@ def test_reload_under_load_loses_no_request(
 ) -> None:
     url, store = model_server
     assert store.current is not None
-    copy = tmp_path / "copy"
+    # Reloads load only bundles under the models root (the started model's folder).
+    copy = Path(store.current.location).parent / f"copy-{tmp_path.name}"
     shutil.copytree(store.current.location, copy)
     statuses: list[int] = []
     policies: set[str] = set()

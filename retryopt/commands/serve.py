@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 import time
 from types import FrameType
 
@@ -38,40 +40,52 @@ def command(
     """Serve retry decisions over HTTP (POST /v1/retry-decisions; see docs/serving.md)."""
     import uvicorn
 
-    from retryopt.serving.settings import Settings
+    from retryopt.serving.settings import load_settings
 
     if model is not None:
         os.environ["RETRYOPT_MODEL"] = model
     if policy is not None:
         os.environ["RETRYOPT_POLICY"] = policy
     try:
-        # Fail fast on bad RETRYOPT_* values, before forking workers.
-        http, loop = Settings().server_stack()
-    except Exception as exc:
-        raise typer.BadParameter(f"invalid RETRYOPT_* settings: {exc}") from exc
-    balance = workers > 1 and Settings().reuse_port and reuse_port_supported()
+        # Fail fast on bad RETRYOPT_* values (API keys included), before forking workers;
+        # the message names the variable, never its value.
+        settings = load_settings()
+        http, loop = settings.server_stack()
+    except ValueError as exc:
+        typer.echo(f"retryopt serve: {exc}", err=True)
+        raise typer.Exit(2) from None
+    balance = workers > 1 and settings.reuse_port and reuse_port_supported()
     typer.echo(
         f"retryopt serve: http={http} loop={loop} workers={workers}"
         + (" (one SO_REUSEPORT socket per worker)" if balance else ""),
         err=True,
     )
-    if balance:
-        raise typer.Exit(
-            serve_reuse_port(
-                host=host, port=port, workers=workers, http=http, loop=loop, log_level=log_level
+    # The workers share one state directory: /admin/reload reaches all of them, and a
+    # restarted worker starts from the last reloaded model (serving/workers.py).
+    own_state = settings.state_dir is None
+    if own_state:
+        os.environ["RETRYOPT_STATE_DIR"] = tempfile.mkdtemp(prefix="retryopt-serve-")
+    try:
+        if balance:
+            raise typer.Exit(
+                serve_reuse_port(
+                    host=host, port=port, workers=workers, http=http, loop=loop, log_level=log_level
+                )
             )
+        uvicorn.run(
+            APP_FACTORY,
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            log_level=log_level,
+            access_log=False,
+            http=http,
+            loop=loop,
         )
-    uvicorn.run(
-        APP_FACTORY,
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        log_level=log_level,
-        access_log=False,
-        http=http,
-        loop=loop,
-    )
+    finally:
+        if own_state:
+            shutil.rmtree(os.environ.pop("RETRYOPT_STATE_DIR"), ignore_errors=True)
 
 
 def reuse_port_supported() -> bool:
