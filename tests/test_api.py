@@ -23,18 +23,6 @@ from retryopt.serving.settings import Settings
 
 T0 = datetime(2026, 1, 5, 8, 12, tzinfo=UTC)
 
-TRAIN_TOML = """
-[lightgbm]
-num_leaves = 15
-min_data_in_leaf = 50
-[training]
-num_boost_round = 60
-early_stopping_rounds = 20
-num_threads = 1
-[calibration]
-folds = 3
-"""
-
 
 def body(
     *,
@@ -80,36 +68,6 @@ def body(
         "now": (now or last + timedelta(minutes=1)).isoformat(),
         "constraints": {"max_retries": 4, "window_hours": 504},
     }
-
-
-@pytest.fixture(scope="session")
-def trained_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A real model bundle trained on a small simulated world (skips if training is missing)."""
-    try:
-        from retryopt.features.io import write_table_atomic
-        from retryopt.features.online import build_candidate_features  # noqa: F401
-        from retryopt.training.simulate.config import WorldConfig
-        from retryopt.training.simulate.world import simulate_world
-        from retryopt.training.train import load_config, run_training
-    except ImportError as exc:  # pragma: no cover - all modules are part of the project
-        pytest.skip(f"training stack not available yet: {exc}")
-    root = tmp_path_factory.mktemp("bundle")
-    world = simulate_world(WorldConfig(), customers=1500, months=5, seed=11)
-    data = root / "attempts.parquet"
-    attempts = world.attempts
-    # The contract wants lower-case ISO 4217 codes (the simulator may emit upper case).
-    attempts = attempts.assign(currency=attempts["currency"].str.lower())
-    write_table_atomic(attempts, data)
-    (root / "train.toml").write_text(TRAIN_TOML)
-    run = run_training(
-        data,
-        root / "models",
-        config=load_config(root / "train.toml", seed=3),
-        experiment="test-api",
-        registered_name=None,
-        track=False,
-    )
-    return Path(run.bundle_path)
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,6 @@ import httpx
 import numpy as np
 import pandas as pd
 import pytest
-from test_api import trained_bundle  # noqa: F401  (session fixture)
 
 from retryopt.features import contract as c
 from retryopt.features.decisions import Constraints, DecisionBatch, PolicyDecisions
@@ -134,7 +133,7 @@ class HttpBillingClient:
 
 
 @pytest.fixture(scope="module")
-def server(trained_bundle: Path) -> Iterator[tuple[str, ModelStore]]:  # noqa: F811
+def server(trained_bundle: Path) -> Iterator[tuple[str, ModelStore]]:
     store = ModelStore(location=str(trained_bundle))
     store.load()
     with BackgroundServer(create_app(Settings(model=str(trained_bundle)), store=store)) as srv:
