@@ -349,11 +349,21 @@ def create_app(settings: Settings | None = None, *, store: ModelStore | None = N
             )
         return batch_pools[0]
 
+    def load_counted(location: str) -> str:
+        """A reload that another worker published (counted like any reload)."""
+        try:
+            version = store.load(location).version
+        except ModelLoadError:
+            metrics.observe_reload(outcome="refused")
+            raise
+        metrics.observe_reload(outcome="ok")
+        return version
+
     sync: WorkerSync | None = None
     if settings.state_dir:
         sync = WorkerSync(
             SharedState(settings.state_dir),
-            load=lambda location: store.load(location).version,
+            load=load_counted,
             current_version=lambda: None if store.current is None else store.current.version,
         )
 
