@@ -90,7 +90,8 @@ def _error(status: int, issues: Sequence[FieldIssue]) -> JSONResponse:
 
 BATCH_PATH = "/v1/retry-decisions/batch"
 # Routes behind the API keys (when keys are configured) and routes behind the admin credential.
-KEY_PATHS = frozenset({"/v1/retry-decisions", BATCH_PATH, "/v1/model"})
+# /metrics too: it names the model version and traffic, as /v1/model does.
+KEY_PATHS = frozenset({"/v1/retry-decisions", BATCH_PATH, "/v1/model", "/metrics"})
 ADMIN_PREFIX = "/admin/"
 
 

@@ -165,6 +165,13 @@ def test_only_exact_keys_pass(keyed: str, token: str) -> None:
     assert httpx.get(keyed + "/v1/model", headers={"Authorization": "Basic k1"}).status_code == 401
 
 
+def test_metrics_need_a_key_when_keys_are_configured(keyed: str) -> None:
+    assert httpx.get(keyed + "/metrics").status_code == 401
+    ok = httpx.get(keyed + "/metrics", headers={"Authorization": "Bearer k1"})
+    assert ok.status_code == 200 and "retryopt_http_requests_total" in ok.text
+    assert httpx.get(keyed + "/healthz").status_code == 200  # probes stay open
+
+
 def test_admin_routes_need_the_admin_token(keyed: str) -> None:
     for headers in ({}, {"Authorization": "Bearer k1"}, {"Authorization": "Bearer adm-toke"}):
         r = post(keyed, "/admin/reload", {}, headers=headers)

@@ -54,6 +54,12 @@ def command(
     except ValueError as exc:
         typer.echo(f"retryopt serve: {exc}", err=True)
         raise typer.Exit(2) from None
+    if not settings.api_keys and not _is_loopback(host):
+        typer.echo(
+            f"retryopt serve: WARNING: listening on {host} without RETRYOPT_API_KEYS: anyone "
+            "who reaches the port gets decisions, /v1/model and /metrics",
+            err=True,
+        )
     balance = workers > 1 and settings.reuse_port and reuse_port_supported()
     typer.echo(
         f"retryopt serve: http={http} loop={loop} workers={workers}"
@@ -86,6 +92,17 @@ def command(
     finally:
         if own_state:
             shutil.rmtree(os.environ.pop("RETRYOPT_STATE_DIR"), ignore_errors=True)
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def reuse_port_supported() -> bool:
