@@ -155,6 +155,8 @@ class Settings(BaseSettings):
     @field_validator("admin_token", mode="before")
     @classmethod
     def _check_admin_token(cls, value: object) -> object:
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
         if isinstance(value, str) and (not value.strip() or any(c.isspace() for c in value)):
             raise ValueError(
                 "RETRYOPT_ADMIN_TOKEN must be non-empty and contain no whitespace (unset it "

@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
+from pydantic import SecretStr
 
 from retryopt.serving.app import BackgroundServer, create_app
 from retryopt.serving.model_store import ModelStore
@@ -353,7 +354,7 @@ def test_batch_keeps_order_and_mixes_constraints(fallback_url: str) -> None:
 
 
 def test_api_keys() -> None:
-    settings = Settings(api_keys=("k1", "k2"), admin_token="adm")
+    settings = Settings(api_keys=("k1", "k2"), admin_token=SecretStr("adm"))
     with BackgroundServer(create_app(settings)) as server:
         assert post(server.url, "/v1/retry-decisions", body()).status_code == 401
         wrong = post(

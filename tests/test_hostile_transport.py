@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
+from pydantic import SecretStr
 from test_api import body, post
 
 from retryopt.serving.app import BackgroundServer, create_app, is_admin
@@ -89,7 +90,7 @@ def small_limits() -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def keyed() -> Iterator[str]:
-    settings = Settings(model=None, api_keys=("k1", "k2"), admin_token="adm-token")
+    settings = Settings(model=None, api_keys=("k1", "k2"), admin_token=SecretStr("adm-token"))
     with BackgroundServer(create_app(settings)) as server:
         yield server.url
 
@@ -193,7 +194,7 @@ def test_without_admin_token_admin_routes_answer_loopback_only() -> None:
     assert not is_admin(scope("10.1.2.3"), settings)
     assert not is_admin(scope("192.168.0.7"), settings)
     assert not is_admin({"type": "http", "headers": []}, settings)  # unknown client
-    token = Settings(admin_token="t0k")
+    token = Settings(admin_token=SecretStr("t0k"))
     with_bearer = {**scope("10.1.2.3"), "headers": [(b"authorization", b"Bearer t0k")]}
     assert is_admin(with_bearer, token) and not is_admin(scope("127.0.0.1"), token)
 
@@ -228,6 +229,16 @@ def test_malformed_api_keys_refuse_to_start(monkeypatch: pytest.MonkeyPatch, val
         load_settings()
     for key in ("key", "k1", "k2", "one"):
         assert key not in str(info.value).replace("keys", "").replace("RETRYOPT_API_KEYS", "")
+
+
+@pytest.mark.parametrize("value", ["", " ", "tok en"])
+def test_malformed_admin_token_refuses_to_start(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    monkeypatch.setenv("RETRYOPT_ADMIN_TOKEN", value)
+    with pytest.raises(ValueError, match="RETRYOPT_ADMIN_TOKEN") as info:
+        load_settings()
+    assert "tok en" not in str(info.value)
 
 
 def test_serve_refuses_malformed_keys_without_printing_them() -> None:
@@ -296,7 +307,7 @@ def test_reload_refusals_are_one_message_without_paths(
 
 def test_readyz_shows_load_errors_to_admins_only(tmp_path: Path) -> None:
     missing = tmp_path / "no-such-bundle"
-    settings = Settings(model=str(missing), admin_token="adm")
+    settings = Settings(model=str(missing), admin_token=SecretStr("adm"))
     with BackgroundServer(create_app(settings)) as server:
         anonymous = httpx.get(server.url + "/readyz")
         assert anonymous.status_code == 503 and "error" not in anonymous.json()
