@@ -204,12 +204,49 @@ def test_a_restarted_worker_serves_the_reloaded_model(
     b1, b2 = two_bundles
     reload = httpx.post(service.url + "/admin/reload", json={"model": b2.name}, timeout=300)
     assert reload.status_code == 200, reload.text
+    # A client under load that retries what docs/serving.md says to retry (a connection error
+    # or a 503; decision requests are safe to retry) loses nothing to a kill -9 of a worker.
+    failures: list[str] = []
+    retried = [0]
+    answered = [0]
+    stop = threading.Event()
+
+    def client(k: int) -> None:
+        i = 0
+        while not stop.is_set():
+            request = body(charge_id=f"ch_kill_{k}_{i}")
+            for attempt in range(3):
+                try:
+                    r = httpx.post(service.url + "/v1/retry-decisions", json=request, timeout=60)
+                except httpx.TransportError as exc:
+                    error = repr(exc)
+                else:
+                    if r.status_code == 200:
+                        answered[0] += 1
+                        break
+                    error = f"{r.status_code} {r.text[:200]}"
+                    if r.status_code != 503:
+                        failures.append(error)
+                        break
+                retried[0] += 1
+                if attempt == 2:
+                    failures.append(error)
+            i += 1
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(2)]
+    for t in threads:
+        t.start()
+    _wait(lambda: answered[0] >= 10, what="the clients' first answers")
     victim = service.serving()[0].pid
     os.kill(victim, signal.SIGKILL)
     _wait(
         lambda: len(service.serving()) == 2 and victim not in {s.pid for s in service.serving()},
         what="the restarted worker",
     )
+    stop.set()
+    for t in threads:
+        t.join(timeout=120)
+    assert failures == [], failures
     restarted = [s for s in service.serving() if s.pid != victim]
     assert {s.version for s in restarted} == {b2.name}  # not RETRYOPT_MODEL (B1)
     assert _versions_over_new_connections(service.url) == {b2.name}
