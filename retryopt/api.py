@@ -39,7 +39,7 @@ from retryopt.serving.service import (
     field_issues,
     model_store_for,
 )
-from retryopt.serving.settings import Settings
+from retryopt.serving.settings import Settings, load_settings
 from retryopt.training.backtest.config import BacktestConfig
 from retryopt.training.backtest.result import BacktestResult
 from retryopt.training.backtest.runner import run_backtest
@@ -199,7 +199,7 @@ def decide(
         (a ``ValueError``) When a request is invalid; ``issues`` names every bad field, as the
         API's 422 answer does.
     """
-    base = (settings or Settings()).model_copy(update={"policy": policy})
+    base = (settings or load_settings()).model_copy(update={"policy": policy})
     store = model_store_for(base)
     if isinstance(model, ModelBundle):
         loaded = model

@@ -325,7 +325,7 @@ def create_app(settings: Settings | None = None, *, store: ModelStore | None = N
         Model holder (default: one for ``settings.model``, loaded at startup; a model that fails
         to load leaves the service on the rule-based fallback).
     """
-    settings = settings or Settings()
+    settings = settings or load_settings()
     metrics = Metrics()
     store = store or model_store_for(settings)
     service = DecisionService(settings=settings, store=store, metrics=metrics)
