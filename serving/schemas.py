@@ -146,10 +146,16 @@ class DecisionRequest(_In):
     constraints: ConstraintsIn | None = None
 
 
+# The most charges in one batch call (the API contract; ``RETRYOPT_MAX_BATCH`` may lower it).
+# Checked by pydantic before any item is validated, so an oversized batch costs its JSON parse
+# only (the route's byte limit, RETRYOPT_MAX_BATCH_BODY_BYTES, bounds that parse).
+MAX_BATCH_ITEMS = 1000
+
+
 class BatchDecisionRequest(_In):
     """``POST /v1/retry-decisions/batch``: many charges in one call."""
 
-    requests: list[DecisionRequest] = Field(min_length=1)
+    requests: list[DecisionRequest] = Field(min_length=1, max_length=MAX_BATCH_ITEMS)
 
 
 class AlternativeOut(BaseModel):

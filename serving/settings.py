@@ -9,8 +9,8 @@ from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_va
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from retryopt.features.decisions import Constraints
+from retryopt.serving.schemas import MAX_BATCH_ITEMS
 
-MAX_BATCH_ITEMS = 1000
 # A typical decision request is 1-2 KiB (a few attempts, no history); 16 KiB per item leaves
 # room for a long attempt list while a 1,000-item batch stays under 16 MiB.
 BATCH_ITEM_BYTES = 16 * 1024
@@ -115,7 +115,12 @@ class Settings(BaseSettings):
     # Limits.
     max_attempts: int = Field(default=1000, ge=1)
     max_history_rows: int = Field(default=100_000, ge=0)
-    max_batch: int = Field(default=MAX_BATCH_ITEMS, ge=1)
+    max_batch: int = Field(
+        default=MAX_BATCH_ITEMS,
+        ge=1,
+        le=MAX_BATCH_ITEMS,
+        description="most charges per batch call (at most the API's 1,000)",
+    )
     max_body_bytes: int = Field(
         default=64 * 1024 * 1024,
         ge=1024,

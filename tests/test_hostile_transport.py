@@ -19,7 +19,8 @@ from test_api import body, post
 
 from retryopt.serving.app import BackgroundServer, create_app, is_admin
 from retryopt.serving.model_store import REFUSED_MESSAGE, ModelStore, confine_model_path
-from retryopt.serving.settings import BATCH_ITEM_BYTES, MAX_BATCH_ITEMS, Settings, load_settings
+from retryopt.serving.schemas import MAX_BATCH_ITEMS
+from retryopt.serving.settings import BATCH_ITEM_BYTES, Settings, load_settings
 
 MIB = 1024 * 1024
 
@@ -131,6 +132,18 @@ def test_batch_route_has_its_own_byte_limit(small_limits: str) -> None:
     r = post(small_limits, "/v1/retry-decisions/batch", small)
     assert r.status_code == 422 and r.json()["detail"][0]["field"] == "requests"
     assert httpx.get(small_limits + "/healthz").status_code == 200
+
+
+def test_a_batch_of_many_items_under_the_byte_limit_is_refused_before_validation() -> None:
+    # 29,000 items (16 MB, under the default batch byte limit): the item count is checked
+    # before any item is validated (this took 6 s and +220 MB of worker memory before).
+    many = {"requests": [body(charge_id="ch_x")] * 29_000}
+    assert len(json.dumps(many)) < Settings().max_batch_body_bytes
+    with BackgroundServer(create_app(Settings())) as server:
+        r = post(server.url, "/v1/retry-decisions/batch", many)
+        issue = r.json()["detail"][0]
+        assert r.status_code == 422 and issue["field"] == "requests"
+        assert issue["type"] == "too_long" and str(MAX_BATCH_ITEMS) in issue["message"]
 
 
 def test_default_batch_byte_limit_is_sized_to_the_item_limit() -> None:
