@@ -351,7 +351,7 @@ def create_app(settings: Settings | None = None, *, store: ModelStore | None = N
         return batch_pools[0]
 
     def load_counted(location: str) -> str:
-        """A reload that another worker published (counted like any reload)."""
+        """Load ``location``, counted in ``retryopt_model_reloads_total``; returns the version."""
         try:
             version = store.load(location).version
         except ModelLoadError:
@@ -374,17 +374,18 @@ def create_app(settings: Settings | None = None, *, store: ModelStore | None = N
             sync.report(error=not ok)
 
     async def load_at_start() -> bool:
-        """Load the last reloaded model (several workers) or the configured one."""
+        """Load the last reloaded model (several workers), else the configured one; False when
+        the last reloaded model was refused (the worker then reports the error)."""
         start = sync.start_model() if sync is not None else None
-        for location in (start, store.location if store.current is None else None):
+        configured = store.location if store.current is None else None
+        for location in (start, configured):
             if not location:
                 continue
             try:
-                await run_in_threadpool(store.load, location)
-                metrics.observe_reload(outcome="ok")
-                return location == start or start is None
+                await run_in_threadpool(load_counted, location)
             except ModelLoadError:
-                metrics.observe_reload(outcome="refused")
+                continue
+            return location == start or start is None
         return start is None
 
     @asynccontextmanager

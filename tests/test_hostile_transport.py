@@ -269,6 +269,19 @@ def test_serve_refuses_malformed_keys_without_printing_them() -> None:
     assert "Traceback" not in done.stderr
 
 
+def test_serve_refuses_an_unknown_log_level() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "retryopt", "serve", "--log-level", "loud", "--port", "1"],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": ":".join(sys.path)},
+        timeout=120,
+    )
+    assert done.returncode == 2 and "--log-level" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
 # --- reload confinement and /readyz details ---------------------------------------------------
 
 

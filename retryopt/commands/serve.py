@@ -42,6 +42,11 @@ def command(
 
     from retryopt.serving.settings import load_settings
 
+    if log_level.lower() not in uvicorn.config.LOG_LEVELS:
+        raise typer.BadParameter(
+            f"must be one of {', '.join(uvicorn.config.LOG_LEVELS)}", param_hint="--log-level"
+        )
+    log_level = log_level.lower()
     if model is not None:
         os.environ["RETRYOPT_MODEL"] = model
     if policy is not None:
