@@ -29,6 +29,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.concurrency import run_in_threadpool
 
+from retryopt.features.card_numbers import contains_card_number, find_card_number
+from retryopt.serving.logs import configure_logging
 from retryopt.serving.metrics import Metrics
 from retryopt.serving.microbatch import MicroBatcher
 from retryopt.serving.model_store import ModelLoadError, ModelStore
@@ -43,8 +45,6 @@ from retryopt.serving.schemas import (
     ModelOut,
     ReloadIn,
     RequestError,
-    body_may_contain_pan,
-    find_pan,
 )
 from retryopt.serving.service import (
     DecisionService,
@@ -271,23 +271,29 @@ def create_app(settings: Settings | None = None, *, store: ModelStore | None = N
         _check_key(request, settings.admin_api_keys or settings.api_keys)
 
     async def reject_pan(request: Request) -> None:
+        # Scans the decoded body (FastAPI has already parsed it and caches the result): keys
+        # and values, JSON escapes and UTF-16/32 bodies included (features/card_numbers.py).
         raw = await request.body()
-        if raw and body_may_contain_pan(raw):
-            try:
-                where = find_pan(json.loads(raw))
-            except ValueError:
-                where = "body"
-            log.warning("request rejected: a card number was sent (field %s)", where)
-            raise RequestError(
-                [
-                    FieldIssue(
-                        where or "body",
-                        "looks like a card number (13-19 digits passing the Luhn check); card "
-                        "numbers are never accepted, send card metadata only",
-                        "pan_rejected",
-                    )
-                ]
-            )
+        if not raw:
+            return
+        try:
+            where = find_card_number(await request.json())
+        except ValueError:  # not JSON: its validation answers 422, unless it holds a number
+            text = raw.decode("utf-8", errors="replace")
+            where = "body" if contains_card_number(text) else None
+        if where is None:
+            return
+        log.warning("request rejected: a card number was sent (field %s)", where)
+        raise RequestError(
+            [
+                FieldIssue(
+                    where,
+                    "looks like a card number (13-19 digits passing the Luhn check); card "
+                    "numbers are never accepted, send card metadata only",
+                    "pan_rejected",
+                )
+            ]
+        )
 
     @app.exception_handler(RequestError)
     async def _request_error(request: Request, exc: RequestError) -> JSONResponse:
@@ -405,7 +411,7 @@ def create_app(settings: Settings | None = None, *, store: ModelStore | None = N
 
     @app.post(
         "/admin/reload",
-        dependencies=[Depends(require_admin)],
+        dependencies=[Depends(require_admin), Depends(reject_pan)],
         responses={**_ERRORS, 409: {"model": ErrorOut, "description": "model refused"}},
         tags=["operations"],
     )
@@ -427,7 +433,7 @@ def create_app(settings: Settings | None = None, *, store: ModelStore | None = N
 
 def create_app_from_env() -> FastAPI:
     """Uvicorn factory: settings from ``RETRYOPT_*`` environment variables."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure_logging()
     return create_app(Settings())
 
 

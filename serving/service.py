@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from retryopt.features.card_numbers import safe_key
 from retryopt.features.decisions import Constraints
 from retryopt.serving.metrics import Metrics
 from retryopt.serving.model_store import ModelStore
@@ -66,7 +67,8 @@ def _field_path(loc: Sequence[int | str]) -> str:
         elif p in ("function-after", "function-before", "function-wrap") or "[" in str(p):
             continue
         else:
-            out += f".{p}" if out else str(p)
+            key = safe_key(str(p))
+            out += f".{key}" if out else key
     return out or "body"
 
 
@@ -195,7 +197,7 @@ class DecisionService:
                 issues.append(
                     FieldIssue(
                         f"{prefix}charge.charge_id",
-                        f"charge {cid!r} appears twice (requests {seen[cid] + 1} and {i + 1})",
+                        f"the same charge_id appears twice (requests {seen[cid] + 1} and {i + 1})",
                         "duplicate",
                     )
                 )
