@@ -206,24 +206,20 @@ class HistoryRowIn(_In):
     issuer: str | None = Field(default=None, max_length=128)
 
 
+_Hour = Annotated[StrictInt, Field(ge=0, le=23)]
+
+
 class ConstraintsIn(_In):
     """Merchant constraints; omitted fields take the server defaults."""
 
     max_retries: StrictInt | None = Field(default=None, ge=0, le=50)
     window_hours: StrictFloat | None = Field(default=None, gt=0, le=24 * 120)
     min_gap_hours: StrictFloat | None = Field(default=None, ge=0, le=24 * 30)
-    quiet_hours: tuple[StrictInt, StrictInt] | None = Field(
+    quiet_hours: tuple[_Hour, _Hour] | None = Field(
         default=None, description="(start, end) local hours, 0-23; (22, 7) wraps midnight"
     )
     cost_per_attempt: StrictFloat | None = Field(default=None, ge=0, le=1e12)
     daily_discount: StrictFloat | None = Field(default=None, ge=0, lt=1)
-
-    @field_validator("quiet_hours")
-    @classmethod
-    def _hours(cls, value: tuple[int, int] | None) -> tuple[int, int] | None:
-        if value is not None and not all(0 <= h <= 23 for h in value):
-            raise ValueError("quiet hours must be in 0-23")
-        return value
 
     def resolve(self, defaults: Constraints) -> Constraints:
         """These constraints with omitted fields taken from ``defaults``."""
