@@ -124,8 +124,7 @@ def _range_checked(parsed: Parsed, arr: pa.Array) -> Parsed:
 def _to_ns(times: pd.Series) -> pd.Series:
     """Parsed times as ``datetime64[ns, UTC]``; times beyond its range (pandas may parse them at
     a coarser unit) become NaT."""
-    unit = np.datetime_data(times.dtype.base if hasattr(times.dtype, "base") else times.dtype)[0]
-    if unit != "ns":
+    if getattr(times.dtype, "unit", "ns") != "ns":
         lo, hi = pd.Timestamp.min.tz_localize("UTC"), pd.Timestamp.max.tz_localize("UTC")
         times = times.where((times >= lo) & (times <= hi))
     return times.astype("datetime64[ns, UTC]")

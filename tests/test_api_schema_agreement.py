@@ -377,7 +377,7 @@ def test_generated_requests_agree_with_the_schema(servers: list[str]) -> None:
 def test_the_oracle_reads_the_range_from_the_schema() -> None:
     openapi = create_app(Settings(model=None)).openapi()
     schema = _local_refs(_request_schema(openapi))
-    base = {
+    base: dict[str, Any] = {
         "charge": {
             "charge_id": "c", "customer_id": "u", "amount": 100, "currency": "usd",
             "card": {"brand": "visa", "funding": "debit", "country": "US",
