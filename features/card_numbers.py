@@ -29,6 +29,7 @@ from typing import Final
 
 __all__ = [
     "REDACTED",
+    "body_may_hold_card_number",
     "contains_card_number",
     "find_card_number",
     "luhn_ok",
@@ -40,8 +41,11 @@ PAN_MAX_DIGITS: Final = 19
 REDACTED: Final = "<redacted>"
 
 # ASCII: digit runs joined by ASCII separators (white space and hyphens).
-_ASCII_RUN = re.compile(r"[0-9](?:[\s\-]*[0-9]){12,}")
+# (One simple character class: ~4x faster than a pattern with groups, which is tried at every
+# digit of every timestamp; stretches with fewer than 13 digits are dismissed by the groups.)
+_ASCII_RUN = re.compile(r"[0-9][0-9 \t\n\r\f\v\x1c-\x1f-]{11,}[0-9]")
 _ASCII_GROUP = re.compile(r"[0-9]+")
+_EXPONENT = re.compile(rb"[0-9][eE]")
 _EXTRA_SEPARATORS = frozenset("\u2212")  # minus sign (Sm) is used as a dash
 
 
@@ -112,7 +116,7 @@ def _value_holds_pan(value: object) -> bool:
     if isinstance(value, bool):
         return False
     if isinstance(value, int):
-        return value >= 10 ** (PAN_MIN_DIGITS - 1) and contains_card_number(str(value))
+        return abs(value) >= 10 ** (PAN_MIN_DIGITS - 1) and contains_card_number(str(abs(value)))
     if isinstance(value, float):
         return (
             value.is_integer()
@@ -120,6 +124,21 @@ def _value_holds_pan(value: object) -> bool:
             and contains_card_number(str(int(abs(value))))
         )
     return False
+
+
+def body_may_hold_card_number(raw: bytes) -> bool:
+    """Fast pre-check of a JSON body: False only when no decoded key or value holds a card
+    number (then :func:`find_card_number` would find none).
+
+    A body of printable ASCII without backslashes or NULs decodes to substrings of itself (no
+    escapes; UTF-16/32 bodies hold NULs), and JSON's quotes, commas, colons and brackets are
+    neither digits nor separators, so one scan of the raw text sees every string and number.
+    Any other body is left to the decoded walk (True), as is one with a number in exponent
+    notation (``4.242424242424242e15`` is a card number as an integer).
+    """
+    if not raw.isascii() or b"\\" in raw or b"\x00" in raw or _EXPONENT.search(raw):
+        return True
+    return contains_card_number(raw.decode("ascii"))
 
 
 def safe_key(key: str) -> str:

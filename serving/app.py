@@ -29,7 +29,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.concurrency import run_in_threadpool
 
-from retryopt.features.card_numbers import contains_card_number, find_card_number
+from retryopt.features.card_numbers import (
+    body_may_hold_card_number,
+    contains_card_number,
+    find_card_number,
+)
 from retryopt.serving.logs import configure_logging
 from retryopt.serving.metrics import Metrics
 from retryopt.serving.microbatch import MicroBatcher
@@ -274,7 +278,7 @@ def create_app(settings: Settings | None = None, *, store: ModelStore | None = N
         # Scans the decoded body (FastAPI has already parsed it and caches the result): keys
         # and values, JSON escapes and UTF-16/32 bodies included (features/card_numbers.py).
         raw = await request.body()
-        if not raw:
+        if not raw or not body_may_hold_card_number(raw):
             return
         try:
             where = find_card_number(await request.json())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -9,7 +10,12 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from retryopt.features.card_numbers import contains_card_number, luhn_ok
+from retryopt.features.card_numbers import (
+    body_may_hold_card_number,
+    contains_card_number,
+    find_card_number,
+    luhn_ok,
+)
 from retryopt.serving.policies.explain import _local_label, _night_means, _timestamp
 from retryopt.serving.policies.values import decay_powers
 from retryopt.serving.service import _iso
@@ -50,6 +56,23 @@ def test_pan_scan_equals_the_reference_scan(text: str) -> None:
     if "  " in text or "--" in text or " -" in text or "- " in text:
         return
     assert contains_card_number(text) == contains_card_number_reference(text)
+
+
+_JSON_TEXT = st.text(alphabet="0123456789 -x:T.", max_size=30)
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | _JSON_TEXT,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(_JSON_TEXT, inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(_JSON)
+def test_the_raw_pre_check_never_hides_a_card_number(obj: Any) -> None:
+    """The fast raw scan says "none" only when the decoded walk finds none."""
+    raw = json.dumps(obj).encode()
+    if not body_may_hold_card_number(raw):
+        assert find_card_number(obj) is None
 
 
 def test_pan_scan_finds_numbers_among_timestamps() -> None:
