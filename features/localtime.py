@@ -52,6 +52,7 @@ __all__ = [
     "country_default_timezone",
     "days_from_civil",
     "days_in_month",
+    "in_valid_range",
     "is_valid_timezone",
     "last_business_day",
     "local_hours",
@@ -82,6 +83,15 @@ TIMESTAMP_MAX: Final = dt.datetime(2099, 1, 1, tzinfo=dt.UTC)
 TIMESTAMP_MIN_NS: Final = 0
 TIMESTAMP_MAX_NS: Final = int((TIMESTAMP_MAX - TIMESTAMP_MIN).total_seconds()) * NS_PER_SECOND
 TIMESTAMP_RANGE_TEXT: Final = "from 1970-01-01T00:00:00Z up to (excluding) 2099-01-01T00:00:00Z"
+
+
+def in_valid_range(t: dt.datetime) -> bool:
+    """Whether an aware datetime lies in ``TIMESTAMP_MIN <= t < TIMESTAMP_MAX``."""
+    try:
+        return TIMESTAMP_MIN <= t < TIMESTAMP_MAX
+    except OverflowError:  # an offset moving the instant past year 9999
+        return False
+
 
 # --------------------------------------------------------------------------------------------
 # Zone resolution

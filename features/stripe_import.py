@@ -59,7 +59,7 @@ from retryopt.features.importing import (
     parse_major_amount,
     to_int,
 )
-from retryopt.features.localtime import TIMESTAMP_MAX, TIMESTAMP_MIN, TIMESTAMP_RANGE_TEXT
+from retryopt.features.localtime import TIMESTAMP_RANGE_TEXT, in_valid_range
 
 InputFormat = Literal["auto", "json", "jsonl", "csv"]
 INPUT_FORMATS: Final[tuple[str, ...]] = ("auto", "json", "jsonl", "csv")
@@ -150,11 +150,7 @@ def choose_decline_code(
 
 def _in_range(created: datetime) -> datetime:
     """``created`` if inside the project's valid range (features.localtime), else skipped."""
-    try:
-        ok = TIMESTAMP_MIN <= created < TIMESTAMP_MAX
-    except OverflowError:  # pragma: no cover - an offset past year 9999
-        ok = False
-    if not ok:
+    if not in_valid_range(created):
         raise RecordError(
             SKIP_INVALID, f"created is outside the valid range ({TIMESTAMP_RANGE_TEXT})"
         )

@@ -39,6 +39,7 @@ from retryopt.features.localtime import (
     TIMESTAMP_MIN,
     TIMESTAMP_RANGE_TEXT,
     canonical_timezone,
+    in_valid_range,
 )
 from retryopt.serving.columnar import ColumnarBatch
 from retryopt.serving.policies.rules import CardRef
@@ -65,11 +66,7 @@ def _iso_string(value: object) -> object:
 
 
 def _in_range(t: datetime) -> datetime:
-    try:
-        ok = TIMESTAMP_MIN <= t < TIMESTAMP_MAX
-    except OverflowError:  # an offset pushing the instant past year 9999
-        ok = False
-    if not ok:
+    if not in_valid_range(t):
         raise ValueError(f"timestamp out of range: valid {TIMESTAMP_RANGE_TEXT}")
     return t
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from retryopt.features.card_numbers import safe_key
 from retryopt.features.decisions import Constraints
+from retryopt.features.localtime import TIMESTAMP_RANGE_TEXT, in_valid_range
 from retryopt.serving.metrics import Metrics
 from retryopt.serving.model_store import ModelStore
 from retryopt.serving.policies import Decision, PlannerConfig
@@ -186,6 +187,17 @@ class DecisionService:
             Naming every bad field (of every request; ``prefixes`` prefix the field paths).
         """
         server_now = server_now or datetime.now(UTC)
+        if server_now.tzinfo is None or not in_valid_range(server_now):
+            # Only reachable from the Python API's ``now`` (the clock is in range until 2099).
+            raise RequestError(
+                [
+                    FieldIssue(
+                        "now",
+                        f"now must be an aware datetime {TIMESTAMP_RANGE_TEXT}",
+                        "out_of_range",
+                    )
+                ]
+            )
         issues: list[FieldIssue] = []
         out: list[PreparedRequest] = []
         seen: dict[str, int] = {}

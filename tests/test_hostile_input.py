@@ -301,6 +301,20 @@ def test_import_stripe_csv_dates_out_of_range(text: str) -> None:
     assert TIMESTAMP_MIN <= parse_created_text("2024-05-01 10:00") < TIMESTAMP_MAX
 
 
+@pytest.mark.parametrize(
+    "now", [datetime(2300, 1, 1, tzinfo=UTC), datetime(1, 1, 1, tzinfo=UTC), datetime(2026, 1, 6)]
+)
+def test_python_api_now_out_of_range(now: datetime) -> None:
+    import retryopt
+    from retryopt.serving.schemas import RequestError
+
+    b = body()
+    del b["now"]
+    with pytest.raises(RequestError) as info:
+        retryopt.decide([b], now=now)
+    assert [i.field for i in info.value.issues] == ["now"]
+
+
 # --- 2. card numbers: decoded keys and values, every encoding, every route ---------------------
 
 
