@@ -25,9 +25,11 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from retryopt.features.card_numbers import (
     body_may_hold_card_number,
@@ -305,6 +307,13 @@ def create_app(settings: Settings | None = None, *, store: ModelStore | None = N
         if exc.status_code == 401:
             resp.headers["WWW-Authenticate"] = "Bearer"
         return resp
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code == 400:  # a body FastAPI could not parse (e.g. nested too deep)
+            issue = FieldIssue("body", "the body could not be parsed as JSON", "body_unparseable")
+            return _error(400, [issue])
+        return await http_exception_handler(request, exc)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -315,6 +315,18 @@ def test_python_api_now_out_of_range(now: datetime) -> None:
     assert [i.field for i in info.value.issues] == ["now"]
 
 
+@pytest.mark.parametrize(
+    "raw", [b"[" * 100_000 + b"]" * 100_000, b'{"charge":' * 50_000 + b"1" + b"}" * 50_000]
+)
+@pytest.mark.parametrize("path", ["/v1/retry-decisions", "/admin/reload"])
+def test_deeply_nested_bodies_are_a_4xx_in_the_error_shape(
+    served: Served, raw: bytes, path: str
+) -> None:
+    r = post_raw(served.url, raw, path)
+    assert 400 <= r.status_code < 500
+    assert fields(r) == ["body"]
+
+
 # --- 2. card numbers: decoded keys and values, every encoding, every route ---------------------
 
 
