@@ -375,8 +375,7 @@ def test_card_numbers_in_other_body_encodings_are_rejected(served: Served, encod
     assert_no_card_number(r.text)
     # The same body without the number is decided (the service accepts these encodings).
     ok = post_raw(served.url, json.dumps(body()).encode(encoding))
-    assert ok.status_code in (200, 422)  # 422: some encodings are refused by the JSON parser
-    assert ok.status_code == 200 or ok.json()["detail"][0]["type"] != "pan_rejected"
+    assert ok.status_code == 200, ok.text
 
 
 @pytest.mark.parametrize("pan", ENCODINGS)
