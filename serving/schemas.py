@@ -41,6 +41,7 @@ from retryopt.features.localtime import (
     canonical_timezone,
     in_valid_range,
 )
+from retryopt.features.validation_report import MAX_EXP_YEAR, MIN_EXP_YEAR
 from retryopt.serving.columnar import ColumnarBatch
 from retryopt.serving.policies.rules import CardRef
 
@@ -137,7 +138,7 @@ class CardIn(_In):
     country: Country
     added_at: Timestamp
     exp_month: StrictInt = Field(ge=1, le=12)
-    exp_year: StrictInt = Field(ge=1970, le=2200)
+    exp_year: StrictInt = Field(ge=MIN_EXP_YEAR, le=MAX_EXP_YEAR)
     issuer: str | None = Field(default=None, max_length=128)
     card_id: str | None = Field(default=None, max_length=128)
 
@@ -198,7 +199,7 @@ class HistoryRowIn(_In):
     card_country: Country | None = None
     card_added_at: Timestamp | None = None
     card_exp_month: StrictInt | None = Field(default=None, ge=1, le=12)
-    card_exp_year: StrictInt | None = Field(default=None, ge=1970, le=2200)
+    card_exp_year: StrictInt | None = Field(default=None, ge=MIN_EXP_YEAR, le=MAX_EXP_YEAR)
     card_id: str | None = Field(default=None, max_length=128)
     issuer: str | None = Field(default=None, max_length=128)
 

@@ -447,6 +447,8 @@ def test_a_newline_in_a_key_cannot_forge_a_log_line(served: Served) -> None:
         ("charge.amount", "2500", "charge.amount"),
         ("charge.amount", 2500.0, "charge.amount"),
         ("charge.card.exp_month", False, "charge.card.exp_month"),
+        ("charge.card.exp_year", 1975, "charge.card.exp_year"),  # the contract's 1980-2100
+        ("charge.card.exp_year", 2150, "charge.card.exp_year"),
         ("attempts.0.attempted_at", 1767600000, "attempts[0].attempted_at"),
         ("attempts.0.attempted_at", "1767600000", "attempts[0].attempted_at"),
         ("charge.customer_timezone", "Mars/Olympus_Mons", "charge.customer_timezone"),
