@@ -41,12 +41,18 @@ __all__ = [
     "NS_PER_DAY",
     "NS_PER_HOUR",
     "NS_PER_SECOND",
+    "TIMESTAMP_MAX",
+    "TIMESTAMP_MAX_NS",
+    "TIMESTAMP_MIN",
+    "TIMESTAMP_MIN_NS",
+    "TIMESTAMP_RANGE_TEXT",
     "canonical_timezone",
     "civil_from_days",
     "constant_offset",
     "country_default_timezone",
     "days_from_civil",
     "days_in_month",
+    "in_valid_range",
     "is_valid_timezone",
     "last_business_day",
     "local_hours",
@@ -66,6 +72,26 @@ NS_PER_SECOND: Final = 1_000_000_000
 NS_PER_HOUR: Final = 3600 * NS_PER_SECOND
 NS_PER_DAY: Final = 24 * NS_PER_HOUR
 NAT_INT: Final = np.iinfo(np.int64).min
+
+# The valid range of every timestamp the project reads (attempts, cards, ``now``; API, data
+# contract, importers): TIMESTAMP_MIN <= t < TIMESTAMP_MAX. The upper bound leaves room for what
+# is computed after the latest time: a retry window of up to 120 days and the 21-day candidate
+# grid stay inside the zone offset tables (1970-2100, :func:`zone_offset_table`) and far inside
+# pandas' nanosecond range (1677-2262).
+TIMESTAMP_MIN: Final = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+TIMESTAMP_MAX: Final = dt.datetime(2099, 1, 1, tzinfo=dt.UTC)
+TIMESTAMP_MIN_NS: Final = 0
+TIMESTAMP_MAX_NS: Final = int((TIMESTAMP_MAX - TIMESTAMP_MIN).total_seconds()) * NS_PER_SECOND
+TIMESTAMP_RANGE_TEXT: Final = "from 1970-01-01T00:00:00Z up to (excluding) 2099-01-01T00:00:00Z"
+
+
+def in_valid_range(t: dt.datetime) -> bool:
+    """Whether an aware datetime lies in ``TIMESTAMP_MIN <= t < TIMESTAMP_MAX``."""
+    try:
+        return TIMESTAMP_MIN <= t < TIMESTAMP_MAX
+    except OverflowError:  # an offset moving the instant past year 9999
+        return False
+
 
 # --------------------------------------------------------------------------------------------
 # Zone resolution

@@ -59,6 +59,7 @@ from retryopt.features.importing import (
     parse_major_amount,
     to_int,
 )
+from retryopt.features.localtime import TIMESTAMP_RANGE_TEXT, in_valid_range
 
 InputFormat = Literal["auto", "json", "jsonl", "csv"]
 INPUT_FORMATS: Final[tuple[str, ...]] = ("auto", "json", "jsonl", "csv")
@@ -147,14 +148,24 @@ def choose_decline_code(
     return chosen
 
 
+def _in_range(created: datetime) -> datetime:
+    """``created`` if inside the project's valid range (features.localtime), else skipped."""
+    if not in_valid_range(created):
+        raise RecordError(
+            SKIP_INVALID, f"created is outside the valid range ({TIMESTAMP_RANGE_TEXT})"
+        )
+    return created
+
+
 def _created_from_unix(value: Any) -> datetime:
     seconds = to_int(value, name="created")
     if seconds is None:
         raise RecordError(SKIP_INVALID, "created is missing")
     try:
-        return datetime.fromtimestamp(seconds, UTC)
+        created = datetime.fromtimestamp(seconds, UTC)
     except (OverflowError, OSError, ValueError):
         raise RecordError(SKIP_INVALID, f"created is out of range ({value!r})") from None
+    return _in_range(created)
 
 
 def parse_created_text(text: str, *, zone: str = "UTC") -> datetime:
@@ -174,7 +185,11 @@ def parse_created_text(text: str, *, zone: str = "UTC") -> datetime:
         raise RecordError(SKIP_INVALID, f"created date is not a date-time ({text!r})") from None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=ZoneInfo(zone))
-    return parsed.astimezone(UTC)
+    try:
+        parsed = parsed.astimezone(UTC)
+    except OverflowError:
+        raise RecordError(SKIP_INVALID, f"created date is out of range ({text!r})") from None
+    return _in_range(parsed)
 
 
 # --------------------------------------------------------------------------------------------

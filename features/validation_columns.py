@@ -16,11 +16,16 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from retryopt.features.localtime import TIMESTAMP_MAX_NS, TIMESTAMP_MIN_NS
 from retryopt.features.validation_report import Checks
 
 _TS_NS_UTC = pa.timestamp("ns", tz="UTC")
 # A time of day followed by a zone designator: "...10:00Z", "...10:00:00.5+05:30", "...-0800".
 _ZONE_RE = r"\d\d:\d\d(?::\d\d(?:[.,]\d+)?)?\s*(?:[Zz]|[+-]\d\d(?::?\d\d)?)$"
+# A well-formed ISO 8601 date and time of day with a zone (used to tell "year out of range" from
+# garbage when the parsers reject a value).
+_YEAR_RE = r"^\s*[+-]?(?P<year>\d{4,})-\d\d-\d\d[Tt ]\d\d:\d\d.*(?:[Zz]|[+-]\d\d(?::?\d\d)?)$"
+_PANDAS_MIN_YEAR, _PANDAS_MAX_YEAR = 1678, 2261  # whole years of datetime64[ns]
 _NUMBER_RE = r"^[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?$"
 
 
@@ -81,7 +86,51 @@ class Parsed(NamedTuple):
 
 
 def parse_timestamps(arr: pa.Array) -> Parsed:
-    """ISO 8601 with offset or Z -> ``timestamp[ns, UTC]``; zone-less values are rejected."""
+    """ISO 8601 with offset or Z -> ``timestamp[ns, UTC]``; zone-less values are rejected, and
+    so are instants outside the valid range (:data:`features.localtime.TIMESTAMP_MIN` <= t <
+    :data:`~features.localtime.TIMESTAMP_MAX`; rule ``timestamp_out_of_range``, value nulled)."""
+    parsed = _parse_timestamps(arr)
+    return _range_checked(parsed, arr)
+
+
+def _range_checked(parsed: Parsed, arr: pa.Array) -> Parsed:
+    values = parsed.values
+    ns = np.asarray(
+        pc.fill_null(pc.cast(values, pa.int64()), TIMESTAMP_MIN_NS).to_numpy(zero_copy_only=False),
+        dtype=np.int64,
+    )
+    out_of_range = (ns < TIMESTAMP_MIN_NS) | (ns >= TIMESTAMP_MAX_NS)
+    bad = dict(parsed.bad)
+    unparseable = bad.get("timestamp_unparseable")
+    if unparseable is not None and unparseable.any():
+        # Beyond pandas' nanosecond range (1677-2262) the parsers give up: a value with a
+        # well-formed date but such a year is out of range, not garbage.
+        idx = np.flatnonzero(unparseable)
+        text = as_string(arr.take(pa.array(idx)))
+        found = pc.extract_regex(text, _YEAR_RE)
+        year = pc.cast(pc.struct_field(found, "year"), pa.int64())
+        outside_pandas = pc.or_(pc.less(year, _PANDAS_MIN_YEAR), pc.greater(year, _PANDAS_MAX_YEAR))
+        moved = idx[np_bool(outside_pandas)]
+        unparseable = unparseable.copy()
+        unparseable[moved] = False
+        out_of_range[moved] = True
+        bad["timestamp_unparseable"] = unparseable
+    if out_of_range.any():
+        bad["timestamp_out_of_range"] = out_of_range
+        values = pc.if_else(pa.array(out_of_range), pa.scalar(None, _TS_NS_UTC), values)
+    return Parsed(values, parsed.missing, bad)
+
+
+def _to_ns(times: pd.Series) -> pd.Series:
+    """Parsed times as ``datetime64[ns, UTC]``; times beyond its range (pandas may parse them at
+    a coarser unit) become NaT."""
+    if getattr(times.dtype, "unit", "ns") != "ns":
+        lo, hi = pd.Timestamp.min.tz_localize("UTC"), pd.Timestamp.max.tz_localize("UTC")
+        times = times.where((times >= lo) & (times <= hi))
+    return times.astype("datetime64[ns, UTC]")
+
+
+def _parse_timestamps(arr: pa.Array) -> Parsed:
     n = len(arr)
     missing = np.asarray(arr.is_null().to_numpy(zero_copy_only=False), dtype=bool)
     if pa.types.is_timestamp(arr.type) and arr.type.tz is not None:
@@ -105,9 +154,11 @@ def parse_timestamps(arr: pa.Array) -> Parsed:
         unparseable = np.zeros(n, dtype=bool)
     except pa.ArrowInvalid:
         # Some zoned strings are not ISO 8601 for arrow; let pandas decide, row by row.
-        parsed = pd.to_datetime(
-            pd.Series(zoned.to_pandas()), format="ISO8601", utc=True, errors="coerce"
-        ).astype("datetime64[ns, UTC]")
+        parsed = _to_ns(
+            pd.to_datetime(
+                pd.Series(zoned.to_pandas()), format="ISO8601", utc=True, errors="coerce"
+            )
+        )
         values = pa.array(parsed, type=_TS_NS_UTC)
         unparseable = has_zone & parsed.isna().to_numpy()
     no_zone = ~missing & ~has_zone

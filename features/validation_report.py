@@ -16,6 +16,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from retryopt.features.localtime import TIMESTAMP_RANGE_TEXT
+
 MAX_EXAMPLES = 5
 """How many row numbers and values an issue lists."""
 
@@ -29,6 +31,7 @@ RULES: dict[str, str] = {
     "missing_value": "missing required value",
     "timestamp_unparseable": "not an ISO 8601 timestamp",
     "timestamp_no_zone": "timestamp without zone offset (ISO 8601 needs 'Z' or '+HH:MM')",
+    "timestamp_out_of_range": f"timestamp outside the valid range ({TIMESTAMP_RANGE_TEXT})",
     "not_a_number": "not a number",
     "fractional": "fractional number (must be an integer)",
     "not_positive": "not positive (must be > 0 minor units)",

@@ -27,11 +27,18 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
+from retryopt.features.card_numbers import (
+    body_may_hold_card_number,
+    contains_card_number,
+    find_card_number,
+)
+from retryopt.serving.logs import configure_logging
 from retryopt.serving.metrics import Metrics
 from retryopt.serving.microbatch import MicroBatcher
 from retryopt.serving.model_store import (
@@ -51,8 +58,6 @@ from retryopt.serving.schemas import (
     ModelOut,
     ReloadIn,
     RequestError,
-    body_may_contain_pan,
-    find_pan,
 )
 from retryopt.serving.service import (
     DecisionService,
@@ -420,23 +425,29 @@ def create_app(settings: Settings | None = None, *, store: ModelStore | None = N
     models_root = settings.admin_models_root()
 
     async def reject_pan(request: Request) -> None:
+        # Scans the decoded body (FastAPI has already parsed it and caches the result): keys
+        # and values, JSON escapes and UTF-16/32 bodies included (features/card_numbers.py).
         raw = await request.body()
-        if raw and body_may_contain_pan(raw):
-            try:
-                where = find_pan(json.loads(raw))
-            except ValueError:
-                where = "body"
-            log.warning("request rejected: a card number was sent (field %s)", where)
-            raise RequestError(
-                [
-                    FieldIssue(
-                        where or "body",
-                        "looks like a card number (13-19 digits passing the Luhn check); card "
-                        "numbers are never accepted, send card metadata only",
-                        "pan_rejected",
-                    )
-                ]
-            )
+        if not raw or not body_may_hold_card_number(raw):
+            return
+        try:
+            where = find_card_number(await request.json())
+        except ValueError:  # not JSON: its validation answers 422, unless it holds a number
+            text = raw.decode("utf-8", errors="replace")
+            where = "body" if contains_card_number(text) else None
+        if where is None:
+            return
+        log.warning("request rejected: a card number was sent (field %s)", where)
+        raise RequestError(
+            [
+                FieldIssue(
+                    where,
+                    "looks like a card number (13-19 digits passing the Luhn check); card "
+                    "numbers are never accepted, send card metadata only",
+                    "pan_rejected",
+                )
+            ]
+        )
 
     @app.exception_handler(BodyTooLarge)
     async def _too_large(request: Request, exc: BodyTooLarge) -> JSONResponse:
@@ -448,6 +459,13 @@ def create_app(settings: Settings | None = None, *, store: ModelStore | None = N
         if exc.status_code == 401:
             resp.headers["WWW-Authenticate"] = "Bearer"
         return resp
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(request: Request, exc: HTTPException) -> Response:
+        if exc.status_code == 400:  # a body FastAPI could not parse (e.g. nested too deep)
+            issue = FieldIssue("body", "the body could not be parsed as JSON", "body_unparseable")
+            return _error(400, [issue])
+        return await http_exception_handler(request, exc)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -566,6 +584,7 @@ def create_app(settings: Settings | None = None, *, store: ModelStore | None = N
 
     @app.post(
         "/admin/reload",
+        dependencies=[Depends(reject_pan)],
         responses={
             **_ERRORS,
             403: {"model": ErrorOut, "description": "not loopback and no admin token set"},
@@ -620,7 +639,7 @@ def create_app(settings: Settings | None = None, *, store: ModelStore | None = N
 
 def create_app_from_env() -> FastAPI:
     """Uvicorn factory: settings from ``RETRYOPT_*`` environment variables."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure_logging()
     return create_app(load_settings())
 
 

@@ -5,25 +5,43 @@ shapes and types with pydantic (timestamps must carry a zone); :func:`check_requ
 cross-field rules (order of attempts, ``now`` after the last attempt, limits) and names the
 offending field. :func:`to_batch` turns validated requests into a
 :class:`serving.columnar.ColumnarBatch` (a ``DecisionBatch`` held as numpy columns).
-Outbound models (``*Out``) describe the responses. :func:`find_pan` rejects anything that looks
-like a card number.
+Outbound models (``*Out``) describe the responses. Card numbers are refused before any of this
+(:mod:`retryopt.features.card_numbers`).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictFloat,
+    StrictInt,
+    field_validator,
+)
 
 from retryopt.features import contract as c
 from retryopt.features.columns import AttemptColumns
 from retryopt.features.decisions import Constraints
-from retryopt.features.localtime import canonical_timezone
+from retryopt.features.iso_codes import COUNTRIES, CURRENCIES
+from retryopt.features.localtime import (
+    TIMESTAMP_MAX,
+    TIMESTAMP_MIN,
+    TIMESTAMP_RANGE_TEXT,
+    canonical_timezone,
+    in_valid_range,
+)
+from retryopt.features.validation_report import MAX_EXP_YEAR, MIN_EXP_YEAR
 from retryopt.serving.columnar import ColumnarBatch
 from retryopt.serving.policies.rules import CardRef
 
@@ -36,19 +54,91 @@ def _ns(t: datetime) -> int:
     return ((t - _EPOCH) // _US) * 1000
 
 
+_ISO_DATE_TIME = re.compile(r"\d{4}-\d\d-\d\d[Tt ]\d\d:\d\d")
+
+
+def _iso_string(value: object) -> object:
+    # JSON has no time type: a timestamp is an ISO 8601 string (not a number of seconds).
+    if isinstance(value, str) and not _ISO_DATE_TIME.match(value.strip()):
+        raise ValueError("not an ISO 8601 date-time with a zone (2026-01-05T13:00:00Z)")
+    if isinstance(value, bool | int | float):
+        raise ValueError("a timestamp is an ISO 8601 string (2026-01-05T13:00:00Z)")
+    return value
+
+
+def _in_range(t: datetime) -> datetime:
+    if not in_valid_range(t):
+        raise ValueError(f"timestamp out of range: valid {TIMESTAMP_RANGE_TEXT}")
+    return t
+
+
+Timestamp = Annotated[
+    AwareDatetime,
+    BeforeValidator(_iso_string),
+    AfterValidator(_in_range),
+    Field(
+        json_schema_extra={
+            "formatMinimum": TIMESTAMP_MIN.isoformat().replace("+00:00", "Z"),
+            "formatExclusiveMaximum": TIMESTAMP_MAX.isoformat().replace("+00:00", "Z"),
+        }
+    ),
+]
+"""An ISO 8601 / RFC 3339 timestamp with a zone, in the project's valid range
+(:data:`features.localtime.TIMESTAMP_MIN` <= t < :data:`~features.localtime.TIMESTAMP_MAX`)."""
+
+
+def _code_set(codes: frozenset[str]) -> list[str]:
+    """The codes in lower and upper case (the API accepts either, not mixed)."""
+    return sorted({x.lower() for x in codes} | {x.upper() for x in codes})
+
+
+def _one_of(allowed: frozenset[str], what: str) -> AfterValidator:
+    def check(value: str) -> str:
+        if value not in allowed:
+            raise ValueError(f"not {what} (lower or upper case)")
+        return value
+
+    return AfterValidator(check)
+
+
+_CURRENCY_CODES = _code_set(CURRENCIES)
+_COUNTRY_CODES = _code_set(COUNTRIES)
+Currency = Annotated[
+    str,
+    _one_of(frozenset(_CURRENCY_CODES), "an ISO 4217 currency code"),
+    Field(json_schema_extra={"enum": _CURRENCY_CODES}, description="ISO 4217 (usd or USD)"),
+]
+Country = Annotated[
+    str,
+    _one_of(frozenset(_COUNTRY_CODES), "an ISO 3166-1 alpha-2 country code"),
+    Field(json_schema_extra={"enum": _COUNTRY_CODES}, description="ISO 3166-1 alpha-2"),
+]
+
+
+def _blank_is_absent(value: object) -> object:
+    return None if isinstance(value, str) and not value.strip() else value
+
+
 class _In(BaseModel):
-    model_config = ConfigDict(extra="ignore", str_strip_whitespace=True, frozen=True)
+    # Numbers are StrictInt / StrictFloat (``"amount": true`` or ``"1"`` is not a number) and
+    # timestamps are strings (:data:`Timestamp`): JSON types as the OpenAPI schema declares
+    # them. Whitespace around strings is ignored.
+    model_config = ConfigDict(
+        extra="ignore", str_strip_whitespace=True, frozen=True, allow_inf_nan=False
+    )
 
 
 class CardIn(_In):
     """The card to charge (the current card of the charge)."""
 
-    brand: str = Field(min_length=1, max_length=32, description="visa, mastercard, amex, ...")
+    brand: str = Field(
+        min_length=1, max_length=32, pattern=r"\S", description="visa, mastercard, amex, ..."
+    )
     funding: Literal["credit", "debit", "prepaid", "unknown"]
-    country: str = Field(pattern=r"^[A-Za-z]{2}$", description="ISO 3166-1 alpha-2")
-    added_at: AwareDatetime
-    exp_month: int = Field(ge=1, le=12)
-    exp_year: int = Field(ge=1970, le=2200)
+    country: Country
+    added_at: Timestamp
+    exp_month: StrictInt = Field(ge=1, le=12)
+    exp_year: StrictInt = Field(ge=MIN_EXP_YEAR, le=MAX_EXP_YEAR)
     issuer: str | None = Field(default=None, max_length=128)
     card_id: str | None = Field(default=None, max_length=128)
 
@@ -56,12 +146,17 @@ class CardIn(_In):
 class ChargeIn(_In):
     """The failed charge."""
 
-    charge_id: str = Field(min_length=1, max_length=255)
-    customer_id: str = Field(min_length=1, max_length=255)
-    amount: int = Field(gt=0, le=10**12, description="minor units (cents)")
-    currency: str = Field(pattern=r"^[A-Za-z]{3}$")
+    charge_id: str = Field(min_length=1, max_length=255, pattern=r"\S")
+    customer_id: str = Field(min_length=1, max_length=255, pattern=r"\S")
+    amount: StrictInt = Field(gt=0, le=10**12, description="minor units (cents)")
+    currency: Currency
     card: CardIn
-    customer_timezone: str | None = Field(default=None, max_length=64)
+    customer_timezone: Annotated[str | None, BeforeValidator(_blank_is_absent)] = Field(
+        default=None,
+        max_length=64,
+        description="IANA zone name (letter case and surrounding space ignored); empty or "
+        "blank = absent, as in the data contract (the card country's zone is used)",
+    )
 
     @field_validator("customer_timezone")
     @classmethod
@@ -70,14 +165,14 @@ class ChargeIn(_In):
             return None
         zone = canonical_timezone(value)
         if zone is None:
-            raise ValueError(f"unknown IANA time zone {value!r}")
+            raise ValueError("unknown IANA time zone")
         return zone
 
 
 class AttemptIn(_In):
     """One attempt of the charge, oldest first."""
 
-    attempted_at: AwareDatetime
+    attempted_at: Timestamp
     outcome: Literal["failed", "succeeded"]
     decline_code: str | None = Field(default=None, max_length=64)
     network_advice_code: str | None = Field(default=None, max_length=32)
@@ -91,42 +186,38 @@ class HistoryRowIn(_In):
     """An earlier attempt of the same customer (data-contract columns; card defaults to the
     charge's card)."""
 
-    charge_id: str = Field(min_length=1, max_length=255)
-    attempted_at: AwareDatetime
+    charge_id: str = Field(min_length=1, max_length=255, pattern=r"\S")
+    attempted_at: Timestamp
     outcome: Literal["failed", "succeeded"]
     attempt_id: str | None = Field(default=None, max_length=255)
-    amount: int | None = Field(default=None, gt=0, le=10**12)
-    currency: str | None = Field(default=None, pattern=r"^[A-Za-z]{3}$")
+    amount: StrictInt | None = Field(default=None, gt=0, le=10**12)
+    currency: Currency | None = None
     decline_code: str | None = Field(default=None, max_length=64)
     network_advice_code: str | None = Field(default=None, max_length=32)
     card_brand: str | None = Field(default=None, max_length=32)
     card_funding: Literal["credit", "debit", "prepaid", "unknown"] | None = None
-    card_country: str | None = Field(default=None, pattern=r"^[A-Za-z]{2}$")
-    card_added_at: AwareDatetime | None = None
-    card_exp_month: int | None = Field(default=None, ge=1, le=12)
-    card_exp_year: int | None = Field(default=None, ge=1970, le=2200)
+    card_country: Country | None = None
+    card_added_at: Timestamp | None = None
+    card_exp_month: StrictInt | None = Field(default=None, ge=1, le=12)
+    card_exp_year: StrictInt | None = Field(default=None, ge=MIN_EXP_YEAR, le=MAX_EXP_YEAR)
     card_id: str | None = Field(default=None, max_length=128)
     issuer: str | None = Field(default=None, max_length=128)
+
+
+_Hour = Annotated[StrictInt, Field(ge=0, le=23)]
 
 
 class ConstraintsIn(_In):
     """Merchant constraints; omitted fields take the server defaults."""
 
-    max_retries: int | None = Field(default=None, ge=0, le=50)
-    window_hours: float | None = Field(default=None, gt=0, le=24 * 120)
-    min_gap_hours: float | None = Field(default=None, ge=0, le=24 * 30)
-    quiet_hours: tuple[int, int] | None = Field(
+    max_retries: StrictInt | None = Field(default=None, ge=0, le=50)
+    window_hours: StrictFloat | None = Field(default=None, gt=0, le=24 * 120)
+    min_gap_hours: StrictFloat | None = Field(default=None, ge=0, le=24 * 30)
+    quiet_hours: tuple[_Hour, _Hour] | None = Field(
         default=None, description="(start, end) local hours, 0-23; (22, 7) wraps midnight"
     )
-    cost_per_attempt: float | None = Field(default=None, ge=0, le=1e12)
-    daily_discount: float | None = Field(default=None, ge=0, lt=1)
-
-    @field_validator("quiet_hours")
-    @classmethod
-    def _hours(cls, value: tuple[int, int] | None) -> tuple[int, int] | None:
-        if value is not None and not all(0 <= h <= 23 for h in value):
-            raise ValueError("quiet hours must be in 0-23")
-        return value
+    cost_per_attempt: StrictFloat | None = Field(default=None, ge=0, le=1e12)
+    daily_discount: StrictFloat | None = Field(default=None, ge=0, lt=1)
 
     def resolve(self, defaults: Constraints) -> Constraints:
         """These constraints with omitted fields taken from ``defaults``."""
@@ -142,7 +233,7 @@ class DecisionRequest(_In):
     charge: ChargeIn
     attempts: list[AttemptIn] = Field(min_length=1)
     customer_history: list[HistoryRowIn] | None = None
-    now: AwareDatetime | None = Field(default=None, description="default: the server clock")
+    now: Timestamp | None = Field(default=None, description="default: the server clock")
     constraints: ConstraintsIn | None = None
 
 
@@ -294,8 +385,8 @@ def check_request(
             issues.append(
                 FieldIssue(
                     f"{f}.attempted_at",
-                    f"attempts out of order: {a.attempted_at.isoformat()} is before the previous "
-                    f"attempt at {prev.isoformat()} (row {i + 1}); send attempts oldest first",
+                    f"attempts out of order: attempt {i + 1} is before the previous attempt; "
+                    "send attempts oldest first",
                     "out_of_order",
                 )
             )
@@ -320,80 +411,11 @@ def check_request(
         issues.append(
             FieldIssue(
                 f"{prefix}now",
-                f"now {now.isoformat()} is before the last attempt at {prev.isoformat()}",
+                "now is before the last attempt",
                 "now_before_last_attempt",
             )
         )
     return issues
-
-
-# ------------------------------------------------------------------------------------------
-# Card numbers (PAN) never enter the service
-# ------------------------------------------------------------------------------------------
-
-_PAN_BYTES = re.compile(rb"(?<![0-9])(?:[0-9][ -]?){12,18}[0-9](?![0-9])")
-
-
-def luhn_ok(digits: str) -> bool:
-    """Whether a digit string passes the Luhn check."""
-    total = 0
-    for k, ch in enumerate(reversed(digits)):
-        d = ord(ch) - 48
-        if k % 2 == 1:
-            d *= 2
-            if d > 9:
-                d -= 9
-        total += d
-    return total % 10 == 0
-
-
-def _looks_like_pan(text: str) -> bool:
-    digits = text.replace(" ", "").replace("-", "")
-    return 13 <= len(digits) <= 19 and digits.isdigit() and luhn_ok(digits)
-
-
-# Maximal stretches of digits, spaces and dashes, from a digit to a digit, of at least 13
-# characters: every match of _PAN_BYTES lies inside one (it is such a stretch itself and the
-# characters around a stretch are neither digits nor separators), and this simple pattern scans
-# a request about 5x faster than _PAN_BYTES (whose look-behind and groups are tried at every
-# digit of every timestamp).
-_PAN_STRETCH = re.compile(rb"[0-9][0-9 -]{11,}[0-9]")
-
-
-def body_may_contain_pan(raw: bytes) -> bool:
-    """Fast pre-check over the raw body: any 13-19 digit run passing Luhn?"""
-    for stretch in _PAN_STRETCH.finditer(raw):
-        for m in _PAN_BYTES.finditer(raw, stretch.start(), stretch.end()):
-            if _looks_like_pan(m.group().decode("ascii")):
-                return True
-    return False
-
-
-def _walk(obj: object, path: str) -> Iterator[tuple[str, object]]:
-    if isinstance(obj, dict):
-        for k, v in obj.items():
-            key = str(k)
-            yield f"{path}.{key}" if path else key, key
-            yield from _walk(v, f"{path}.{key}" if path else key)
-    elif isinstance(obj, list):
-        for i, v in enumerate(obj):
-            yield from _walk(v, f"{path}[{i}]")
-    else:
-        yield path, obj
-
-
-def find_pan(obj: object) -> str | None:
-    """The JSON path of the first value (or key) that looks like a card number, else None.
-
-    A value looks like a card number when, without spaces and dashes, it is 13-19 digits that
-    pass the Luhn check (strings or integers). The value itself is never returned.
-    """
-    for path, value in _walk(obj, ""):
-        if isinstance(value, bool):
-            continue
-        if isinstance(value, int | str) and _looks_like_pan(str(value)):
-            return path or "body"
-    return None
 
 
 # ------------------------------------------------------------------------------------------

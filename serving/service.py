@@ -13,7 +13,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from retryopt.features.card_numbers import safe_key
 from retryopt.features.decisions import Constraints
+from retryopt.features.localtime import TIMESTAMP_RANGE_TEXT, in_valid_range
 from retryopt.serving.metrics import Metrics
 from retryopt.serving.model_store import ModelStore
 from retryopt.serving.policies import Decision, PlannerConfig
@@ -66,7 +68,8 @@ def _field_path(loc: Sequence[int | str]) -> str:
         elif p in ("function-after", "function-before", "function-wrap") or "[" in str(p):
             continue
         else:
-            out += f".{p}" if out else str(p)
+            key = safe_key(str(p))
+            out += f".{key}" if out else key
     return out or "body"
 
 
@@ -184,6 +187,17 @@ class DecisionService:
             Naming every bad field (of every request; ``prefixes`` prefix the field paths).
         """
         server_now = server_now or datetime.now(UTC)
+        if server_now.tzinfo is None or not in_valid_range(server_now):
+            # Only reachable from the Python API's ``now`` (the clock is in range until 2099).
+            raise RequestError(
+                [
+                    FieldIssue(
+                        "now",
+                        f"now must be an aware datetime {TIMESTAMP_RANGE_TEXT}",
+                        "out_of_range",
+                    )
+                ]
+            )
         issues: list[FieldIssue] = []
         out: list[PreparedRequest] = []
         seen: dict[str, int] = {}
@@ -195,7 +209,7 @@ class DecisionService:
                 issues.append(
                     FieldIssue(
                         f"{prefix}charge.charge_id",
-                        f"charge {cid!r} appears twice (requests {seen[cid] + 1} and {i + 1})",
+                        f"the same charge_id appears twice (requests {seen[cid] + 1} and {i + 1})",
                         "duplicate",
                     )
                 )
