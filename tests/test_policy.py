@@ -31,6 +31,8 @@ from retryopt.serving.policies import (
     Reason,
     plan_values,
 )
+from retryopt.serving.policies.guardrail import NO_DEADLINE, apply_guardrail, guardrail_deadlines
+from retryopt.serving.policies.rules import RuleResult
 from retryopt.serving.schemas import DecisionRequest, to_batch
 
 T0_NS = np.datetime64(T0.replace(tzinfo=None), "ns")
@@ -384,3 +386,25 @@ def test_guardrail_pulls_a_late_choice_forward_and_keeps_the_step() -> None:
     )
     again = _decide(PlannerPolicy(model, guardrail_hours=ladder), later, Constraints())
     assert again.retry_at is not None and again.retry_at - T0 <= timedelta(hours=72)
+
+
+def test_guardrail_deadline_and_mask() -> None:
+    """The deadline is the first step after the last attempt; no allowed time by then keeps the
+    earliest allowed time only."""
+    t0 = np.datetime64("2026-01-05T08:00", "ns")
+    hour = np.timedelta64(1, "h")
+    rule = RuleResult(charge_id="c", stop=False, first_failure=t0, last_attempt=t0 + 80 * hour)
+    early = RuleResult(charge_id="e", stop=False, first_failure=t0, last_attempt=t0 + 30 * hour)
+    done = RuleResult(charge_id="d", stop=False, first_failure=t0, last_attempt=t0 + 300 * hour)
+    deadlines = guardrail_deadlines([rule, early, done], (72.0, 120.0, 168.0))
+    assert deadlines[0] == (t0 + 120 * hour).astype(np.int64)
+    assert deadlines[1] == (t0 + 72 * hour).astype(np.int64)  # the unused step stays
+    assert deadlines[2] == NO_DEADLINE
+    grid = (t0 + np.arange(100, 140)[None, :] * hour).repeat(2, axis=0)
+    allowed = np.ones(grid.shape, dtype=bool)
+    allowed[1, :] = False
+    allowed[1, 30:] = True  # only hours 130+ allowed for the second row
+    deadline = np.array([(t0 + 110 * hour).astype(np.int64)] * 2)
+    out = apply_guardrail(grid, allowed, deadline)
+    assert out[0].sum() == 11 and out[0, :11].all()  # hours 100..110
+    assert out[1].sum() == 1 and out[1, 30]  # the earliest allowed time
