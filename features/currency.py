@@ -128,6 +128,10 @@ class FxRates:
         if self.reporting not in self.units_per_usd:
             raise ValueError(f"reporting currency {self.reporting!r} has no rate")
 
+    def __hash__(self) -> int:
+        """Hash of the rates' contents (constraints holding rates key groups of requests)."""
+        return hash((tuple(sorted(self.units_per_usd.items())), self.reporting, self.source))
+
     def to_reporting(self, amount_minor: np.ndarray, currency: np.ndarray) -> np.ndarray:
         """Convert minor-unit amounts of each row's currency to the reporting currency.
 

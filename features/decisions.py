@@ -7,11 +7,15 @@ synthetic world's :func:`play` pass every charge that is still being collected.
 
 from __future__ import annotations
 
+import itertools
+import math
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 import numpy as np
 import pandas as pd
+
+from retryopt.features.objective import Objective
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -29,19 +33,22 @@ class Constraints:
     quiet_hours
         Optional ``(start_hour, end_hour)`` in the customer's local time during which no retry
         is scheduled (``(22, 7)`` wraps midnight).
-    cost_per_attempt
-        Optional cost of one attempt in the charge's minor units, weighed against the expected
-        recovered amount.
-    daily_discount
-        Optional daily discount rate for money collected later (0.0 = none).
+    objective
+        What collecting the charge is worth: reporting currency, cost per attempt, daily
+        cancellation hazard and time value of cash (:class:`features.objective.Objective`, whose
+        defaults carry their sources).
+    guardrail_hours
+        Optional static schedule (hours after the first failure, increasing) that acts as a
+        floor: the next retry comes no later than the schedule's first step after the last
+        attempt (a step the planner pulled earlier stays available for later). ``None`` = off.
     """
 
     max_retries: int = 4
     window_hours: float = 504.0
     min_gap_hours: float = 1.0
     quiet_hours: tuple[int, int] | None = None
-    cost_per_attempt: float = 0.0
-    daily_discount: float = 0.0
+    objective: Objective = field(default_factory=Objective)
+    guardrail_hours: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.max_retries < 0:
@@ -52,10 +59,12 @@ class Constraints:
             raise ValueError(f"min_gap_hours must be >= 0, got {self.min_gap_hours}")
         if self.quiet_hours is not None and not all(0 <= h <= 23 for h in self.quiet_hours):
             raise ValueError(f"quiet_hours must be hours 0-23, got {self.quiet_hours}")
-        if self.cost_per_attempt < 0:
-            raise ValueError(f"cost_per_attempt must be >= 0, got {self.cost_per_attempt}")
-        if not 0 <= self.daily_discount < 1:
-            raise ValueError(f"daily_discount must be in [0, 1), got {self.daily_discount}")
+        if self.guardrail_hours is not None:
+            hours = self.guardrail_hours
+            if not hours or any(not math.isfinite(h) or h <= 0 for h in hours):
+                raise ValueError(f"guardrail_hours must be positive hours, got {hours}")
+            if any(b <= a for a, b in itertools.pairwise(hours)):
+                raise ValueError(f"guardrail_hours must be increasing, got {hours}")
 
 
 @dataclass(kw_only=True)

@@ -11,9 +11,11 @@ Outbound models (``*Out``) describe the responses. Card numbers are refused befo
 
 from __future__ import annotations
 
+import itertools
+import math
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
@@ -32,6 +34,7 @@ from pydantic import (
 
 from retryopt.features import contract as c
 from retryopt.features.columns import AttemptColumns
+from retryopt.features.currency import FxRates
 from retryopt.features.decisions import Constraints
 from retryopt.features.iso_codes import COUNTRIES, CURRENCIES
 from retryopt.features.localtime import (
@@ -216,14 +219,86 @@ class ConstraintsIn(_In):
     quiet_hours: tuple[_Hour, _Hour] | None = Field(
         default=None, description="(start, end) local hours, 0-23; (22, 7) wraps midnight"
     )
-    cost_per_attempt: StrictFloat | None = Field(default=None, ge=0, le=1e12)
-    daily_discount: StrictFloat | None = Field(default=None, ge=0, lt=1)
+    cost_per_attempt: StrictFloat | None = Field(
+        default=None,
+        ge=0,
+        le=1e9,
+        description="cost of one attempt in the reporting currency's major units (fees + "
+        "decline damage; default 0.12 USD, sources in docs/serving.md)",
+    )
+    daily_cancel_hazard: StrictFloat | None = Field(
+        default=None, ge=0, lt=1, description="daily probability the customer cancels (0.005)"
+    )
+    annual_interest_rate: StrictFloat | None = Field(
+        default=None, ge=0, le=1, description="annual time value of cash (0.045)"
+    )
+    reporting_currency: str | None = Field(default=None, pattern=r"^[A-Za-z]{3}$")
+    fx_rates: dict[str, StrictFloat] | None = Field(
+        default=None,
+        max_length=400,
+        description="the merchant's rates, units of each currency per US dollar (the reference "
+        "rates fill the others)",
+    )
+    guardrail_hours: list[StrictFloat] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=50,
+        description="static schedule (hours after the first failure, increasing) as a floor: "
+        "the next retry comes no later than its next step",
+    )
+
+    @field_validator("fx_rates")
+    @classmethod
+    def _rates(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        if value is None:
+            return None
+        for code, rate in value.items():
+            if len(code) != 3 or not code.isalpha():
+                raise ValueError("keys must be ISO 4217 currency codes")
+            if not math.isfinite(rate) or rate <= 0:
+                raise ValueError("every rate must be a positive number")
+        if value.get("usd", value.get("USD", 1.0)) != 1.0:
+            raise ValueError("the rate of 'usd' must be 1 (rates are units per US dollar)")
+        return value
+
+    @field_validator("guardrail_hours")
+    @classmethod
+    def _ladder(cls, value: list[float] | None) -> list[float] | None:
+        if value is not None and (
+            any(not math.isfinite(h) or h <= 0 for h in value)
+            or any(b <= a for a, b in itertools.pairwise(value))
+        ):
+            raise ValueError("guardrail hours must be positive and increasing")
+        return value
 
     def resolve(self, defaults: Constraints) -> Constraints:
-        """These constraints with omitted fields taken from ``defaults``."""
+        """These constraints with omitted fields taken from ``defaults``.
+
+        Raises
+        ------
+        ValueError
+            When the reporting currency has no rate.
+        """
         values = {k: v for k, v in self.model_dump().items() if v is not None}
         if "quiet_hours" in values:
             values["quiet_hours"] = tuple(values["quiet_hours"])
+        if "guardrail_hours" in values:
+            values["guardrail_hours"] = tuple(values["guardrail_hours"])
+        objective_fields = ("cost_per_attempt", "daily_cancel_hazard", "annual_interest_rate")
+        changes: dict[str, Any] = {k: values.pop(k) for k in objective_fields if k in values}
+        rates = values.pop("fx_rates", None)
+        reporting = values.pop("reporting_currency", None)
+        objective = defaults.objective
+        if rates is not None or reporting is not None:
+            units = dict(objective.fx.units_per_usd)
+            units.update({k.lower(): float(v) for k, v in (rates or {}).items()})
+            changes["fx"] = FxRates(
+                units_per_usd=units,
+                reporting=(reporting or objective.fx.reporting).lower(),
+                source="request" if rates is not None else objective.fx.source,
+            )
+        if changes:
+            values["objective"] = replace(objective, **changes)
         return Constraints(**{**defaults.__dict__, **values})
 
 
@@ -269,6 +344,16 @@ class DecisionOut(BaseModel):
     explanation: str
     model_version: str | None
     policy: Literal["model", "greedy", "fallback"]
+    expected_value: float | None = Field(
+        default=None,
+        description="the planner's expected value of its choice (net of costs; for a "
+        "not_worth_an_attempt stop, the best retry's expected value before its cost), in "
+        "value_currency major units",
+    )
+    attempt_cost: float | None = Field(
+        default=None, description="cost of one attempt, in value_currency major units"
+    )
+    value_currency: str | None = Field(default=None, description="the objective's currency")
 
 
 class BatchDecisionOut(BaseModel):

@@ -117,6 +117,9 @@ def decision_json(d: Decision) -> dict[str, Any]:
         "explanation": d.explanation,
         "model_version": d.model_version,
         "policy": d.policy,
+        "expected_value": d.expected_value,
+        "attempt_cost": d.attempt_cost,
+        "value_currency": d.value_currency,
     }
 
 
@@ -137,6 +140,9 @@ def _decision_out(d: Decision) -> DecisionOut:
         explanation=d.explanation,
         model_version=d.model_version,
         policy=d.policy,  # type: ignore[arg-type]
+        expected_value=d.expected_value,
+        attempt_cost=d.attempt_cost,
+        value_currency=d.value_currency,
     )
 
 
@@ -221,6 +227,15 @@ class DecisionService:
             except ValueError as exc:
                 issues.append(FieldIssue(f"{prefix}constraints", str(exc)))
                 cons = self.defaults
+            currency = r.charge.currency.lower()
+            if currency not in cons.objective.fx.units_per_usd:
+                issues.append(
+                    FieldIssue(
+                        f"{prefix}charge.currency",
+                        f"no exchange rate for {currency!r}: pass constraints.fx_rates "
+                        "(units per US dollar)",
+                    )
+                )
             out.append(PreparedRequest(request=r, now=now, constraints=cons))
         if issues:
             raise RequestError(issues)

@@ -9,6 +9,12 @@ from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_va
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from retryopt.features.decisions import Constraints
+from retryopt.features.objective import (
+    DEFAULT_ANNUAL_INTEREST_RATE,
+    DEFAULT_COST_PER_ATTEMPT,
+    DEFAULT_DAILY_CANCEL_HAZARD,
+    Objective,
+)
 from retryopt.serving.schemas import MAX_BATCH_ITEMS
 
 # A typical decision request is 1-2 KiB (a few attempts, no history); 16 KiB per item leaves
@@ -60,8 +66,10 @@ class Settings(BaseSettings):
     window_hours: float = Field(default=504.0, gt=0)
     min_gap_hours: float = Field(default=1.0, ge=0)
     quiet_hours: Annotated[tuple[int, ...] | None, NoDecode] = None
-    cost_per_attempt: float = Field(default=0.0, ge=0)
-    daily_discount: float = Field(default=0.0, ge=0, lt=1)
+    # The objective's defaults (sources: features/objective.py, docs/serving.md).
+    cost_per_attempt: float = Field(default=DEFAULT_COST_PER_ATTEMPT, ge=0)
+    daily_cancel_hazard: float = Field(default=DEFAULT_DAILY_CANCEL_HAZARD, ge=0, lt=1)
+    annual_interest_rate: float = Field(default=DEFAULT_ANNUAL_INTEREST_RATE, ge=0, le=1)
     # Planner and scoring (performance switches, see docs/serving.md).
     later_attempt_decay: float = Field(default=0.8, gt=0, le=1)
     planning_gap_hours: float = Field(
@@ -224,8 +232,11 @@ class Settings(BaseSettings):
             window_hours=self.window_hours,
             min_gap_hours=self.min_gap_hours,
             quiet_hours=quiet,
-            cost_per_attempt=self.cost_per_attempt,
-            daily_discount=self.daily_discount,
+            objective=Objective(
+                cost_per_attempt=self.cost_per_attempt,
+                daily_cancel_hazard=self.daily_cancel_hazard,
+                annual_interest_rate=self.annual_interest_rate,
+            ),
         )
 
 

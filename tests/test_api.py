@@ -594,3 +594,49 @@ def test_a_bad_request_among_concurrent_good_ones(batching_url: str) -> None:
     assert [r.status_code for r in out] == [200, 200, 200, 422, 200, 200, 200]
     assert out[3].json()["detail"][0]["field"] == "attempts[0].attempted_at"
     assert [r.json() for i, r in enumerate(out) if i != 3] == alone
+
+
+def test_objective_guardrail_and_not_worth_over_http(model_server: tuple[str, ModelStore]) -> None:
+    """The objective's numbers come back; a tiny charge stops with them; the ladder is a floor."""
+    url, _ = model_server
+    d = post(url, "/v1/retry-decisions", body()).json()
+    assert d["action"] == "retry" and d["value_currency"] == "usd"
+    assert d["attempt_cost"] == pytest.approx(0.12) and d["expected_value"] > 0
+    tiny = post(url, "/v1/retry-decisions", body(amount=1)).json()  # one cent
+    assert tiny["action"] == "stop" and tiny["reason"] == "not_worth_an_attempt"
+    assert tiny["attempt_cost"] == pytest.approx(0.12) and tiny["expected_value"] < 0.12
+    assert "0.1200 USD" in tiny["explanation"]
+    b = body()
+    b["constraints"]["cost_per_attempt"] = 0.0
+    assert post(url, "/v1/retry-decisions", b).json()["action"] == "retry"
+    b = body()
+    b["constraints"]["guardrail_hours"] = [2, 120]
+    floored = post(url, "/v1/retry-decisions", b).json()
+    assert floored["action"] == "retry"
+    assert datetime.fromisoformat(floored["retry_at"]) <= T0 + timedelta(hours=2)
+    b = body(currency="eur")
+    b["constraints"].update(reporting_currency="EUR", fx_rates={"eur": 0.9})
+    eur = post(url, "/v1/retry-decisions", b).json()
+    assert eur["value_currency"] == "eur" and eur["action"] == "retry"
+
+
+@pytest.mark.parametrize(
+    ("constraints", "charge", "field"),
+    [
+        ({"guardrail_hours": [72, 24]}, {}, "constraints.guardrail_hours"),
+        ({"guardrail_hours": [-1]}, {}, "constraints.guardrail_hours"),
+        ({"fx_rates": {"eur": -1}}, {}, "constraints.fx_rates"),
+        ({"fx_rates": {"usd": 2.0}}, {}, "constraints.fx_rates"),
+        ({"reporting_currency": "xyz"}, {}, "constraints"),
+        ({"daily_cancel_hazard": 1.5}, {}, "constraints.daily_cancel_hazard"),
+        ({}, {"currency": "xyz"}, "charge.currency"),
+    ],
+)
+def test_bad_objective_input_names_the_field(
+    fallback_url: str, constraints: dict[str, Any], charge: dict[str, Any], field: str
+) -> None:
+    b = body(**charge)
+    b["constraints"].update(constraints)
+    r = post(fallback_url, "/v1/retry-decisions", b)
+    assert r.status_code == 422, r.text
+    assert any(e["field"].startswith(field) for e in r.json()["detail"]), r.json()

@@ -10,7 +10,8 @@ dollars at the reference rates). Checks:
 (a) coverage: over (world x policy x statistic) replicates, each estimator's 95 % interval covers
     the true value at roughly its nominal rate;
 (b) the model policy beats the best fixed schedule on recovered amount with fewer retries, and
-    the share of the fixed-to-oracle gap it closes is reported (JSON and stdout).
+    the share of the fixed-to-oracle gap it closes is reported (JSON and stdout); both under the
+    money-only objective (no cost per attempt, no discounting), the one the claim was made for.
 """
 
 from __future__ import annotations
@@ -86,6 +87,11 @@ def _run_world(name: str, tmp: Path) -> dict[str, Any]:
     out = tmp / "bt"
     args = ["backtest", "--data", str(data), "--simulate", "--out", str(out)]
     args += ["--bootstrap", "100", "--seed", "3", "--truth-replications", "3"]
+    # Money only (no cost per attempt, no discounting): the objective under which (b) was
+    # established. With the default objective of issue 14 (0.12 USD per attempt, a daily
+    # cancellation hazard) the planner trades a few more retries for earlier money in the second
+    # world (+0.04 retries per failed charge for +0.22 USD; README, Known gaps).
+    args += ["--cost-per-attempt", "0", "--daily-cancel-hazard", "0", "--annual-interest-rate", "0"]
     args += ["--policy", "logged"]
     for f in FIXED:
         args += ["--policy", f]

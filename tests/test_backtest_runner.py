@@ -109,7 +109,15 @@ def test_specs_parse_and_reject() -> None:
     assert parse_spec("fixed:72,120,168,216").hours == (72, 120, 168, 216)
     assert parse_spec("model:models/v1").model == "models/v1"
     assert parse_spec("logged").kind == "logged"
+    guarded = parse_spec("model:models/v1@guardrail=72,120,168,216")
+    assert guarded.kind == "model" and guarded.label == "model+guardrail"
+    assert guarded.model == "models/v1" and guarded.guardrail == (72, 120, 168, 216)
     for bad, msg in (
+        ("model:m@guardrail=72,24", "increasing"),
+        ("model:m@guardrail=", "give hours"),
+        ("model:m@budget=3", "the only option"),
+        ("greedy:m@guardrail=72", "the only option"),
+        ("model:@guardrail=72", "bundle path"),
         ("fixed:", "give hours"),
         ("fixed:72,24", "increasing"),
         ("fixed:a", "numbers"),

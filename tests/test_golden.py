@@ -128,7 +128,7 @@ def varied_requests(n: int, *, seed: int = 20261204) -> list[dict[str, Any]]:
         if i % 9 == 3:
             constraints["cost_per_attempt"] = 0.05
         if i % 11 == 4:
-            constraints["daily_discount"] = 0.002
+            constraints["daily_cancel_hazard"] = 0.002
         req: dict[str, Any] = {
             "charge": {
                 "charge_id": f"ch_{i}",

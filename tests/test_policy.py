@@ -10,12 +10,17 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable
 from datetime import timedelta
+from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from test_rules import FAIL, T0, Z, request
 
+from retryopt.features.currency import FxRates
 from retryopt.features.decisions import Constraints, DecisionBatch, RetryPolicy
+from retryopt.features.objective import FREE_OBJECTIVE, Objective
 from retryopt.serving.policies import (
     CandidateScores,
     Decision,
@@ -26,6 +31,8 @@ from retryopt.serving.policies import (
     Reason,
     plan_values,
 )
+from retryopt.serving.policies.guardrail import NO_DEADLINE, apply_guardrail, guardrail_deadlines
+from retryopt.serving.policies.rules import RuleResult
 from retryopt.serving.schemas import DecisionRequest, to_batch
 
 T0_NS = np.datetime64(T0.replace(tzinfo=None), "ns")
@@ -110,25 +117,27 @@ def test_cost_per_attempt_can_stop() -> None:
     d = _decide(
         PlannerPolicy(model),
         request([(Z, FAIL, "insufficient_funds", None)]),
-        Constraints(cost_per_attempt=100),
+        Constraints(objective=Objective(cost_per_attempt=1.0)),
     )
     assert d.action == "stop" and d.reason == Reason.NOT_WORTH_AN_ATTEMPT
     cheap = _decide(
         PlannerPolicy(model),
         request([(Z, FAIL, "insufficient_funds", None)]),
-        Constraints(cost_per_attempt=1),
+        Constraints(objective=Objective(cost_per_attempt=0.01)),
     )
     assert cheap.action == "retry"
 
 
-def test_daily_discount_pulls_the_retry_earlier() -> None:
+def test_cancel_hazard_pulls_the_retry_earlier() -> None:
     def late_better(h: np.ndarray) -> np.ndarray:
         return np.clip(0.3 + h / 504 * 0.3, 0, 1)
 
     req = request([(Z, FAIL, "insufficient_funds", None)])
     plain = _decide(PlannerPolicy(CurveModel(late_better)), req, Constraints(max_retries=1))
     disc = _decide(
-        PlannerPolicy(CurveModel(late_better)), req, Constraints(max_retries=1, daily_discount=0.2)
+        PlannerPolicy(CurveModel(late_better)),
+        req,
+        Constraints(max_retries=1, objective=Objective(daily_cancel_hazard=0.2)),
     )
     assert disc.retry_at is not None and plain.retry_at is not None
     assert disc.retry_at < plain.retry_at
@@ -264,3 +273,138 @@ def test_planning_gap_keeps_the_plan_from_counting_on_the_next_hour() -> None:
     assert one_left.success_probability == pytest.approx(0.5)
     with pytest.raises(ValueError, match="planning_gap_hours"):
         PlannerConfig(planning_gap_hours=-1)
+
+
+def _with_charge(req: DecisionRequest, **changes: object) -> DecisionRequest:
+    return req.model_copy(update={"charge": req.charge.model_copy(update=changes)})
+
+
+def test_not_worth_an_attempt_with_the_default_costs() -> None:
+    """A tiny amount or a hopeless retry is not worth the default 0.12 USD; a normal one is."""
+    req = request([(Z, FAIL, "insufficient_funds", None)])
+    fair = CurveModel(lambda h: np.full(h.shape, 0.3))
+    normal = _decide(PlannerPolicy(fair), req, Constraints())
+    assert normal.action == "retry" and normal.reason == Reason.MODEL_OPTIMUM
+    assert normal.attempt_cost == pytest.approx(0.12) and normal.value_currency == "usd"
+    assert normal.expected_value is not None and normal.expected_value > 0.12
+
+    tiny = _decide(PlannerPolicy(fair), _with_charge(req, amount=20), Constraints())  # $0.20
+    assert tiny.action == "stop" and tiny.reason == Reason.NOT_WORTH_AN_ATTEMPT
+    assert tiny.attempt_cost == pytest.approx(0.12) and tiny.value_currency == "usd"
+    # the best retry's expected value: at most p x amount = 0.06 USD, below the cost
+    assert tiny.expected_value is not None and 0 < tiny.expected_value <= 0.3 * 0.20 + 1e-9
+    assert "0.1200 USD" in tiny.explanation
+
+    hopeless = CurveModel(lambda h: np.full(h.shape, 0.002))  # 25 USD x 0.002 = 0.05 USD
+    d = _decide(PlannerPolicy(hopeless), req, Constraints())
+    assert d.action == "stop" and d.reason == Reason.NOT_WORTH_AN_ATTEMPT
+    # without costs (the objective before issue 14) the same hopeless retry is spent
+    free = _decide(PlannerPolicy(hopeless), req, Constraints(objective=FREE_OBJECTIVE))
+    assert free.action == "retry"
+
+
+def test_amounts_are_valued_in_the_reporting_currency() -> None:
+    """2,500 yen is about 17 USD at the reference rates, 0.25 USD at a merchant's odd rate."""
+    req = _with_charge(request([(Z, FAIL, "insufficient_funds", None)]), currency="jpy")
+    model = CurveModel(lambda h: np.full(h.shape, 0.3))
+    assert _decide(PlannerPolicy(model), req, Constraints()).action == "retry"
+    own = Objective(fx=FxRates(units_per_usd={"usd": 1.0, "jpy": 10_000.0}))
+    d = _decide(PlannerPolicy(model), req, Constraints(objective=own))
+    assert d.action == "stop" and d.reason == Reason.NOT_WORTH_AN_ATTEMPT
+
+
+def _ladder_deadline(req: DecisionRequest, ladder: tuple[float, ...], policy: PlannerPolicy) -> Any:
+    """The guardrail's deadline (or the earliest allowed time when none is allowed by it)."""
+    assert req.now is not None
+    prep = to_batch([req], nows=[req.now], constraints=Constraints())
+    rule = policy.rules(prep.batch, current_cards=prep.current_cards)[0][0]
+    if rule.stop:
+        return None, None
+    assert rule.first_failure is not None and rule.last_attempt is not None
+    last_h = (rule.last_attempt - rule.first_failure) / np.timedelta64(1, "h")
+    steps = [h for h in ladder if h > last_h]
+    earliest = rule.grid[rule.allowed][0]
+    deadline = None if not steps else rule.first_failure + np.timedelta64(int(steps[0] * 3600), "s")
+    return deadline, earliest
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    peak_day=st.floats(min_value=0.5, max_value=20.0),
+    failures=st.lists(st.integers(min_value=1, max_value=200), min_size=0, max_size=3),
+    ladder=st.lists(st.integers(min_value=1, max_value=480), min_size=1, max_size=5, unique=True),
+    code=st.sampled_from(["insufficient_funds", "do_not_honor", "generic_decline", "51"]),
+    advice=st.sampled_from([None, "24", "25", "26"]),
+)
+def test_guardrail_never_retries_later_than_the_ladder(
+    peak_day: float, failures: list[int], ladder: list[int], code: str, advice: str | None
+) -> None:
+    """Over random charges and ladders: the retry is no later than the ladder's next step.
+
+    (or the earliest time the rules allow, when they allow none by then); a pulled-forward retry
+    leaves the step in place. The model prefers a late peak, so without the floor it waits.
+    """
+    steps = tuple(float(h) for h in sorted(ladder))
+    attempts = [(Z, FAIL, code, advice)]
+    t = timedelta(0)
+    for gap in failures:
+        t += timedelta(hours=gap)
+        attempts.append((t, FAIL, code, advice))
+
+    def late_peak(h: np.ndarray) -> np.ndarray:
+        return 0.05 + 0.5 * np.exp(-(((h / 24.0) - peak_day) ** 2))
+
+    req = request(attempts, now=t + timedelta(minutes=5))
+    policy = PlannerPolicy(CurveModel(late_peak), guardrail_hours=steps)
+    d = _decide(policy, req, Constraints())
+    deadline, earliest = _ladder_deadline(req, steps, policy)
+    if d.action != "retry" or deadline is None:
+        return
+    assert d.retry_at is not None
+    chosen = np.datetime64(d.retry_at.tz_convert("UTC").tz_localize(None).as_unit("ns"))
+    assert chosen <= max(deadline, earliest)
+    # the same ladder given as a request constraint acts the same
+    same = _decide(PlannerPolicy(CurveModel(late_peak)), req, Constraints(guardrail_hours=steps))
+    assert same.retry_at == d.retry_at
+
+
+def test_guardrail_pulls_a_late_choice_forward_and_keeps_the_step() -> None:
+    """Free, the planner waits for a day-15 peak; with 72,120,... it retries by hour 72; after a
+    retry pulled forward to hour 30, the 72 h step is still the next deadline."""
+    model = CurveModel(early_vs_peak)
+    req = request([(Z, FAIL, "insufficient_funds", None)])
+    one = Constraints(max_retries=1)
+    free = _decide(PlannerPolicy(model), req, one)
+    ladder = (72.0, 120.0, 168.0, 216.0)
+    floored = _decide(PlannerPolicy(model, guardrail_hours=ladder), req, one)
+    assert free.retry_at is not None and floored.retry_at is not None
+    assert free.retry_at - T0 > timedelta(hours=300)
+    assert floored.retry_at - T0 <= timedelta(hours=72)
+    later = request(
+        [(Z, FAIL, "insufficient_funds", None), (timedelta(hours=30), FAIL, "51", None)],
+        now=timedelta(hours=30, minutes=1),
+    )
+    again = _decide(PlannerPolicy(model, guardrail_hours=ladder), later, Constraints())
+    assert again.retry_at is not None and again.retry_at - T0 <= timedelta(hours=72)
+
+
+def test_guardrail_deadline_and_mask() -> None:
+    """The deadline is the first step after the last attempt; no allowed time by then keeps the
+    earliest allowed time only."""
+    t0 = np.datetime64("2026-01-05T08:00", "ns")
+    hour = np.timedelta64(1, "h")
+    rule = RuleResult(charge_id="c", stop=False, first_failure=t0, last_attempt=t0 + 80 * hour)
+    early = RuleResult(charge_id="e", stop=False, first_failure=t0, last_attempt=t0 + 30 * hour)
+    done = RuleResult(charge_id="d", stop=False, first_failure=t0, last_attempt=t0 + 300 * hour)
+    deadlines = guardrail_deadlines([rule, early, done], (72.0, 120.0, 168.0))
+    assert deadlines[0] == (t0 + 120 * hour).astype(np.int64)
+    assert deadlines[1] == (t0 + 72 * hour).astype(np.int64)  # the unused step stays
+    assert deadlines[2] == NO_DEADLINE
+    grid = (t0 + np.arange(100, 140)[None, :] * hour).repeat(2, axis=0)
+    allowed = np.ones(grid.shape, dtype=bool)
+    allowed[1, :] = False
+    allowed[1, 30:] = True  # only hours 130+ allowed for the second row
+    deadline = np.array([(t0 + 110 * hour).astype(np.int64)] * 2)
+    out = apply_guardrail(grid, allowed, deadline)
+    assert out[0].sum() == 11 and out[0, :11].all()  # hours 100..110
+    assert out[1].sum() == 1 and out[1, 30]  # the earliest allowed time

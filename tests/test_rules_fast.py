@@ -196,6 +196,7 @@ def _reference_screen(
         retries_left=retries_left,
         retries_used=retries_used,
         first_failure=first_failure,
+        last_attempt=last_attempt,
         notes=notes,
         last_code=last_code,
         family=family,

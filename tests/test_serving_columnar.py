@@ -25,6 +25,7 @@ from synthetic_attempts import synthetic_attempts
 from retryopt.features import contract as c
 from retryopt.features.decisions import Constraints
 from retryopt.features.examples import build_training_examples
+from retryopt.features.objective import Objective
 from retryopt.features.spec import encode_features, fit_feature_spec
 from retryopt.model.bundle import write_bundle
 from retryopt.model.calibration import fit_calibrator
@@ -172,7 +173,10 @@ def test_charge_states_from_columns_equal_frames() -> None:
     assert any(s.card_event_times.size > len(s.outcomes) for s in fast)  # history was used
 
 
-@pytest.mark.parametrize("cons", [Constraints(), Constraints(max_retries=1, daily_discount=0.01)])
+@pytest.mark.parametrize(
+    "cons",
+    [Constraints(), Constraints(max_retries=1, objective=Objective(daily_cancel_hazard=0.01))],
+)
 def test_columnar_decisions_equal_frame_decisions(bundle_dir: Path, cons: Constraints) -> None:
     loaded = ModelStore(location=str(bundle_dir)).load()
     prep = _batch(50, seed=2, cons=cons)

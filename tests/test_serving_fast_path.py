@@ -35,6 +35,7 @@ from retryopt.features.columns import AttemptColumns
 from retryopt.features.decisions import Constraints, DecisionBatch
 from retryopt.features.encoder import CandidateEncoder
 from retryopt.features.examples import build_training_examples
+from retryopt.features.objective import Objective
 from retryopt.features.online import build_candidate_features
 from retryopt.features.spec import encode_features, fit_feature_spec
 from retryopt.model.bundle import load_bundle, write_bundle
@@ -229,7 +230,11 @@ def test_coarse_to_fine_close_to_hourly_optimum(bundle_dir: Path) -> None:
     hourly = PlannerPolicy(model)
     coarse = PlannerPolicy(model, config=PlannerConfig(search="coarse"))
     reqs = [_request(i, hours_ago=float(i % 30)) for i in range(40)]
-    for cons in (Constraints(), Constraints(max_retries=1), Constraints(daily_discount=0.02)):
+    for cons in (
+        Constraints(),
+        Constraints(max_retries=1),
+        Constraints(objective=Objective(daily_cancel_hazard=0.02)),
+    ):
         prep = to_batch(reqs, nows=[r.now for r in reqs], constraints=cons)
         exact = hourly.decide_detailed(prep.batch, current_cards=prep.current_cards)
         fast = coarse.decide_detailed(

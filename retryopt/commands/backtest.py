@@ -80,6 +80,28 @@ def command(
         "--reporting-currency",
         help="Currency of reported amounts (major units).",
     ),
+    cost_per_attempt: float | None = typer.Option(
+        None,
+        "--cost-per-attempt",
+        min=0.0,
+        help="Cost of one retry in the reporting currency (the objective every policy is "
+        "valued with and the planner optimises; default 0.12, sources in docs/serving.md).",
+    ),
+    daily_cancel_hazard: float | None = typer.Option(
+        None,
+        "--daily-cancel-hazard",
+        min=0.0,
+        max=0.999,
+        help="Daily probability that the customer cancels during dunning (discounting; "
+        "default 0.005).",
+    ),
+    annual_interest_rate: float | None = typer.Option(
+        None,
+        "--annual-interest-rate",
+        min=0.0,
+        max=1.0,
+        help="Annual time value of cash (discounting; default 0.045).",
+    ),
     truth_replications: int = typer.Option(
         _DEFAULTS.truth_replications,
         "--truth-replications",
@@ -89,11 +111,18 @@ def command(
     ),
 ) -> None:
     """Compare policies with DM, IPS, SNIPS and DR estimates and 95 % bootstrap intervals."""
+    from retryopt.features.decisions import Constraints
+    from retryopt.features.objective import Objective
     from retryopt.training.backtest.files import run_files
     from retryopt.training.backtest.ground_truth import gap_lines
     from retryopt.training.backtest.report import headline_markdown
     from retryopt.training.backtest.specs import SpecError
 
+    objective: dict[str, float | None] = {
+        "cost_per_attempt": cost_per_attempt,
+        "daily_cancel_hazard": daily_cancel_hazard,
+        "annual_interest_rate": annual_interest_rate,
+    }
     try:
         config = BacktestConfig(
             n_boot=bootstrap,
@@ -105,6 +134,11 @@ def command(
             reporting_currency=reporting_currency,
             simulate=simulate,
             truth_replications=truth_replications,
+            constraints=Constraints(
+                objective=Objective(
+                    **{k: float(v) for k, v in objective.items() if v is not None}  # type: ignore[arg-type]
+                )
+            ),
         )
         run = run_files(
             data,

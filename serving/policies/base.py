@@ -123,6 +123,8 @@ class Decision:
     policy: str
     expected_value: float | None = None
     factors: tuple[str, ...] = field(default_factory=tuple)
+    attempt_cost: float | None = None
+    value_currency: str | None = None
 
 
 def _stop_decision(rule: RuleResult, *, policy: str, model_version: str | None) -> Decision:
@@ -164,21 +166,29 @@ def _sub_batch(batch: DecisionBatch, keep: np.ndarray) -> DecisionBatch:
 
 
 def _amounts(batch: DecisionBatch, charge_ids: Sequence[str]) -> np.ndarray:
-    """The amount of each charge's last attempt (0 when the charge has no rows)."""
+    """Each charge's amount (its last attempt's) in the objective's reporting currency.
+
+    Converted with ``batch.constraints.objective`` (0 when the charge has no rows).
+    """
     if isinstance(batch, ColumnarBatch):
         cols = batch.attempt_columns
         ids = list(cols.columns[c.CHARGE_ID])
         amounts = np.asarray(cols.columns[c.AMOUNT], dtype=np.float64)
+        currencies = list(cols.columns[c.CURRENCY])
     elif not len(batch.attempts):
         return np.zeros(len(charge_ids))
     else:
         ids = batch.attempts[c.CHARGE_ID].tolist()
         amounts = batch.attempts[c.AMOUNT].to_numpy(dtype=np.float64, na_value=np.nan)
-    last: dict[Any, float] = {}
-    for cid, amount in zip(ids, amounts.tolist(), strict=True):
+        currencies = batch.attempts[c.CURRENCY].tolist()
+    last: dict[Any, tuple[float, Any]] = {}
+    for cid, amount, currency in zip(ids, amounts.tolist(), currencies, strict=True):
         if amount == amount:  # groupby().last() skips missing values
-            last[cid] = amount
-    return np.asarray([last.get(cid, 0.0) for cid in charge_ids], dtype=np.float64)
+            last[cid] = (amount, currency)
+    pairs = [last.get(cid, (0.0, "usd")) for cid in charge_ids]
+    return batch.constraints.objective.amounts(
+        [a for a, _ in pairs], ["usd" if pd.isna(k) else k for _, k in pairs]
+    )
 
 
 class _RulesPolicy:

@@ -5,21 +5,25 @@
 - ``greedy`` (:class:`GreedyPolicy`): the argmax of the success probability.
 
 The planner (documented in ``docs/serving.md``). For a charge with ``R`` retries left, candidate
-times ``t_1 < ... < t_m`` (allowed by the rules), amount ``A``, cost per attempt ``c``, discount
-``d(t) = (1 - daily_discount) ** days(t - now)`` and planning gap ``g`` grid steps (the larger
-of the constraints' minimum gap and ``PlannerConfig.planning_gap_hours``, 24 h by default: a
-failed retry means the funds are still short, so the plan does not count on the next hour)::
+times ``t_1 < ... < t_m`` (allowed by the rules), amount ``A`` and cost per attempt ``c`` in the
+objective's reporting currency, discount ``d(t)`` since the first failure (daily cancellation
+hazard and time value of cash; :class:`features.objective.Objective`, the same objective the
+backtests report) and planning gap ``g`` grid steps (the larger of the constraints' minimum gap
+and ``PlannerConfig.planning_gap_hours``, 24 h by default: a failed retry means the funds are
+still short, so the plan does not count on the next hour)::
 
     W_0(j) = 0
     val_k(j) = p_k(j) * A * d(j) - c + (1 - p_k(j)) * W_{k-1}(j)
     W_k(j)  = max(0, max_{j' >= j + g} val_k(j'))        (0 = stop after a failure at t_j)
 
-and the next retry is ``argmax_j val_R(j)`` (stop when that value is <= 0). ``p_R`` is the
-model's probability for the next retry; the success probability of a *later* retry after a
-failure is approximated by the same curve times a decay factor per earlier failed retry,
-``p_k(j) = p_R(j) * decay ** (R - k)`` (``decay`` defaults to 0.8, configurable): scoring a
-second feature matrix per hypothetical failure time would multiply the model cost. The plan is
-recomputed at every call, so only its first step is ever executed.
+and the next retry is ``argmax_j val_R(j)``; when that value is <= 0 no retry is worth its cost
+and the decision is ``stop`` with reason ``not_worth_an_attempt``, the best expected value and
+the cost. ``p_R`` is the model's probability for the next retry; the success probability of a
+*later* retry after a failure is approximated by the same curve times a decay factor per earlier
+failed retry, ``p_k(j) = p_R(j) * decay ** (R - k)`` (``decay`` defaults to 0.8, configurable;
+:func:`.values.plan_values` takes the per-step probabilities' source as an input). With a
+guardrail ladder (:mod:`.guardrail`) the next retry is chosen among times no later than the
+ladder's next step. The plan is recomputed at every call, so only its first step is executed.
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ from retryopt.serving.policies.explain import (
     _timestamp,
     explanation_factors,
 )
+from retryopt.serving.policies.guardrail import apply_guardrail, guardrail_deadlines
 from retryopt.serving.policies.model import BundleSuccessModel, CandidateScores, SuccessModel
 from retryopt.serving.policies.rules import Reason, RuleResult
 from retryopt.serving.policies.values import plan_values
@@ -68,9 +73,20 @@ class PlannerPolicy(_RulesPolicy):
 
     name = "model"
 
-    def __init__(self, model: SuccessModel, *, config: PlannerConfig | None = None) -> None:
+    def __init__(
+        self,
+        model: SuccessModel,
+        *,
+        config: PlannerConfig | None = None,
+        guardrail_hours: tuple[float, ...] | None = None,
+    ) -> None:
         super().__init__(config=config)
         self.model = model
+        self.guardrail_hours = guardrail_hours
+
+    def _guardrail(self, batch: DecisionBatch) -> tuple[float, ...] | None:
+        """The ladder that floors this batch's retries (the policy's own, else the request's)."""
+        return self.guardrail_hours or batch.constraints.guardrail_hours
 
     @property
     def model_version(self) -> str | None:
@@ -85,13 +101,13 @@ class PlannerPolicy(_RulesPolicy):
         rules: list[RuleResult],
     ) -> np.ndarray:
         cons: Constraints = batch.constraints
-        if cons.daily_discount == 0.0:
+        objective = cons.objective
+        if objective.daily_factor == 1.0:
             discount = np.ones(grid.shape)  # 1.0 ** days, without the power
         else:
-            now_ns = batch.now.astype("datetime64[ns]").astype(np.int64)
-            grid_ns = grid.astype(np.int64)
-            days = np.clip((grid_ns - now_ns[:, None]) / NS_PER_DAY, 0, None)
-            discount = (1.0 - cons.daily_discount) ** days
+            first_ns = _first_failures(batch, rules)
+            days = (grid.astype(np.int64) - first_ns[:, None]) / NS_PER_DAY
+            discount = objective.discount(days)
         gap_hours = max(cons.min_gap_hours, self.config.planning_gap_hours)
         gap_steps = max(1, int(np.ceil(gap_hours / self.config.grid_hours)))
         return plan_values(
@@ -100,7 +116,7 @@ class PlannerPolicy(_RulesPolicy):
             retries_left=np.array([r.retries_left for r in rules]),
             amount=_amounts(batch, [r.charge_id for r in rules]),
             discount=discount,
-            cost=cons.cost_per_attempt,
+            cost=objective.cost_per_attempt,
             gap_steps=gap_steps,
             decay=self.config.later_attempt_decay,
         )
@@ -196,6 +212,9 @@ class PlannerPolicy(_RulesPolicy):
         columns: tuple[AttemptColumns, AttemptColumns | None] | None = None,
     ) -> list[Decision]:
         grid, allowed = _padded(rules)
+        ladder = self._guardrail(batch)
+        if ladder is not None:
+            allowed = apply_guardrail(grid, allowed, guardrail_deadlines(rules, ladder))
         rule_allowed = allowed
         if self.config.search == "coarse" and grid.shape[1] > self.config.dense_steps:
             proba, scored = self._coarse_to_fine(batch, grid, allowed, rules, columns)
@@ -206,6 +225,8 @@ class PlannerPolicy(_RulesPolicy):
             proba = scores.proba
         values = self._values(proba, allowed, grid, batch, rules)
         spacing = max(1, round(self.config.alternative_spacing_hours / self.config.grid_hours))
+        cost = batch.constraints.objective.cost_per_attempt
+        currency = batch.constraints.objective.reporting_currency
         out: list[Decision] = []
         m = grid.shape[1]
         # Whole-batch work (one numpy call per step instead of one per charge): the chosen
@@ -254,21 +275,7 @@ class PlannerPolicy(_RulesPolicy):
                 )
             )
             if not math.isfinite(value) or value <= 0:
-                out.append(
-                    Decision(
-                        charge_id=r.charge_id,
-                        action="stop",
-                        retry_at=None,
-                        success_probability=None,
-                        reason=str(Reason.NOT_WORTH_AN_ATTEMPT),
-                        source="expected value of every allowed time <= cost per attempt",
-                        action_required=None,
-                        alternatives=(),
-                        explanation="stop: no allowed retry time is worth the cost of an attempt",
-                        model_version=self.model_version,
-                        policy=self.name,
-                    )
-                )
+                out.append(self._not_worth(r, value, batch))
                 continue
             p_row = proba[i]
             factors = explanation_factors(
@@ -309,13 +316,56 @@ class PlannerPolicy(_RulesPolicy):
                     explanation="; ".join(factors),
                     model_version=self.model_version,
                     policy=self.name,
-                    expected_value=round(value, 2),
+                    expected_value=round(value, 4),
                     factors=tuple(factors),
+                    attempt_cost=cost,
+                    value_currency=currency,
                 )
             )
         return out
 
+    def _not_worth(self, r: RuleResult, value: float, batch: DecisionBatch) -> Decision:
+        """``stop`` with ``not_worth_an_attempt``: the best expected value and the cost."""
+        objective = batch.constraints.objective
+        cost = objective.cost_per_attempt
+        currency = objective.reporting_currency.upper()
+        gross = max(value + cost, 0.0) if math.isfinite(value) else 0.0
+        return Decision(
+            charge_id=r.charge_id,
+            action="stop",
+            retry_at=None,
+            success_probability=None,
+            reason=str(Reason.NOT_WORTH_AN_ATTEMPT),
+            source="expected value of every allowed time <= cost per attempt",
+            action_required=None,
+            alternatives=(),
+            explanation=(
+                f"stop: the best allowed retry is worth {gross:.4f} {currency} in expectation "
+                f"(success probability x amount x discount, with the retries after it), less "
+                f"than its cost of {cost:.4f} {currency}"
+            ),
+            model_version=self.model_version,
+            policy=self.name,
+            expected_value=round(gross, 4),
+            attempt_cost=cost,
+            value_currency=objective.reporting_currency,
+        )
+
     _reason = Reason.MODEL_OPTIMUM
+
+
+def _first_failures(batch: DecisionBatch, rules: list[RuleResult]) -> np.ndarray:
+    """``(n,)`` first-failure time per charge (int64 ns; the decision time when unknown)."""
+    now_ns = batch.now.astype("datetime64[ns]").astype(np.int64)
+    return np.array(
+        [
+            int(now_ns[i])
+            if r.first_failure is None
+            else int(r.first_failure.astype("datetime64[ns]").astype(np.int64))
+            for i, r in enumerate(rules)
+        ],
+        dtype=np.int64,
+    )
 
 
 class GreedyPolicy(PlannerPolicy):
@@ -335,5 +385,5 @@ class GreedyPolicy(PlannerPolicy):
         amount = _amounts(batch, [r.charge_id for r in rules])
         p = np.nan_to_num(proba, nan=0.0)
         # Expected value of one attempt; argmax over time = argmax of p (earliest on ties).
-        val = p * amount[:, None] - batch.constraints.cost_per_attempt
+        val = p * amount[:, None] - batch.constraints.objective.cost_per_attempt
         return np.where(allowed, val, -np.inf)

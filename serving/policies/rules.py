@@ -148,6 +148,7 @@ class RuleResult:
     retries_left: int = 0
     retries_used: int = 0
     first_failure: np.datetime64 | None = None
+    last_attempt: np.datetime64 | None = None
     notes: tuple[str, ...] = ()
     excluded: dict[str, int] = field(default_factory=dict)
     decline_code: str | None = None
@@ -194,6 +195,7 @@ class _Open:
     retries_left: int
     retries_used: int
     first_failure: int
+    last_attempt: int
     notes: list[str]
     last_code: str | None
     family: str
@@ -431,6 +433,7 @@ def _screen(
         retries_left=retries_left,
         retries_used=retries_used,
         first_failure=first_failure,
+        last_attempt=last_attempt,
         notes=notes,
         last_code=last_code,
         family=family,

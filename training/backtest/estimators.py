@@ -46,10 +46,13 @@ IPS, SNIPS and DR are then reported as unavailable, never as numbers.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from retryopt.features.currency import FxRates
+from retryopt.features.decisions import Constraints
+from retryopt.features.objective import Objective
 from retryopt.training.backtest.config import MIN_ESS
 
 NO_EXPLORATION_WARNING = (
@@ -76,10 +79,15 @@ class MetricSet:
         Largest retry number that gets its own ``attempted_k`` / ``succeeded_k`` columns.
     curve_days
         Days since the first failure at which the cumulative recovery curve is evaluated.
+    objective
+        The decision objective (:class:`features.objective.Objective`, the planner's own):
+        ``discounted_value`` is the amount discounted from the first failure to the success,
+        minus the cost of every retry, in the reporting currency.
     """
 
     max_step: int = 8
     curve_days: tuple[int, ...] = tuple(range(1, 22))
+    objective: Objective = field(default_factory=Objective)
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -96,6 +104,7 @@ class MetricSet:
             "recovered_amount_7d",
             *steps,
             *curve,
+            "discounted_value",
         )
 
     def success_reward(self, step: np.ndarray, hours: np.ndarray, amount: np.ndarray) -> np.ndarray:
@@ -116,6 +125,7 @@ class MetricSet:
         base = 5 + 2 * self.max_step
         for j, d in enumerate(self.curve_days):
             out[:, base + j] = hours <= d * 24.0
+        out[:, -1] = amount * self.objective.discount(hours / 24.0)
         return out
 
     def retry_cost(self, step: np.ndarray) -> np.ndarray:
@@ -125,7 +135,18 @@ class MetricSet:
         out[:, 2] = 1.0
         for k in range(1, self.max_step + 1):
             out[:, 4 + k] = step == k
+        out[:, -1] = -self.objective.cost_per_attempt
         return out
+
+
+def objective_for(constraints: Constraints, fx: FxRates | None) -> tuple[Constraints, MetricSet]:
+    """The constraints (their objective converting with ``fx``) and the metrics valuing them.
+
+    The policies played or evaluated and the reported ``discounted_value`` then share one
+    :class:`features.objective.Objective`, in the backtest's reporting currency.
+    """
+    objective = constraints.objective if fx is None else replace(constraints.objective, fx=fx)
+    return replace(constraints, objective=objective), MetricSet(objective=objective)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -728,6 +749,7 @@ def summary_statistics(means: np.ndarray, metrics: MetricSet) -> dict[str, np.nd
     out["recovery_rate"] = rec
     out["recovered_amount"] = x[..., col["recovered_amount"]]
     out["retries_per_failed_charge"] = x[..., col["retries"]]
+    out["discounted_value"] = x[..., col["discounted_value"]]
     with np.errstate(divide="ignore", invalid="ignore"):
         out["retries_per_recovered_charge"] = x[..., col["retries"]] / rec
         out["recovered_within_7d_rate"] = x[..., col["recovered_7d"]]

@@ -23,7 +23,12 @@ import pandas as pd
 from retryopt.features.currency import FxRates
 from retryopt.features.decisions import Constraints, RetryPolicy
 from retryopt.training.backtest.charges import prepare_charges
-from retryopt.training.backtest.estimators import MetricSet, observed_contributions
+from retryopt.training.backtest.estimators import (
+    MetricSet,
+    objective_for,
+    observed_contributions,
+    summary_statistics,
+)
 from retryopt.training.progress import Progress, quiet
 from retryopt.training.simulate import SimulatedWorld, play
 
@@ -74,8 +79,8 @@ def true_contributions(
     """
     if replications < 1:
         raise ValueError(f"replications must be >= 1, got {replications}")
-    mset = metrics or MetricSet()
-    cons = constraints or Constraints()
+    cons, own_metrics = objective_for(constraints or Constraints(), fx)
+    mset = metrics or own_metrics
     data = prepare_charges(attempts, charge_ids=charge_ids, keep_history=False, fx=fx)
     ids = data.charge_ids
     if charge_ids is not None:  # report in the caller's order
@@ -118,6 +123,10 @@ def gap_summary(
         k: {
             "recovery_rate": float(v[:, col["recovered"]].mean()),
             "recovered_amount": float(v[:, col["recovered_amount"]].mean()),
+            "discounted_value": float(v[:, col["discounted_value"]].mean()),
+            "median_days_to_recovery": float(
+                summary_statistics(v.mean(axis=0), metrics)["median_days_to_recovery"]
+            ),
             "retries_per_failed_charge": float(v[:, col["retries"]].mean()),
         }
         for k, v in contrib.items()
@@ -148,6 +157,12 @@ def gap_summary(
             }
             if gap > 0:
                 summary[f"{k}_gap_closed"] = amount / gap
+            if oracle is not None:
+                dgap = means[oracle]["discounted_value"] - means[best]["discounted_value"]
+                if dgap > 0:
+                    summary[f"{k}_discounted_gap_closed"] = (
+                        means[k]["discounted_value"] - means[best]["discounted_value"]
+                    ) / dgap
     return summary
 
 
@@ -159,8 +174,9 @@ def gap_lines(summary: dict[str, Any]) -> list[str]:
     for label, v in summary.get("true_values", {}).items():
         lines.append(
             f"truth {label}: recovery rate {v['recovery_rate']:.4f}, recovered amount "
-            f"{v['recovered_amount']:.2f} per failed charge, "
-            f"{v['retries_per_failed_charge']:.3f} retries per failed charge"
+            f"{v['recovered_amount']:.2f} per failed charge, discounted value net of costs "
+            f"{v['discounted_value']:.2f}, median {v['median_days_to_recovery']:g} days to "
+            f"recovery, {v['retries_per_failed_charge']:.3f} retries per failed charge"
         )
     best = summary.get("best_fixed")
     for key, v in summary.items():

@@ -22,6 +22,7 @@ from retryopt.training.backtest.estimators import (
 HEADLINE: Final[tuple[str, ...]] = (
     "recovery_rate",
     "recovered_amount",
+    "discounted_value",
     "retries_per_failed_charge",
     "retries_per_recovered_charge",
     "median_days_to_recovery",
@@ -92,7 +93,12 @@ def uplift_table(
             continue
         pt = summary_statistics(point, metrics)
         rp = summary_statistics(res.replicates[key], metrics)
-        for stat in ("recovery_rate", "recovered_amount", "retries_per_failed_charge"):
+        for stat in (
+            "recovery_rate",
+            "recovered_amount",
+            "discounted_value",
+            "retries_per_failed_charge",
+        ):
             d = float(np.asarray(pt[stat]) - np.asarray(b_pt[stat]))
             iv = percentile_interval(d, np.asarray(rp[stat]) - np.asarray(b_rp[stat]), level=level)
             rows.append((policy, estimator, stat, iv.value, iv.low, iv.high))

@@ -158,6 +158,7 @@ def headline_markdown(result: BacktestResult) -> str:
     cols = [
         ("recovery_rate", "recovery rate", 3),
         ("recovered_amount", f"recovered {unit} / failed charge", 2),
+        ("discounted_value", f"discounted value net of costs, {unit} / failed charge", 2),
         ("retries_per_failed_charge", "retries / failed", 2),
         ("retries_per_recovered_charge", "retries / recovered", 2),
         ("median_days_to_recovery", "median days", 0),
@@ -208,6 +209,7 @@ def render_html(result: BacktestResult, images: dict[str, bytes]) -> str:
             [
                 "recovery_rate",
                 "recovered_amount",
+                "discounted_value",
                 "retries_per_failed_charge",
                 "retries_per_recovered_charge",
                 "median_days_to_recovery",

@@ -13,6 +13,7 @@ and written by :mod:`.files` and the command line):
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -36,7 +37,7 @@ from retryopt.training.backtest.charges import (
 from retryopt.training.backtest.config import BacktestConfig
 from retryopt.training.backtest.dm import dm_customers, fit_success_model, split_customers
 from retryopt.training.backtest.estimate import estimate_policy
-from retryopt.training.backtest.estimators import MetricSet, bootstrap_means
+from retryopt.training.backtest.estimators import MetricSet, bootstrap_means, objective_for
 from retryopt.training.backtest.metrics import (
     breakdown_table,
     curve_table,
@@ -100,9 +101,9 @@ def run_backtest(
     BacktestResult
     """
     cfg = config or BacktestConfig()
-    cons = cfg.constraints or Constraints()
-    mset = metrics or MetricSet()
     rates = fx or FxRates(reporting=cfg.reporting_currency)
+    cons, own_metrics = objective_for(cfg.constraints or Constraints(), rates)
+    mset = metrics or own_metrics
     if rates.reporting != cfg.reporting_currency:
         raise ValueError(
             f"the FX rates report in {rates.reporting!r}, the config in {cfg.reporting_currency!r}"
@@ -202,7 +203,7 @@ def run_backtest(
             "bandwidth_hours": cfg.bandwidth_hours,
             "min_ess": min_ess,
             "dm_refits": len(getattr(model, "replicates", []) or []),
-            "constraints": cons.__dict__,
+            "constraints": dataclasses.asdict(cons),
             "dm_model": getattr(model, "version", None),
             "seconds": round(time.perf_counter() - started, 2),
             "policies": list(policies),

@@ -2,8 +2,10 @@
 
 Specs: ``logged`` (what happened), ``fixed:72,120,168,216`` (hours after the first failure),
 ``random`` (uniform over the allowed grid times), ``greedy:MODEL`` and ``model:MODEL`` (the
-serving policies over a bundle path or MLflow registry name), ``fallback`` (the rules-only
-fallback) and, on simulated data only, ``oracle``.
+serving policies over a bundle path or MLflow registry name), ``model:MODEL@guardrail=72,120``
+(the planner in guardrail mode: the static schedule is a floor, :mod:`serving.policies.guardrail`;
+labelled ``model+guardrail``), ``fallback`` (the rules-only fallback) and, on simulated data
+only, ``oracle``.
 
 Every policy but ``logged`` and ``oracle`` is one of :mod:`serving.policies`, so the baselines
 obey the same network rules, through the same code, as the planner they are compared with.
@@ -12,6 +14,7 @@ obey the same network rules, through the same code, as the planner they are comp
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -40,6 +43,7 @@ class PolicySpec:
     label: str
     hours: tuple[float, ...] = ()
     model: str | None = None
+    guardrail: tuple[float, ...] | None = None
 
 
 KINDS = ("logged", "fixed", "random", "greedy", "model", "oracle", "fallback")
@@ -65,24 +69,45 @@ def parse_spec(spec: str) -> PolicySpec:
     if kind not in KINDS:
         raise SpecError(f"unknown policy spec {spec!r}: the kind must be one of {', '.join(KINDS)}")
     if kind == "fixed":
-        try:
-            hours = tuple(float(h) for h in arg.split(",") if h.strip())
-        except ValueError as exc:
-            raise SpecError(f"policy spec {spec!r}: hours must be numbers, got {arg!r}") from exc
-        if not hours:
-            raise SpecError(f"policy spec {spec!r}: give hours after the first failure")
-        if any(h <= 0 for h in hours) or any(b <= a for a, b in itertools.pairwise(hours)):
-            raise SpecError(f"policy spec {spec!r}: hours must be positive and increasing")
+        hours = _hours(spec, arg)
         return PolicySpec(
             kind=kind, label=f"fixed:{','.join(f'{h:g}' for h in hours)}", hours=hours
         )
     if kind in ("greedy", "model"):
-        if not arg.strip():
+        model, _, option = arg.partition("@")
+        if not model.strip():
             raise SpecError(f"policy spec {spec!r}: give a model bundle path or registry name")
-        return PolicySpec(kind=kind, label=f"{kind}", model=arg.strip())
+        if not option:
+            return PolicySpec(kind=kind, label=f"{kind}", model=model.strip())
+        name, _, value = option.partition("=")
+        if kind != "model" or name.strip().lower() != "guardrail":
+            raise SpecError(
+                f"policy spec {spec!r}: the only option is model:MODEL@guardrail=H1,H2,..."
+            )
+        return PolicySpec(
+            kind=kind,
+            label="model+guardrail",
+            model=model.strip(),
+            guardrail=_hours(spec, value),
+        )
     if arg.strip():
         raise SpecError(f"policy spec {spec!r}: {kind} takes no argument")
     return PolicySpec(kind=kind, label=kind)
+
+
+def _hours(spec: str, arg: str) -> tuple[float, ...]:
+    """Positive increasing hours after the first failure, from ``"72,120,..."``."""
+    try:
+        hours = tuple(float(h) for h in arg.split(",") if h.strip())
+    except ValueError as exc:
+        raise SpecError(f"policy spec {spec!r}: hours must be numbers, got {arg!r}") from exc
+    if not hours:
+        raise SpecError(f"policy spec {spec!r}: give hours after the first failure")
+    if any(not math.isfinite(h) or h <= 0 for h in hours) or any(
+        b <= a for a, b in itertools.pairwise(hours)
+    ):
+        raise SpecError(f"policy spec {spec!r}: hours must be positive and increasing")
+    return hours
 
 
 def unique_labels(specs: list[PolicySpec]) -> list[PolicySpec]:
@@ -115,7 +140,9 @@ def build_policy(
         assert spec.model is not None
         bundle = resolve_model(spec.model)
         model = BundleSuccessModel(bundle)
-        return GreedyPolicy(model) if spec.kind == "greedy" else PlannerPolicy(model)
+        if spec.kind == "greedy":
+            return GreedyPolicy(model)
+        return PlannerPolicy(model, guardrail_hours=spec.guardrail)
     if spec.kind == "oracle":
         if world is None:
             raise SpecError("policy spec 'oracle' needs simulated data (--simulate)")
