@@ -15,11 +15,16 @@ failed retry means the funds are still short, so the plan does not count on the 
     W_k(j)  = max(0, max_{j' >= j + g} val_k(j'))        (0 = stop after a failure at t_j)
 
 and the next retry is ``argmax_j val_R(j)`` (stop when that value is <= 0). ``p_R`` is the
-model's probability for the next retry; the success probability of a *later* retry after a
-failure is approximated by the same curve times a decay factor per earlier failed retry,
-``p_k(j) = p_R(j) * decay ** (R - k)`` (``decay`` defaults to 0.8, configurable): scoring a
-second feature matrix per hypothetical failure time would multiply the model cost. The plan is
-recomputed at every call, so only its first step is ever executed.
+model's probability for the next retry. ``p_k`` (a *later* retry, after ``s = R - k`` failed
+planned retries) is the model's own prediction in that state
+(:func:`features.advance.advance_after_failures`: retry number + s, attempt counts + the planned
+attempts, hours since the previous attempt = the planning gap, the likely next decline code
+stored in the bundle). It is scored on the allowed points of every ``coarse_step``-th grid step
+and carried to the other steps as the ratio ``p_k / p_R`` of the nearest scored point at or
+before them (the time profile stays the fine one, the state effect is smooth in time). A success
+model that cannot score a shifted state (not a bundle on the fast path) falls back to
+``p_k(j) = p_R(j) * later_attempt_decay ** (R - k)``. The plan is recomputed at every call, so
+only its first step is ever executed.
 """
 
 from __future__ import annotations
@@ -83,6 +88,8 @@ class PlannerPolicy(_RulesPolicy):
         grid: np.ndarray,
         batch: DecisionBatch,
         rules: list[RuleResult],
+        *,
+        later: np.ndarray | None = None,
     ) -> np.ndarray:
         cons: Constraints = batch.constraints
         if cons.daily_discount == 0.0:
@@ -103,7 +110,64 @@ class PlannerPolicy(_RulesPolicy):
             cost=cons.cost_per_attempt,
             gap_steps=gap_steps,
             decay=self.config.later_attempt_decay,
+            later_proba=later,
         )
+
+    def _gap_hours(self, batch: DecisionBatch) -> float:
+        """Hours the plan assumes between two planned retries."""
+        return max(batch.constraints.min_gap_hours, self.config.planning_gap_hours)
+
+    def _later_ratios(
+        self,
+        grid: np.ndarray,
+        allowed: np.ndarray,
+        proba: np.ndarray,
+        batch: DecisionBatch,
+        rules: list[RuleResult],
+        encoder: CandidateEncoder | None,
+    ) -> tuple[np.ndarray, np.ndarray] | None:
+        """Model success after ``1 .. S`` failed planned retries, as ratios to ``proba``.
+
+        Scored on the allowed, scored points of every ``coarse_step``-th grid step. Returns
+        the scored mask ``(n, m)`` and the ratios ``(S, n, m)`` (1 elsewhere), or None (no
+        later step, or a model that cannot score a shifted state: the decay is used).
+        """
+        depth = max((r.retries_left for r in rules), default=0) - 1
+        if depth < 1 or encoder is None or not isinstance(self.model, BundleSuccessModel):
+            return None
+        m = grid.shape[1]
+        sub = allowed & ~np.isnan(proba) & (np.arange(m) % self.config.coarse_step == 0)[None, :]
+        rows, cols = np.nonzero(sub)
+        gap = self._gap_hours(batch)
+        scored = self.model.score_rows_after_failures(
+            encoder,
+            rows,
+            grid[rows, cols].view(np.int64),
+            failures=depth,
+            gap_hours=gap if gap > 0 else float(self.config.grid_hours),
+        )
+        ratio = np.ones((depth, *grid.shape))
+        ratio[:, rows, cols] = scored / np.maximum(proba[rows, cols], 1e-6)[None, :]
+        return sub, ratio
+
+    @staticmethod
+    def _later_proba(
+        ratios: tuple[np.ndarray, np.ndarray] | None, proba: np.ndarray
+    ) -> np.ndarray | None:
+        """``(S, n, m)`` later-step probabilities: ``proba`` times the nearest scored ratio.
+
+        The nearest scored point at or before each step (else the first one after it).
+        """
+        if ratios is None:
+            return None
+        sub, ratio = ratios
+        m = sub.shape[1]
+        j = np.arange(m)
+        before = np.maximum.accumulate(np.where(sub, j[None, :], -1), axis=1)
+        after = np.minimum.accumulate(np.where(sub, j[None, :], m)[:, ::-1], axis=1)[:, ::-1]
+        source = np.where(before >= 0, before, np.minimum(after, m - 1))
+        carried = np.take_along_axis(ratio, np.broadcast_to(source, ratio.shape), axis=2)
+        return np.clip(np.nan_to_num(proba, nan=0.0)[None] * carried, 0.0, 1.0)
 
     def _score(
         self,
@@ -153,8 +217,9 @@ class PlannerPolicy(_RulesPolicy):
         allowed: np.ndarray,
         rules: list[RuleResult],
         columns: tuple[AttemptColumns, AttemptColumns | None] | None,
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Probabilities on a coarse grid refined around its best points; the scored mask.
+    ) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray] | None]:
+        """Probabilities on a coarse grid refined around its best points; the scored mask;
+        the later steps' ratios (:meth:`_later_ratios`, scored once on the coarse points).
 
         The candidate-independent feature state is built once (one
         :class:`features.encoder.CandidateEncoder`); each pass encodes and scores only its rows.
@@ -172,7 +237,10 @@ class PlannerPolicy(_RulesPolicy):
                 history=None if columns is None else columns[1],
             )
         self._score_subset(batch, grid, coarse, proba, columns, encoder)
-        values = self._values(proba, coarse, grid, batch, rules)
+        ratios = self._later_ratios(grid, coarse, proba, batch, rules, encoder)
+        values = self._values(
+            proba, coarse, grid, batch, rules, later=self._later_proba(ratios, proba)
+        )
         p_rank = np.where(coarse, np.nan_to_num(proba, nan=-1.0), -np.inf)
         k = min(cfg.refine_top, m)
         best = np.concatenate(
@@ -185,7 +253,7 @@ class PlannerPolicy(_RulesPolicy):
             near[np.arange(grid.shape[0])[:, None], cols] = True
         fine = near & allowed & ~coarse
         self._score_subset(batch, grid, fine, proba, columns, encoder)
-        return proba, coarse | fine
+        return proba, coarse | fine, ratios
 
     def _choose(
         self,
@@ -198,13 +266,24 @@ class PlannerPolicy(_RulesPolicy):
         grid, allowed = _padded(rules)
         rule_allowed = allowed
         if self.config.search == "coarse" and grid.shape[1] > self.config.dense_steps:
-            proba, scored = self._coarse_to_fine(batch, grid, allowed, rules, columns)
+            proba, scored, ratios = self._coarse_to_fine(batch, grid, allowed, rules, columns)
             scores = CandidateScores(proba=proba)
             allowed = allowed & scored
         else:
             scores = self._score(batch, grid, columns)
             proba = scores.proba
-        values = self._values(proba, allowed, grid, batch, rules)
+            encoder: CandidateEncoder | None = None
+            if isinstance(self.model, BundleSuccessModel) and any(
+                r.retries_left > 1 for r in rules
+            ):
+                encoder = self.model.encoder(
+                    batch,
+                    attempts=None if columns is None else columns[0],
+                    history=None if columns is None else columns[1],
+                )
+            ratios = self._later_ratios(grid, allowed, proba, batch, rules, encoder)
+        later = self._later_proba(ratios, proba)
+        values = self._values(proba, allowed, grid, batch, rules, later=later)
         spacing = max(1, round(self.config.alternative_spacing_hours / self.config.grid_hours))
         out: list[Decision] = []
         m = grid.shape[1]
@@ -331,6 +410,8 @@ class GreedyPolicy(PlannerPolicy):
         grid: np.ndarray,
         batch: DecisionBatch,
         rules: list[RuleResult],
+        *,
+        later: np.ndarray | None = None,
     ) -> np.ndarray:
         amount = _amounts(batch, [r.charge_id for r in rules])
         p = np.nan_to_num(proba, nan=0.0)
