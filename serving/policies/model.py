@@ -142,6 +142,24 @@ class BundleSuccessModel:
         bundle: Any = self.bundle
         return CandidateEncoder(batch, bundle.feature_spec, attempts=attempts, history=history)
 
+    def state_encoder(
+        self,
+        batch: DecisionBatch,
+        *,
+        attempts: AttemptColumns | None = None,
+        history: AttemptColumns | None = None,
+    ) -> CandidateEncoder | None:
+        """A :class:`features.CandidateEncoder` for scoring shifted states (any path).
+
+        The planner's later steps (:meth:`score_rows_after_failures`) go through the model
+        matrix on the fast and the reference path alike; None when the bundle exposes no
+        ``booster``, ``calibrator`` and ``feature_spec``.
+        """
+        if not all(hasattr(self.bundle, a) for a in ("booster", "calibrator", "feature_spec")):
+            return None
+        bundle: Any = self.bundle
+        return CandidateEncoder(batch, bundle.feature_spec, attempts=attempts, history=history)
+
     def score_rows(
         self, encoder: CandidateEncoder, dec: np.ndarray, times: np.ndarray
     ) -> np.ndarray:

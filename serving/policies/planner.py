@@ -20,8 +20,9 @@ planned retries) is the model's own prediction in that state
 (:func:`features.advance.advance_after_failures`: retry number + s, attempt counts + the planned
 attempts, hours since the previous attempt = the planning gap, the likely next decline code
 stored in the bundle). It is scored on the allowed points of every ``coarse_step``-th grid step
-and carried to the other steps as the ratio ``p_k / p_R`` of the nearest scored point at or
-before them (the time profile stays the fine one, the state effect is smooth in time). A success
+and interpolated linearly in between (later steps are replanned before they are taken, so a
+4-hour resolution is enough for their value; carrying the fine curve's ratio instead invented
+peaks where the state's effect changes within hours). A success
 model that cannot score a shifted state (not a bundle on the fast path) falls back to
 ``p_k(j) = p_R(j) * later_attempt_decay ** (R - k)``. The plan is recomputed at every call, so
 only its first step is ever executed.
@@ -117,7 +118,24 @@ class PlannerPolicy(_RulesPolicy):
         """Hours the plan assumes between two planned retries."""
         return max(batch.constraints.min_gap_hours, self.config.planning_gap_hours)
 
-    def _later_ratios(
+    def _state_encoder(
+        self,
+        batch: DecisionBatch,
+        rules: list[RuleResult],
+        columns: tuple[AttemptColumns, AttemptColumns | None] | None,
+    ) -> CandidateEncoder | None:
+        """The encoder of the later steps' shifted states (None when there is no later step)."""
+        if not isinstance(self.model, BundleSuccessModel) or all(
+            r.retries_left <= 1 for r in rules
+        ):
+            return None
+        return self.model.state_encoder(
+            batch,
+            attempts=None if columns is None else columns[0],
+            history=None if columns is None else columns[1],
+        )
+
+    def _later_points(
         self,
         grid: np.ndarray,
         allowed: np.ndarray,
@@ -126,11 +144,11 @@ class PlannerPolicy(_RulesPolicy):
         rules: list[RuleResult],
         encoder: CandidateEncoder | None,
     ) -> tuple[np.ndarray, np.ndarray] | None:
-        """Model success after ``1 .. S`` failed planned retries, as ratios to ``proba``.
+        """Model success after ``1 .. S`` failed planned retries on the later-step sub-grid.
 
         Scored on the allowed, scored points of every ``coarse_step``-th grid step. Returns
-        the scored mask ``(n, m)`` and the ratios ``(S, n, m)`` (1 elsewhere), or None (no
-        later step, or a model that cannot score a shifted state: the decay is used).
+        the scored mask ``(n, m)`` and the probabilities ``(S, n, m)`` (0 elsewhere), or None
+        (no later step, or a model that cannot score a shifted state: the decay is used).
         """
         depth = max((r.retries_left for r in rules), default=0) - 1
         if depth < 1 or encoder is None or not isinstance(self.model, BundleSuccessModel):
@@ -146,28 +164,33 @@ class PlannerPolicy(_RulesPolicy):
             failures=depth,
             gap_hours=gap if gap > 0 else float(self.config.grid_hours),
         )
-        ratio = np.ones((depth, *grid.shape))
-        ratio[:, rows, cols] = scored / np.maximum(proba[rows, cols], 1e-6)[None, :]
-        return sub, ratio
+        points = np.zeros((depth, *grid.shape))
+        points[:, rows, cols] = scored
+        return sub, points
 
     @staticmethod
-    def _later_proba(
-        ratios: tuple[np.ndarray, np.ndarray] | None, proba: np.ndarray
-    ) -> np.ndarray | None:
-        """``(S, n, m)`` later-step probabilities: ``proba`` times the nearest scored ratio.
+    def _later_proba(points: tuple[np.ndarray, np.ndarray] | None) -> np.ndarray | None:
+        """``(S, n, m)`` later-step probabilities, linear between the scored sub-grid points.
 
-        The nearest scored point at or before each step (else the first one after it).
+        Constant before the first and after the last scored point of a row; the same function
+        of the sub-grid whatever else was scored (the coarse search never sees more than the
+        hourly one).
         """
-        if ratios is None:
+        if points is None:
             return None
-        sub, ratio = ratios
+        sub, values = points
         m = sub.shape[1]
         j = np.arange(m)
         before = np.maximum.accumulate(np.where(sub, j[None, :], -1), axis=1)
         after = np.minimum.accumulate(np.where(sub, j[None, :], m)[:, ::-1], axis=1)[:, ::-1]
-        source = np.where(before >= 0, before, np.minimum(after, m - 1))
-        carried = np.take_along_axis(ratio, np.broadcast_to(source, ratio.shape), axis=2)
-        return np.clip(np.nan_to_num(proba, nan=0.0)[None] * carried, 0.0, 1.0)
+        lo = np.where(before >= 0, before, np.minimum(after, m - 1))
+        hi = np.where(after < m, after, lo)
+        span = np.maximum(hi - lo, 1)
+        w = np.clip((j[None, :] - lo) / span, 0.0, 1.0)
+        shape = values.shape
+        v_lo = np.take_along_axis(values, np.broadcast_to(lo, shape), axis=2)
+        v_hi = np.take_along_axis(values, np.broadcast_to(hi, shape), axis=2)
+        return np.asarray(v_lo + w[None] * (v_hi - v_lo))
 
     def _score(
         self,
@@ -219,7 +242,7 @@ class PlannerPolicy(_RulesPolicy):
         columns: tuple[AttemptColumns, AttemptColumns | None] | None,
     ) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray] | None]:
         """Probabilities on a coarse grid refined around its best points; the scored mask;
-        the later steps' ratios (:meth:`_later_ratios`, scored once on the coarse points).
+        the later steps' points (:meth:`_later_points`, scored once on the coarse points).
 
         The candidate-independent feature state is built once (one
         :class:`features.encoder.CandidateEncoder`); each pass encodes and scores only its rows.
@@ -237,15 +260,21 @@ class PlannerPolicy(_RulesPolicy):
                 history=None if columns is None else columns[1],
             )
         self._score_subset(batch, grid, coarse, proba, columns, encoder)
-        ratios = self._later_ratios(grid, coarse, proba, batch, rules, encoder)
-        values = self._values(
-            proba, coarse, grid, batch, rules, later=self._later_proba(ratios, proba)
-        )
+        state_encoder = encoder
+        if encoder is None and isinstance(self.model, BundleSuccessModel):
+            state_encoder = self._state_encoder(batch, rules, columns)
+        later_points = self._later_points(grid, coarse, proba, batch, rules, state_encoder)
+        later = self._later_proba(later_points)
+        values = self._values(proba, coarse, grid, batch, rules, later=later)
         p_rank = np.where(coarse, np.nan_to_num(proba, nan=-1.0), -np.inf)
         k = min(cfg.refine_top, m)
-        best = np.concatenate(
-            [np.argsort(-values, axis=1)[:, :k], np.argsort(-p_rank, axis=1)[:, :k]], axis=1
-        )
+        tops = [np.argsort(-values, axis=1)[:, :k], np.argsort(-p_rank, axis=1)[:, :k]]
+        if later is not None:
+            # The later steps' own peaks (their state can favour other times than the next).
+            for step in later:
+                later_rank = np.where(coarse, step, -np.inf)
+                tops.append(np.argsort(-later_rank, axis=1)[:, :k])
+        best = np.concatenate(tops, axis=1)
         near = np.zeros(grid.shape, dtype=bool)
         reach = cfg.coarse_step - 1
         for off in range(-reach, reach + 1):
@@ -253,7 +282,7 @@ class PlannerPolicy(_RulesPolicy):
             near[np.arange(grid.shape[0])[:, None], cols] = True
         fine = near & allowed & ~coarse
         self._score_subset(batch, grid, fine, proba, columns, encoder)
-        return proba, coarse | fine, ratios
+        return proba, coarse | fine, later_points
 
     def _choose(
         self,
@@ -266,23 +295,16 @@ class PlannerPolicy(_RulesPolicy):
         grid, allowed = _padded(rules)
         rule_allowed = allowed
         if self.config.search == "coarse" and grid.shape[1] > self.config.dense_steps:
-            proba, scored, ratios = self._coarse_to_fine(batch, grid, allowed, rules, columns)
+            proba, scored, later_points = self._coarse_to_fine(batch, grid, allowed, rules, columns)
             scores = CandidateScores(proba=proba)
             allowed = allowed & scored
         else:
             scores = self._score(batch, grid, columns)
             proba = scores.proba
-            encoder: CandidateEncoder | None = None
-            if isinstance(self.model, BundleSuccessModel) and any(
-                r.retries_left > 1 for r in rules
-            ):
-                encoder = self.model.encoder(
-                    batch,
-                    attempts=None if columns is None else columns[0],
-                    history=None if columns is None else columns[1],
-                )
-            ratios = self._later_ratios(grid, allowed, proba, batch, rules, encoder)
-        later = self._later_proba(ratios, proba)
+            later_points = self._later_points(
+                grid, allowed, proba, batch, rules, self._state_encoder(batch, rules, columns)
+            )
+        later = self._later_proba(later_points)
         values = self._values(proba, allowed, grid, batch, rules, later=later)
         spacing = max(1, round(self.config.alternative_spacing_hours / self.config.grid_hours))
         out: list[Decision] = []
