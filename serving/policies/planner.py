@@ -125,8 +125,10 @@ class PlannerPolicy(_RulesPolicy):
         columns: tuple[AttemptColumns, AttemptColumns | None] | None,
     ) -> CandidateEncoder | None:
         """The encoder of the later steps' shifted states (None when there is no later step)."""
-        if not isinstance(self.model, BundleSuccessModel) or all(
-            r.retries_left <= 1 for r in rules
+        if (
+            self.config.later_steps != "model"
+            or not isinstance(self.model, BundleSuccessModel)
+            or all(r.retries_left <= 1 for r in rules)
         ):
             return None
         return self.model.state_encoder(
@@ -260,8 +262,8 @@ class PlannerPolicy(_RulesPolicy):
                 history=None if columns is None else columns[1],
             )
         self._score_subset(batch, grid, coarse, proba, columns, encoder)
-        state_encoder = encoder
-        if encoder is None and isinstance(self.model, BundleSuccessModel):
+        state_encoder = encoder if self.config.later_steps == "model" else None
+        if state_encoder is None:
             state_encoder = self._state_encoder(batch, rules, columns)
         later_points = self._later_points(grid, coarse, proba, batch, rules, state_encoder)
         later = self._later_proba(later_points)
