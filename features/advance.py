@@ -15,7 +15,8 @@ into the rows of the decision that would follow ``failures`` failed planned atte
   failed attempt after each code, estimated at training time,
   :func:`fit_next_decline_codes`; a code without an entry keeps its code), and with it
   ``decline_sequence`` (``"<code>><next>"``), ``distinct_codes`` (+1 per new code),
-  ``last_decline_hard`` and ``last_visa_category`` (:func:`features.taxonomy.classify_decline`).
+  ``last_decline_family``, ``last_decline_hard`` and ``last_visa_category``
+  (:func:`features.taxonomy.classify_decline`).
 
 Everything else (calendar and local time of ``t``, card, customer, amount, first decline, advice
 code) is unchanged: the hypothetical attempts are the charge's own and change nothing else that
@@ -187,4 +188,11 @@ def advance_after_failures(
             out[changed, col["last_decline_hard"]] = hard[code[changed]]
         if "last_visa_category" in col:
             out[changed, col["last_visa_category"]] = visa[code[changed]]
+        if "last_decline_family" in col:
+            fam_index = {lv: i for i, lv in enumerate(spec.levels["last_decline_family"])}
+            family = np.array(
+                [fam_index.get(str(i.family), fam_index.get(OTHER_LEVEL, -1)) for i in info],
+                dtype=np.float64,
+            )
+            out[changed, col["last_decline_family"]] = family[code[changed]]
     return out
