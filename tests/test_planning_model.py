@@ -90,20 +90,15 @@ def test_advance_without_a_map_keeps_the_code_and_counts_several_failures() -> N
 
 def test_fit_next_decline_codes_takes_the_most_frequent_next_code() -> None:
     # charge a: if -> dnh -> dnh; b: if -> dnh; c: if -> if; d: dnh (single retry)
-    charge = ["a", "a", "a", "b", "b", "c", "c", "d"]
-    retry = [1, 2, 3, 1, 2, 1, 2, 1]
-    code = ["if", "dnh", "dnh", "if", "dnh", "if", "if", "dnh"]
+    charge = np.array(["a", "a", "a", "b", "b", "c", "c", "d"], dtype=object)
+    retry = np.array([1, 2, 3, 1, 2, 1, 2, 1])
+    code = np.array(["if", "dnh", "dnh", "if", "dnh", "if", "if", "dnh"], dtype=object)
     got = fit_next_decline_codes(charge, retry, code, min_count=1)
     assert got == {"if": "dnh", "dnh": "dnh"}
     assert fit_next_decline_codes(charge, retry, code, min_count=4) == {}  # too little support
     # order of the rows does not matter (sorted by charge and retry number)
     perm = np.random.default_rng(0).permutation(len(charge))
-    assert (
-        fit_next_decline_codes(
-            np.array(charge)[perm], np.array(retry)[perm], np.array(code)[perm], min_count=1
-        )
-        == got
-    )
+    assert fit_next_decline_codes(charge[perm], retry[perm], code[perm], min_count=1) == got
 
 
 def test_timing_weights_unit() -> None:
@@ -242,7 +237,7 @@ def test_later_steps_come_from_the_model(trained: dict[str, Any]) -> None:
     )
     levels = bundle.feature_spec.levels["last_decline_code"]
     rates = rates[(rates["size"] >= 200) & rates.index.isin(levels)]
-    worst, best = rates["mean"].idxmin(), rates["mean"].idxmax()
+    worst, best = str(rates["mean"].idxmin()), str(rates["mean"].idxmax())
     scores = {}
     for code in (worst, best):
         model.next_decline_code = {c: code for c in levels}

@@ -91,7 +91,7 @@ class TrainConfig:
     baseline_max_rows: int = 500_000
     logistic_c: float = 1.0
     historical_prior_strength: float = 20.0
-    timing_weights: bool = True
+    timing_weights: bool = False
 
     def __post_init__(self) -> None:
         checks = {
