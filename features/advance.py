@@ -26,6 +26,7 @@ is known. Features the spec does not hold are skipped.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Final
 
 import numpy as np
@@ -87,17 +88,58 @@ def fit_next_decline_codes(
     return {str(a): str(b) for a, b in zip(best["from"], best["to"], strict=True)}
 
 
-def _level_map(levels: tuple[str, ...], next_code: Mapping[str, str]) -> np.ndarray:
-    """Level index -> level index of the next code (``other`` for a level the spec lacks)."""
+@dataclass(frozen=True)
+class _Tables:
+    """Per (spec, next-code map): the code step and the per-level facts (cached)."""
+
+    step: np.ndarray  # level index -> level index of the next code
+    known: np.ndarray  # level is a real code (not "other" / "missing")
+    hard: np.ndarray
+    visa: np.ndarray
+    family: np.ndarray | None  # level index -> last_decline_family level index
+    sequence: dict[tuple[int, int], int]  # (previous, next) level -> decline_sequence level
+
+
+_TABLES: dict[tuple[int, int], tuple[FeatureSpec, Mapping[str, str], _Tables]] = {}
+
+
+def _tables(spec: FeatureSpec, next_code: Mapping[str, str]) -> _Tables:
+    """The :class:`_Tables` of ``spec`` and ``next_code`` (cached per instance pair)."""
+    hit = _TABLES.get((id(spec), id(next_code)))
+    if hit is not None and hit[0] is spec and hit[1] is next_code and isinstance(next_code, dict):
+        return hit[2]
+    levels = spec.levels["last_decline_code"]
     index = {lv: i for i, lv in enumerate(levels)}
     other = index.get(OTHER_LEVEL, -1)
-    out = np.arange(len(levels), dtype=np.int64)
+    step = np.arange(len(levels), dtype=np.int64)
     for i, lv in enumerate(levels):
-        if lv in (OTHER_LEVEL, MISSING_LEVEL):
-            continue
-        nxt = next_code.get(lv, lv)
-        out[i] = index.get(nxt, other)
-    return out
+        if lv not in (OTHER_LEVEL, MISSING_LEVEL):
+            step[i] = index.get(next_code.get(lv, lv), other)
+    info = [classify_decline(lv) for lv in levels]
+    family = None
+    if "last_decline_family" in spec.levels:
+        fam = {lv: i for i, lv in enumerate(spec.levels["last_decline_family"])}
+        family = np.array([fam.get(str(i.family), fam.get(OTHER_LEVEL, -1)) for i in info])
+    sequence: dict[tuple[int, int], int] = {}
+    if "decline_sequence" in spec.levels:
+        seq = {lv: i for i, lv in enumerate(spec.levels["decline_sequence"])}
+        seq_other = seq.get(OTHER_LEVEL, -1)
+        for a in range(len(levels)):
+            for b in {int(step[a]), a}:
+                name = f"{levels[a]}{_SEQUENCE_SEPARATOR}{levels[b]}"
+                sequence[(a, b)] = seq.get(name, seq_other)
+    tables = _Tables(
+        step=step,
+        known=np.array([lv not in (OTHER_LEVEL, MISSING_LEVEL) for lv in levels]),
+        hard=np.array([float(i.hard) for i in info]),
+        visa=np.array([np.nan if i.visa_category is None else i.visa_category for i in info]),
+        family=family,
+        sequence=sequence,
+    )
+    if len(_TABLES) >= 64:
+        _TABLES.clear()
+    _TABLES[(id(spec), id(next_code))] = (spec, next_code, tables)
+    return tables
 
 
 def advance_after_failures(
@@ -146,8 +188,8 @@ def advance_after_failures(
             out[:, col[name]] += float(np.count_nonzero(ago < window))
     if "last_decline_code" not in col:
         return out
-    levels = spec.levels["last_decline_code"]
-    step = _level_map(levels, next_code)
+    tables = _tables(spec, next_code)
+    n_levels = tables.step.size
     j_code = col["last_decline_code"]
     start = out[:, j_code].astype(np.int64)
     code = start
@@ -155,44 +197,25 @@ def advance_after_failures(
     new_codes = np.zeros(out.shape[0])
     for _ in range(failures):
         previous = code
-        code = step[code]
+        code = tables.step[code]
         new_codes += code != previous
     out[:, j_code] = code
     if "distinct_codes" in col:
         out[:, col["distinct_codes"]] += new_codes
-    level_names = np.asarray(levels, dtype=object)
     if "decline_sequence" in col:
-        seq_levels = spec.levels["decline_sequence"]
-        seq_index = {lv: i for i, lv in enumerate(seq_levels)}
-        other = seq_index.get(OTHER_LEVEL, -1)
-        pairs, inverse = np.unique(previous * len(levels) + code, return_inverse=True)
+        pairs, inverse = np.unique(previous * n_levels + code, return_inverse=True)
         seq = np.array(
-            [
-                seq_index.get(
-                    f"{level_names[p // len(levels)]}{_SEQUENCE_SEPARATOR}"
-                    f"{level_names[p % len(levels)]}",
-                    other,
-                )
-                for p in pairs.tolist()
-            ],
+            [tables.sequence.get((p // n_levels, p % n_levels), -1) for p in pairs.tolist()],
             dtype=np.float64,
         )
         out[:, col["decline_sequence"]] = seq[inverse.reshape(-1)]
-    known = np.array([lv not in (OTHER_LEVEL, MISSING_LEVEL) for lv in levels])
-    changed = (code != start) & known[code]
+    changed = (code != start) & tables.known[code]
     if changed.any():
-        info = [classify_decline(str(level_names[c])) for c in range(len(levels))]
-        hard = np.array([float(i.hard) for i in info])
-        visa = np.array([np.nan if i.visa_category is None else i.visa_category for i in info])
+        moved = code[changed]
         if "last_decline_hard" in col:
-            out[changed, col["last_decline_hard"]] = hard[code[changed]]
+            out[changed, col["last_decline_hard"]] = tables.hard[moved]
         if "last_visa_category" in col:
-            out[changed, col["last_visa_category"]] = visa[code[changed]]
-        if "last_decline_family" in col:
-            fam_index = {lv: i for i, lv in enumerate(spec.levels["last_decline_family"])}
-            family = np.array(
-                [fam_index.get(str(i.family), fam_index.get(OTHER_LEVEL, -1)) for i in info],
-                dtype=np.float64,
-            )
-            out[changed, col["last_decline_family"]] = family[code[changed]]
+            out[changed, col["last_visa_category"]] = tables.visa[moved]
+        if "last_decline_family" in col and tables.family is not None:
+            out[changed, col["last_decline_family"]] = tables.family[moved]
     return out
