@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from retryopt.features.advance import fit_next_decline_codes
 from retryopt.features.examples import build_training_examples
 from retryopt.features.spec import encode_features, fit_feature_spec
 from retryopt.features.validation import load_attempts
@@ -49,6 +50,7 @@ from retryopt.training.evaluation import (
 )
 from retryopt.training.mlflow_tracking import log_training_run
 from retryopt.training.progress import Progress
+from retryopt.training.timing import timing_weights
 
 # OpenMP threads that spin while waiting make LightGBM 10x slower on a shared, busy machine; a
 # passive wait policy costs nothing when idle. Only effective if set before lightgbm is loaded.
@@ -89,6 +91,7 @@ class TrainConfig:
     baseline_max_rows: int = 500_000
     logistic_c: float = 1.0
     historical_prior_strength: float = 20.0
+    timing_weights: bool = False
 
     def __post_init__(self) -> None:
         checks = {
@@ -129,6 +132,7 @@ class TrainConfig:
                 "early_stopping_rounds": self.early_stopping_rounds,
                 "num_threads": self.num_threads,
                 "seed": self.seed,
+                "timing_weights": self.timing_weights,
             },
             "calibration": {
                 "methods": list(self.calibration_methods),
@@ -158,6 +162,7 @@ class TrainConfig:
             "training.early_stopping_rounds": ("early_stopping_rounds", "int"),
             "training.num_threads": ("num_threads", "int"),
             "training.seed": ("seed", "int"),
+            "training.timing_weights": ("timing_weights", "bool"),
             "calibration.methods": ("calibration_methods", "list"),
             "calibration.folds": ("calibration_folds", "int"),
             "evaluation.ece_bins": ("ece_bins", "int"),
@@ -480,7 +485,8 @@ def train_from_attempts(
     X_te = encode_features(features[split.test], spec)
     say(f"fitting LightGBM on {len(X_tr):,} rows x {X_tr.shape[1]} features")
     started = time.perf_counter()
-    train_set = lgb.Dataset(X_tr, label=y_tr, free_raw_data=True)
+    weights = timing_weights(examples.propensity[split.train]) if config.timing_weights else None
+    train_set = lgb.Dataset(X_tr, label=y_tr, weight=weights, free_raw_data=True)
     valid_set = lgb.Dataset(X_va, label=y_va, reference=train_set, free_raw_data=True)
     trained = lgb.train(
         lightgbm_params(config),
@@ -556,8 +562,19 @@ def train_from_attempts(
     say(f"feature importance (gain, mean |SHAP| on {sample:,} test rows)")
     importance = feature_importance(booster, X_te.iloc[sample_rows])
 
+    next_codes = fit_next_decline_codes(
+        meta.loc[split.train, "charge_id"].to_numpy(dtype=object),
+        meta.loc[split.train, "retry_number"].to_numpy(dtype=np.float64),
+        features.loc[split.train, "last_decline_code"].to_numpy(dtype=object),
+        min_count=config.min_level_count,
+    )
     metrics: dict[str, Any] = {
         "split": split.describe(),
+        "planning": {
+            "next_decline_code": next_codes,
+            "next_decline_codes_changed": sum(a != b for a, b in next_codes.items()),
+        },
+        "timing_weights": _weight_summary(weights, examples.propensity[split.train]),
         "examples": n,
         "best_iteration": best_iteration,
         "fit_seconds": round(fit_seconds, 3),
@@ -589,6 +606,15 @@ def train_from_attempts(
 # --------------------------------------------------------------------------- reporting
 
 
+def _weight_summary(weights: np.ndarray | None, propensity: np.ndarray) -> dict[str, float]:
+    """Share of training rows with a propensity and the weights' effective sample share."""
+    known = float(np.mean(np.isfinite(propensity))) if propensity.size else 0.0
+    if weights is None or weights.size == 0:
+        return {"rows_with_propensity": known, "effective_sample_share": 1.0}
+    ess = float(weights.sum() ** 2 / np.sum(weights**2)) / weights.size
+    return {"rows_with_propensity": known, "effective_sample_share": ess}
+
+
 def flat_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
     """Numeric metrics flattened for MLflow: ``test.model.roc_auc``, ``validation.model.ece``..."""
     flat: dict[str, float] = {}
@@ -602,6 +628,14 @@ def flat_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
             flat[f"split.{key}"] = float(value)
     for method, value in metrics.get("calibration", {}).get("oof_log_loss", {}).items():
         flat[f"calibration.oof_log_loss.{method}"] = float(value)
+    planning = metrics.get("planning", {})
+    if "next_decline_code" in planning:
+        flat["planning.next_decline_codes"] = float(len(planning["next_decline_code"]))
+        flat["planning.next_decline_codes_changed"] = float(
+            planning.get("next_decline_codes_changed", 0)
+        )
+    for key, value in metrics.get("timing_weights", {}).items():
+        flat[f"timing_weights.{key}"] = float(value)
     return flat
 
 

@@ -42,8 +42,14 @@ class PlannerConfig:
 
     Parameters
     ----------
+    later_steps
+        ``"model"``: a later planned retry is valued with the model's prediction for the state
+        after the earlier planned retries failed (see :mod:`.planner`); ``"decay"``: with the
+        next retry's probability times ``later_attempt_decay`` per failed retry in between (the
+        planner before issue 14; also what a model that cannot score a shifted state gets).
     later_attempt_decay
-        Success of each later retry relative to the next one, per failed retry in between.
+        Success of each later retry relative to the next one, per failed retry in between
+        (``later_steps="decay"`` only).
     planning_gap_hours
         Least spacing the plan assumes between a retry and the next one it plans (default 24 h).
         A failed retry is evidence the customer's funds are still short, so the next real chance
@@ -67,6 +73,7 @@ class PlannerConfig:
         Parameters of the coarse-to-fine search (grid steps).
     """
 
+    later_steps: str = "model"
     later_attempt_decay: float = 0.8
     planning_gap_hours: float = 24.0
     grid_hours: int = 1
@@ -79,6 +86,8 @@ class PlannerConfig:
     refine_top: int = 4
 
     def __post_init__(self) -> None:
+        if self.later_steps not in ("model", "decay"):
+            raise ValueError(f"later_steps must be 'model' or 'decay', got {self.later_steps!r}")
         if self.search not in ("hourly", "coarse"):
             raise ValueError(f"search must be 'hourly' or 'coarse', got {self.search!r}")
         if self.coarse_step < 1 or self.dense_steps < 0 or self.refine_top < 1:

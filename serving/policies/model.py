@@ -8,6 +8,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import pandas as pd
 
+from retryopt.features.advance import advance_after_failures
 from retryopt.features.columns import AttemptColumns
 from retryopt.features.decisions import DecisionBatch
 from retryopt.features.encoder import CandidateEncoder
@@ -40,6 +41,34 @@ class SuccessModel(Protocol):
 
 
 CHUNK_ROWS = 4096
+
+
+@dataclass(frozen=True, kw_only=True)
+class PlanningKnobs:
+    """What the planner reads from a bundle besides the model (fitted at training time).
+
+    ``next_decline_code``: the most frequent decline code of the next failed attempt after each
+    code (:func:`features.advance.fit_next_decline_codes`), stored in the bundle's
+    ``metrics.json`` under ``planning``. Bundles written before it have none: every code then
+    keeps its code after a hypothetical failure (the documented fallback).
+    """
+
+    next_decline_code: dict[str, str]
+
+
+def planning_knobs(bundle: object) -> PlanningKnobs:
+    """The :class:`PlanningKnobs` of ``bundle`` (empty for bundles written before them)."""
+    metrics = getattr(bundle, "metrics", None)
+    planning = metrics.get("planning") if isinstance(metrics, dict) else None
+    raw = planning.get("next_decline_code") if isinstance(planning, dict) else None
+    codes = (
+        {str(k): str(v) for k, v in raw.items() if isinstance(v, str)}
+        if isinstance(raw, dict)
+        else {}
+    )
+    return PlanningKnobs(next_decline_code=codes)
+
+
 ENGINES = ("lightgbm", "lleaves")
 
 
@@ -77,6 +106,7 @@ class BundleSuccessModel:
         names = getattr(spec, "names", ()) if spec is not None else ()
         # The explanation reads payday-like raw features when the model has any.
         self._needs_raw = any("payday" in n.lower() or "pay_day" in n.lower() for n in names)
+        self.next_decline_code = planning_knobs(bundle).next_decline_code
 
     @property
     def engine_name(self) -> str:
@@ -112,6 +142,24 @@ class BundleSuccessModel:
         bundle: Any = self.bundle
         return CandidateEncoder(batch, bundle.feature_spec, attempts=attempts, history=history)
 
+    def state_encoder(
+        self,
+        batch: DecisionBatch,
+        *,
+        attempts: AttemptColumns | None = None,
+        history: AttemptColumns | None = None,
+    ) -> CandidateEncoder | None:
+        """A :class:`features.CandidateEncoder` for scoring shifted states (any path).
+
+        The planner's later steps (:meth:`score_rows_after_failures`) go through the model
+        matrix on the fast and the reference path alike; None when the bundle exposes no
+        ``booster``, ``calibrator`` and ``feature_spec``.
+        """
+        if not all(hasattr(self.bundle, a) for a in ("booster", "calibrator", "feature_spec")):
+            return None
+        bundle: Any = self.bundle
+        return CandidateEncoder(batch, bundle.feature_spec, attempts=attempts, history=history)
+
     def score_rows(
         self, encoder: CandidateEncoder, dec: np.ndarray, times: np.ndarray
     ) -> np.ndarray:
@@ -131,6 +179,37 @@ class BundleSuccessModel:
             for k in range(0, n, step)
         ]
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    def score_rows_after_failures(
+        self,
+        encoder: CandidateEncoder,
+        dec: np.ndarray,
+        times: np.ndarray,
+        *,
+        failures: int,
+        gap_hours: float,
+    ) -> np.ndarray:
+        """``(failures, rows)`` calibrated P(success) after 1 .. ``failures`` planned failures.
+
+        The rows are encoded once and advanced by
+        :func:`features.advance.advance_after_failures` (retry number, attempt counts, hours
+        since the previous attempt = ``gap_hours``, the likely next decline code).
+        """
+        bundle: Any = self.bundle
+        out = np.empty((failures, int(dec.size)), dtype=np.float64)
+        step = CHUNK_ROWS * 4
+        for k in range(0, int(dec.size), step):
+            X = encoder.matrix(dec[k : k + step], times[k : k + step], order="C")
+            for s in range(1, failures + 1):
+                Xs = advance_after_failures(
+                    X,
+                    bundle.feature_spec,
+                    failures=s,
+                    gap_hours=gap_hours,
+                    next_code=self.next_decline_code,
+                )
+                out[s - 1, k : k + step] = self.predict_matrix(Xs)
+        return out
 
     def predict_rows(self, rows: pd.DataFrame) -> np.ndarray:
         """Calibrated P(success) of raw feature rows (``bundle.predict_proba``)."""

@@ -18,12 +18,18 @@ still short, so the plan does not count on the next hour)::
 
 and the next retry is ``argmax_j val_R(j)``; when that value is <= 0 no retry is worth its cost
 and the decision is ``stop`` with reason ``not_worth_an_attempt``, the best expected value and
-the cost. ``p_R`` is the model's probability for the next retry; the success probability of a
-*later* retry after a failure is approximated by the same curve times a decay factor per earlier
-failed retry, ``p_k(j) = p_R(j) * decay ** (R - k)`` (``decay`` defaults to 0.8, configurable;
-:func:`.values.plan_values` takes the per-step probabilities' source as an input). With a
-guardrail ladder (:mod:`.guardrail`) the next retry is chosen among times no later than the
-ladder's next step. The plan is recomputed at every call, so only its first step is executed.
+the cost. ``p_R`` is the model's probability for the next retry. ``p_k`` (a *later* retry, after
+``s = R - k`` failed planned retries) is the model's own prediction in that state
+(:func:`features.advance.advance_after_failures`: retry number + s, attempt counts + the planned
+attempts, hours since the previous attempt = the planning gap, the likely next decline code
+stored in the bundle). It is scored on the allowed points of every ``coarse_step``-th grid step
+and interpolated linearly in between (later steps are replanned before they are taken, so a
+4-hour resolution is enough for their value; carrying the fine curve's ratio instead invented
+peaks where the state's effect changes within hours). A success model that cannot score a
+shifted state (not a bundle on the fast path) falls back to
+``p_k(j) = p_R(j) * later_attempt_decay ** (R - k)``. With a guardrail ladder (:mod:`.guardrail`)
+the next retry is chosen among times no later than the ladder's next step. The plan is
+recomputed at every call, so only its first step is ever executed.
 """
 
 from __future__ import annotations
@@ -99,6 +105,8 @@ class PlannerPolicy(_RulesPolicy):
         grid: np.ndarray,
         batch: DecisionBatch,
         rules: list[RuleResult],
+        *,
+        later: np.ndarray | None = None,
     ) -> np.ndarray:
         cons: Constraints = batch.constraints
         objective = cons.objective
@@ -119,7 +127,88 @@ class PlannerPolicy(_RulesPolicy):
             cost=objective.cost_per_attempt,
             gap_steps=gap_steps,
             decay=self.config.later_attempt_decay,
+            later_proba=later,
         )
+
+    def _gap_hours(self, batch: DecisionBatch) -> float:
+        """Hours the plan assumes between two planned retries."""
+        return max(batch.constraints.min_gap_hours, self.config.planning_gap_hours)
+
+    def _state_encoder(
+        self,
+        batch: DecisionBatch,
+        rules: list[RuleResult],
+        columns: tuple[AttemptColumns, AttemptColumns | None] | None,
+    ) -> CandidateEncoder | None:
+        """The encoder of the later steps' shifted states (None when there is no later step)."""
+        if (
+            self.config.later_steps != "model"
+            or not isinstance(self.model, BundleSuccessModel)
+            or all(r.retries_left <= 1 for r in rules)
+        ):
+            return None
+        return self.model.state_encoder(
+            batch,
+            attempts=None if columns is None else columns[0],
+            history=None if columns is None else columns[1],
+        )
+
+    def _later_points(
+        self,
+        grid: np.ndarray,
+        allowed: np.ndarray,
+        proba: np.ndarray,
+        batch: DecisionBatch,
+        rules: list[RuleResult],
+        encoder: CandidateEncoder | None,
+    ) -> tuple[np.ndarray, np.ndarray] | None:
+        """Model success after ``1 .. S`` failed planned retries on the later-step sub-grid.
+
+        Scored on the allowed, scored points of every ``coarse_step``-th grid step. Returns
+        the scored mask ``(n, m)`` and the probabilities ``(S, n, m)`` (0 elsewhere), or None
+        (no later step, or a model that cannot score a shifted state: the decay is used).
+        """
+        depth = max((r.retries_left for r in rules), default=0) - 1
+        if depth < 1 or encoder is None or not isinstance(self.model, BundleSuccessModel):
+            return None
+        m = grid.shape[1]
+        sub = allowed & ~np.isnan(proba) & (np.arange(m) % self.config.coarse_step == 0)[None, :]
+        rows, cols = np.nonzero(sub)
+        gap = self._gap_hours(batch)
+        scored = self.model.score_rows_after_failures(
+            encoder,
+            rows,
+            grid[rows, cols].view(np.int64),
+            failures=depth,
+            gap_hours=gap if gap > 0 else float(self.config.grid_hours),
+        )
+        points = np.zeros((depth, *grid.shape))
+        points[:, rows, cols] = scored
+        return sub, points
+
+    @staticmethod
+    def _later_proba(points: tuple[np.ndarray, np.ndarray] | None) -> np.ndarray | None:
+        """``(S, n, m)`` later-step probabilities, linear between the scored sub-grid points.
+
+        Constant before the first and after the last scored point of a row; the same function
+        of the sub-grid whatever else was scored (the coarse search never sees more than the
+        hourly one).
+        """
+        if points is None:
+            return None
+        sub, values = points
+        m = sub.shape[1]
+        j = np.arange(m)
+        before = np.maximum.accumulate(np.where(sub, j[None, :], -1), axis=1)
+        after = np.minimum.accumulate(np.where(sub, j[None, :], m)[:, ::-1], axis=1)[:, ::-1]
+        lo = np.where(before >= 0, before, np.minimum(after, m - 1))
+        hi = np.where(after < m, after, lo)
+        span = np.maximum(hi - lo, 1)
+        w = np.clip((j[None, :] - lo) / span, 0.0, 1.0)
+        shape = values.shape
+        v_lo = np.take_along_axis(values, np.broadcast_to(lo, shape), axis=2)
+        v_hi = np.take_along_axis(values, np.broadcast_to(hi, shape), axis=2)
+        return np.asarray(v_lo + w[None] * (v_hi - v_lo))
 
     def _score(
         self,
@@ -169,8 +258,9 @@ class PlannerPolicy(_RulesPolicy):
         allowed: np.ndarray,
         rules: list[RuleResult],
         columns: tuple[AttemptColumns, AttemptColumns | None] | None,
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Probabilities on a coarse grid refined around its best points; the scored mask.
+    ) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray] | None]:
+        """Probabilities on a coarse grid refined around its best points; the scored mask;
+        the later steps' points (:meth:`_later_points`, scored once on the coarse points).
 
         The candidate-independent feature state is built once (one
         :class:`features.encoder.CandidateEncoder`); each pass encodes and scores only its rows.
@@ -188,12 +278,21 @@ class PlannerPolicy(_RulesPolicy):
                 history=None if columns is None else columns[1],
             )
         self._score_subset(batch, grid, coarse, proba, columns, encoder)
-        values = self._values(proba, coarse, grid, batch, rules)
+        state_encoder = encoder if self.config.later_steps == "model" else None
+        if state_encoder is None:
+            state_encoder = self._state_encoder(batch, rules, columns)
+        later_points = self._later_points(grid, coarse, proba, batch, rules, state_encoder)
+        later = self._later_proba(later_points)
+        values = self._values(proba, coarse, grid, batch, rules, later=later)
         p_rank = np.where(coarse, np.nan_to_num(proba, nan=-1.0), -np.inf)
         k = min(cfg.refine_top, m)
-        best = np.concatenate(
-            [np.argsort(-values, axis=1)[:, :k], np.argsort(-p_rank, axis=1)[:, :k]], axis=1
-        )
+        tops = [np.argsort(-values, axis=1)[:, :k], np.argsort(-p_rank, axis=1)[:, :k]]
+        if later is not None:
+            # The later steps' own peaks (their state can favour other times than the next).
+            for step in later:
+                later_rank = np.where(coarse, step, -np.inf)
+                tops.append(np.argsort(-later_rank, axis=1)[:, :k])
+        best = np.concatenate(tops, axis=1)
         near = np.zeros(grid.shape, dtype=bool)
         reach = cfg.coarse_step - 1
         for off in range(-reach, reach + 1):
@@ -201,7 +300,7 @@ class PlannerPolicy(_RulesPolicy):
             near[np.arange(grid.shape[0])[:, None], cols] = True
         fine = near & allowed & ~coarse
         self._score_subset(batch, grid, fine, proba, columns, encoder)
-        return proba, coarse | fine
+        return proba, coarse | fine, later_points
 
     def _choose(
         self,
@@ -217,13 +316,17 @@ class PlannerPolicy(_RulesPolicy):
             allowed = apply_guardrail(grid, allowed, guardrail_deadlines(rules, ladder))
         rule_allowed = allowed
         if self.config.search == "coarse" and grid.shape[1] > self.config.dense_steps:
-            proba, scored = self._coarse_to_fine(batch, grid, allowed, rules, columns)
+            proba, scored, later_points = self._coarse_to_fine(batch, grid, allowed, rules, columns)
             scores = CandidateScores(proba=proba)
             allowed = allowed & scored
         else:
             scores = self._score(batch, grid, columns)
             proba = scores.proba
-        values = self._values(proba, allowed, grid, batch, rules)
+            later_points = self._later_points(
+                grid, allowed, proba, batch, rules, self._state_encoder(batch, rules, columns)
+            )
+        later = self._later_proba(later_points)
+        values = self._values(proba, allowed, grid, batch, rules, later=later)
         spacing = max(1, round(self.config.alternative_spacing_hours / self.config.grid_hours))
         cost = batch.constraints.objective.cost_per_attempt
         currency = batch.constraints.objective.reporting_currency
@@ -381,6 +484,8 @@ class GreedyPolicy(PlannerPolicy):
         grid: np.ndarray,
         batch: DecisionBatch,
         rules: list[RuleResult],
+        *,
+        later: np.ndarray | None = None,
     ) -> np.ndarray:
         amount = _amounts(batch, [r.charge_id for r in rules])
         p = np.nan_to_num(proba, nan=0.0)

@@ -7,7 +7,9 @@ amount ``A``, cost per attempt ``c``, discount ``d(t)`` and planning gap ``g`` g
     val_k(j) = p_k(j) * A * d(j) - c + (1 - p_k(j)) * W_{k-1}(j)
     W_k(j)  = max(0, max_{j' >= j + g} val_k(j'))        (0 = stop after a failure at t_j)
 
-with ``p_k(j) = p_R(j) * decay ** (R - k)`` (see :mod:`.planner`).
+where ``p_k(j)`` is the model's probability at ``t_j`` in the state after the ``R - k`` earlier
+planned retries failed (``later_proba``, see :mod:`.planner`), or, for a success model that
+cannot score such a state, ``p_R(j) * decay ** (R - k)``.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ def plan_values(
     cost: float,
     gap_steps: int,
     decay: float,
+    later_proba: np.ndarray | None = None,
 ) -> np.ndarray:
     """Expected value of retrying first at each candidate, planning the remaining budget.
 
@@ -45,7 +48,10 @@ def plan_values(
     gap_steps
         Minimum number of grid steps between two attempts (>= 1).
     decay
-        Success of each later retry relative to the next one.
+        Success of each later retry relative to the next one (used without ``later_proba``).
+    later_proba
+        Optional ``(S, n, m)``: ``later_proba[s - 1]`` is the success probability at each
+        candidate after ``s`` failed planned retries (``S >= max(retries_left) - 1``).
 
     Returns
     -------
@@ -67,6 +73,9 @@ def plan_values(
                     cost=cost,
                     gap_steps=gap_steps,
                     decay=decay,
+                    later_proba=None
+                    if later_proba is None
+                    else later_proba[:, k : k + _PLAN_BLOCK_ROWS],
                 )
                 for k in range(0, n, _PLAN_BLOCK_ROWS)
             ]
@@ -86,9 +95,18 @@ def plan_values(
     tmp = np.empty((n, m))
     r_max = int(retries_left.max()) if n else 0
     powers = decay_powers(decay, r_max)
+    stacked = None
+    if later_proba is not None and r_max > 1:
+        later = np.where(allowed[None], later_proba[: r_max - 1], 0.0)
+        np.copyto(later, 0.0, where=np.isnan(later))
+        stacked = np.concatenate([p[None], later])
+    rows = np.arange(n)
     for k in range(1, r_max + 1):
         exponent = np.maximum(retries_left - k, 0)[:, None]
-        np.multiply(p, powers[exponent], out=pk)
+        if stacked is None:
+            np.multiply(p, powers[exponent], out=pk)
+        else:
+            pk[...] = stacked[exponent[:, 0], rows]
         np.multiply(pk, gain, out=val)
         np.subtract(val, cost, out=val)
         np.subtract(1.0, pk, out=tmp)
