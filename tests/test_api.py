@@ -115,6 +115,9 @@ def test_fallback_answers_every_request(fallback_url: str) -> None:
         "explanation",
         "model_version",
         "policy",
+        "expected_value",
+        "attempt_cost",
+        "value_currency",
     }
     assert d["policy"] == "fallback" and d["action"] == "retry"
     assert d["reason"] == "fallback_schedule" and d["model_version"] is None
