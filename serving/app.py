@@ -29,9 +29,15 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.concurrency import run_in_threadpool
 
+from retryopt.serving.decision_log import (
+    IDEMPOTENCY_HEADER,
+    DecisionLog,
+    check_idempotency_key,
+)
 from retryopt.serving.metrics import Metrics
 from retryopt.serving.microbatch import MicroBatcher
 from retryopt.serving.model_store import ModelLoadError, ModelStore
+from retryopt.serving.outcomes import AttemptOutcomesIn
 from retryopt.serving.policies import Decision
 from retryopt.serving.schemas import (
     BatchDecisionOut,
@@ -54,6 +60,7 @@ from retryopt.serving.service import (
     model_store_for,
 )
 from retryopt.serving.settings import Settings
+from retryopt.serving.store import StoreError, open_store
 
 log = logging.getLogger("retryopt.serving")
 
@@ -132,6 +139,7 @@ _KNOWN_PATHS = frozenset(
         "/v1/model",
         "/metrics",
         "/admin/reload",
+        "/v1/attempt-outcomes",
     }
 )
 
@@ -207,6 +215,13 @@ def create_app(settings: Settings | None = None, *, store: ModelStore | None = N
             on_batch=metrics.observe_microbatch,
         )
 
+    # The decision log (RETRYOPT_STORE_URL; opened and migrated now: no log, no service).
+    decision_log: DecisionLog | None = None
+    if settings.store_url:
+        decision_log = DecisionLog(
+            store=open_store(settings.store_url), service=service, metrics=metrics
+        )
+
     # The batch route's decision thread (created on first use, closed with the lifespan).
     batch_pools: list[ThreadPoolExecutor] = []
 
@@ -231,6 +246,8 @@ def create_app(settings: Settings | None = None, *, store: ModelStore | None = N
             await batcher.aclose()
         while batch_pools:
             batch_pools.pop().shutdown(wait=False, cancel_futures=True)
+        if decision_log is not None:
+            decision_log.store.close()
 
     app = FastAPI(
         title="retryopt",
@@ -296,6 +313,31 @@ def create_app(settings: Settings | None = None, *, store: ModelStore | None = N
             resp.headers["WWW-Authenticate"] = "Bearer"
         return resp
 
+    @app.exception_handler(StoreError)
+    async def _store_error(request: Request, exc: StoreError) -> JSONResponse:
+        # Nothing was answered nor half written (one transaction): the client retries.
+        log.error("store failure, request refused with 503: %s", exc)
+        metrics.observe_store_error()
+        return _error(
+            503,
+            [FieldIssue("store", "the decision log is unavailable; retry", "store_unavailable")],
+        )
+
+    async def _decide_logged(
+        dlog: DecisionLog, requests: list[DecisionRequest], request: Request
+    ) -> list[dict[str, Any]]:
+        """Fill, decide and log; the answers (stored ones for idempotent repeats)."""
+        key = check_idempotency_key(request.headers.get(IDEMPOTENCY_HEADER))
+        prefixes = [""] if len(requests) == 1 else [f"requests[{i}]." for i in range(len(requests))]
+        pending = await run_in_threadpool(dlog.begin, requests, prefixes=prefixes, key=key)
+        if batcher is not None and len(pending.items) == 1:
+            decisions = [await batcher.submit(pending.items[0])]
+        else:
+            decisions = await asyncio.get_running_loop().run_in_executor(
+                batch_pool(), service.decide_prepared, pending.items
+            )
+        return await run_in_threadpool(dlog.commit, pending, decisions)
+
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         # Never echo the input back (it may hold personal data).
@@ -308,8 +350,10 @@ def create_app(settings: Settings | None = None, *, store: ModelStore | None = N
         dependencies=[Depends(require_key), Depends(reject_pan)],
         tags=["decisions"],
     )
-    async def retry_decision(body: DecisionRequest) -> FastJSONResponse:
+    async def retry_decision(body: DecisionRequest, request: Request) -> FastJSONResponse:
         """Decide when to retry one failed charge, or to stop."""
+        if decision_log is not None:
+            return FastJSONResponse((await _decide_logged(decision_log, [body], request))[0])
         item = service.prepare([body], prefixes=[""])[0]  # 4xx stays per request
         if batcher is None:
             decision = service.decide_prepared([item])[0]
@@ -325,7 +369,9 @@ def create_app(settings: Settings | None = None, *, store: ModelStore | None = N
         dependencies=[Depends(require_key), Depends(reject_pan)],
         tags=["decisions"],
     )
-    async def retry_decisions_batch(body: BatchDecisionRequest) -> FastJSONResponse:
+    async def retry_decisions_batch(
+        body: BatchDecisionRequest, request: Request
+    ) -> FastJSONResponse:
         """Decide many failed charges in one call (answers in request order)."""
         if len(body.requests) > service.limits.max_batch:
             raise RequestError(
@@ -337,6 +383,9 @@ def create_app(settings: Settings | None = None, *, store: ModelStore | None = N
                     )
                 ]
             )
+        if decision_log is not None:
+            logged = await _decide_logged(decision_log, list(body.requests), request)
+            return FastJSONResponse({"decisions": logged})
         prefixes = [f"requests[{i}]." for i in range(len(body.requests))]
         # One batch at a time per worker, in its own thread (the loop keeps parsing the next
         # request): two batches deciding in two threads of one process only trade the GIL
@@ -345,6 +394,21 @@ def create_app(settings: Settings | None = None, *, store: ModelStore | None = N
             batch_pool(), functools.partial(service.decide_json, body.requests, prefixes=prefixes)
         )
         return FastJSONResponse({"decisions": decisions})
+
+    @app.post(
+        "/v1/attempt-outcomes",
+        responses={**_ERRORS, 503: {"model": ErrorOut, "description": "no store"}},
+        dependencies=[Depends(require_key), Depends(reject_pan)],
+        tags=["outcomes"],
+    )
+    async def attempt_outcomes(body: AttemptOutcomesIn) -> JSONResponse:
+        """Report attempts the billing service made (idempotent per charge and time)."""
+        if decision_log is None:
+            raise RequestError(
+                [FieldIssue("store", "no store configured (RETRYOPT_STORE_URL)", "no_store")],
+                status_code=503,
+            )
+        return JSONResponse(await run_in_threadpool(decision_log.record_outcomes, body))
 
     @app.get("/healthz", tags=["operations"])
     async def healthz() -> dict[str, str]:

@@ -18,6 +18,8 @@ from retryopt.serving.metrics import Metrics
 from retryopt.serving.model_store import ModelStore
 from retryopt.serving.policies import Decision, PlannerConfig
 from retryopt.serving.schemas import (
+    DETERMINISTIC_PROPENSITY,
+    NO_EXPLORATION,
     AlternativeOut,
     DecisionOut,
     DecisionRequest,
@@ -114,6 +116,9 @@ def decision_json(d: Decision) -> dict[str, Any]:
         "explanation": d.explanation,
         "model_version": d.model_version,
         "policy": d.policy,
+        "decision_id": None,
+        "propensity": DETERMINISTIC_PROPENSITY,
+        "exploration": NO_EXPLORATION,
     }
 
 

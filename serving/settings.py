@@ -92,6 +92,13 @@ class Settings(BaseSettings):
     max_batch: int = Field(default=1000, ge=1)
     max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
     model_threads: int = Field(default=1, ge=1, description="LightGBM threads per prediction")
+    # Decision log and outcomes (docs/serving.md, "Decision log and outcomes").
+    store_url: str | None = Field(
+        default=None,
+        description="sqlite:///PATH or postgresql://...: where decisions and reported outcomes "
+        "are stored (unset: no log; `retryopt serve` defaults to sqlite:///retryopt-store.db "
+        "in its working directory)",
+    )
 
     @field_validator("api_keys", "admin_api_keys", mode="before")
     @classmethod

@@ -22,7 +22,9 @@ T0 = to_us(datetime(2026, 3, 1, 12, tzinfo=UTC))
 HOUR = 3_600_000_000
 
 
-def _decision(i: int, *, charge: str = "ch_1", key: str | None = None, state: str = "s") -> DecisionRecord:
+def _decision(
+    i: int, *, charge: str = "ch_1", key: str | None = None, state: str = "s"
+) -> DecisionRecord:
     response = {"decision_id": f"d{i}", "charge_id": charge, "action": "retry"}
     return DecisionRecord(
         decision_id=f"d{i}",
@@ -111,7 +113,9 @@ def test_outcome_with_charge_facts_registers_the_charge(store_url: str) -> None:
     facts = {"charge_id": "ch_9", "customer_id": "cus_9", "amount": 100, "currency": "eur"}
     s = store.record_outcomes([_outcome("ch_9", T0, customer_id="cus_9", charge=facts)])
     assert s[0].known_charge
-    store.record_outcomes([_outcome("ch_8", T0 - HOUR, customer_id="cus_9", charge=facts | {"charge_id": "ch_8"})])
+    store.record_outcomes(
+        [_outcome("ch_8", T0 - HOUR, customer_id="cus_9", charge=facts | {"charge_id": "ch_8"})]
+    )
     _, own, history = store.charge_attempts("ch_9", until=T0 + HOUR, history_limit=10)
     assert [a.charge_id for a in own] == ["ch_9"]
     assert [a.charge_id for a in history] == ["ch_8"]

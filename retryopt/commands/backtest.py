@@ -18,7 +18,15 @@ def _progress(message: str) -> None:
 
 
 def command(
-    data: Path = typer.Option(..., "--data", help="Attempts (CSV or Parquet, the data contract)."),
+    data: Path | None = typer.Option(
+        None, "--data", help="Attempts (CSV or Parquet, the data contract)."
+    ),
+    store: str | None = typer.Option(
+        None,
+        "--store",
+        help="Backtest a decision/outcome store's log instead (sqlite:///PATH or "
+        "postgresql://...), exported as by `retryopt export` (propensities from the log).",
+    ),
     policy: list[str] = typer.Option(
         ...,
         "--policy",
@@ -89,6 +97,45 @@ def command(
     ),
 ) -> None:
     """Compare policies with DM, IPS, SNIPS and DR estimates and 95 % bootstrap intervals."""
+    from retryopt.commands.train import store_or_data
+
+    with store_or_data(data, store) as path:
+        _backtest(
+            path,
+            policy,
+            out,
+            simulate,
+            bootstrap,
+            seed,
+            truth,
+            bandwidth,
+            dm_model,
+            holdout,
+            dm_refits,
+            min_ess,
+            fx_rates,
+            reporting_currency,
+            truth_replications,
+        )
+
+
+def _backtest(
+    data: Path,
+    policy: list[str],
+    out: Path,
+    simulate: bool,
+    bootstrap: int,
+    seed: int,
+    truth: Path | None,
+    bandwidth: float,
+    dm_model: str | None,
+    holdout: bool,
+    dm_refits: int,
+    min_ess: float,
+    fx_rates: Path | None,
+    reporting_currency: str,
+    truth_replications: int,
+) -> None:
     from retryopt.training.backtest.files import run_files
     from retryopt.training.backtest.ground_truth import gap_lines
     from retryopt.training.backtest.report import headline_markdown

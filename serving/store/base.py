@@ -357,7 +357,9 @@ class SqlStore(ABC):
                         OutcomeStored(inserted=False, known_charge=bool(row[0]), decision_id=row[1])
                     )
                 else:
-                    out.append(OutcomeStored(inserted=True, known_charge=known, decision_id=matched))
+                    out.append(
+                        OutcomeStored(inserted=True, known_charge=known, decision_id=matched)
+                    )
         return out
 
     def _match(self, cur: Cursor, r: OutcomeRecord) -> str | None:
