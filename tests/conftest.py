@@ -55,4 +55,4 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'store.sqlite3'}"
     server = request.getfixturevalue("postgres_server")
-    return server.create_database(f"retryopt_test_{next(_DATABASES)}")  # type: ignore[attr-defined]
+    return str(server.create_database(f"retryopt_test_{next(_DATABASES)}"))
