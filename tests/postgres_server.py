@@ -42,8 +42,9 @@ def _free_port() -> int:
 class PostgresServer:
     """``initdb`` + ``pg_ctl start`` in a temp folder; :attr:`url` once started."""
 
-    def __init__(self, bin_dir: Path) -> None:
+    def __init__(self, bin_dir: Path, *, durable: bool = False) -> None:
         self.bin_dir = bin_dir
+        self.durable = durable  # False (tests): fsync off, faster; True (benchmarks): default
         self.root = Path(tempfile.mkdtemp(prefix="retryopt-pg-"))
         self.data = self.root / "data"
         self.port = _free_port()
@@ -74,7 +75,7 @@ class PostgresServer:
         )
         opts = (
             f"-c listen_addresses=127.0.0.1 -c port={self.port} -c unix_socket_directories="
-            f"{self.root} -c fsync=off -c max_connections=60"
+            f"{self.root} -c max_connections=60" + ("" if self.durable else " -c fsync=off")
         )
         self._run(
             str(self.bin_dir / "pg_ctl"),

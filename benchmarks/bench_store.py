@@ -1,0 +1,103 @@
+"""Decision latency with the decision log off and on (SQLite file, real PostgreSQL server).
+
+Run (trains a small bundle on a simulated world unless --model is given)::
+
+    .venv/bin/python benchmarks/bench_store.py [--model BUNDLE_DIR] [--requests 400]
+
+One uvicorn server per configuration (in this process, loopback only), one client sending
+single decisions sequentially (distinct charges, so every one is decided and logged), then
+batches of 500. Figures are medians and p99 over the requests, and ratios log-on / log-off
+from the same run. The PostgreSQL server is started for the run (Debian's postgresql package,
+as in the tests) with its default durability (fsync on); SQLite runs in WAL mode with
+synchronous=FULL. Skips PostgreSQL when its binaries are missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "benchmarks"), str(ROOT / "tests")]
+
+from bench_serving import request_body, train_small_bundle  # noqa: E402
+from postgres_server import PostgresServer, postgres_bin_dir  # noqa: E402
+
+from retryopt.serving.app import BackgroundServer, create_app  # noqa: E402
+from retryopt.serving.settings import Settings  # noqa: E402
+
+
+def measure(model: Path, store_url: str | None, *, n: int, offset: int) -> dict[str, float]:
+    """Single-decision latency (ms) and batch throughput (decisions/s) of one configuration."""
+    app = create_app(Settings(model=str(model), store_url=store_url))
+    with BackgroundServer(app) as server, httpx.Client(base_url=server.url, timeout=60) as client:
+        for i in range(20):  # warm-up (not logged twice: distinct charges)
+            client.post("/v1/retry-decisions", json=request_body(offset + 900_000 + i))
+        lat = []
+        for i in range(n):
+            body = request_body(offset + i)
+            started = time.perf_counter()
+            resp = client.post("/v1/retry-decisions", json=body)
+            lat.append(time.perf_counter() - started)
+            assert resp.status_code == 200, resp.text
+        batch_rates = []
+        for b in range(3):
+            bodies = [request_body(offset + 500_000 + b * 500 + i) for i in range(500)]
+            started = time.perf_counter()
+            resp = client.post("/v1/retry-decisions/batch", json={"requests": bodies})
+            batch_rates.append(500 / (time.perf_counter() - started))
+            assert resp.status_code == 200, resp.text
+    ms = np.array(lat) * 1000
+    return {
+        "median_ms": float(np.median(ms)),
+        "p99_ms": float(np.percentile(ms, 99)),
+        "batch_per_s": float(np.median(batch_rates)),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--model", type=Path, default=None)
+    parser.add_argument("--requests", type=int, default=400)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bench-store-") as tmp:
+        model = args.model or train_small_bundle(Path(tmp))
+        configs: list[tuple[str, str | None]] = [
+            ("log off", None),
+            ("SQLite", f"sqlite:///{Path(tmp) / 'store.sqlite3'}"),
+        ]
+        server = None
+        bin_dir = postgres_bin_dir()
+        if bin_dir is not None:
+            server = PostgresServer(bin_dir, durable=True).start()
+            configs.append(("PostgreSQL", server.create_database("bench")))
+        else:
+            print("PostgreSQL binaries not found: PostgreSQL skipped")
+        try:
+            results = {
+                name: measure(model, url, n=args.requests, offset=k * 1_000_000)
+                for k, (name, url) in enumerate(configs)
+            }
+        finally:
+            if server is not None:
+                server.stop()
+    base = results["log off"]
+    print(f"{args.requests} sequential single decisions, 3 batches of 500 (same run)")
+    print("| store | median ms | p99 ms | batch decisions/s | median ratio | batch ratio |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for name, r in results.items():
+        print(
+            f"| {name} | {r['median_ms']:.2f} | {r['p99_ms']:.2f} | {r['batch_per_s']:.0f} | "
+            f"{r['median_ms'] / base['median_ms']:.2f} | "
+            f"{r['batch_per_s'] / base['batch_per_s']:.2f} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
