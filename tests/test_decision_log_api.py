@@ -267,3 +267,57 @@ def test_retry_propensity_matched_within_the_grid_hour() -> None:
     assert pd.isna(retry_propensity(39 * hour, 9 * hour, [d]))
     assert pd.isna(retry_propensity(40 * hour, None, [d]))  # a first attempt is no retry
     assert pd.isna(retry_propensity(40 * hour, 11 * hour, [d]))  # decided before the previous
+
+
+def test_kill_9_loses_no_acknowledged_decision(store_url: str) -> None:
+    """Acknowledged decisions survive a ``kill -9`` of the serving process."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "RETRYOPT_MICROBATCH_MAX_SIZE": "1"}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "retryopt.cli",
+            "serve",
+            "--workers",
+            "1",
+            "--port",
+            str(port),
+            "--store",
+            store_url,
+            "--log-level",
+            "warning",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                httpx.get(url + "/healthz", timeout=1)
+                break
+            except httpx.HTTPError:
+                assert proc.poll() is None and time.monotonic() < deadline
+                time.sleep(0.1)
+        with httpx.Client(base_url=url, timeout=30) as client:
+            ids = [
+                client.post("/v1/retry-decisions", json=request(f"ch_{i}")).json()["decision_id"]
+                for i in range(20)
+            ]
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+    logged = {d.decision_id for d in open_store(store_url).logged_decisions()}
+    assert set(ids) <= logged

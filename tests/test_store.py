@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -180,3 +181,18 @@ def test_split_statements_drops_comments() -> None:
         "CREATE TABLE a (x INT)",
         "SELECT 1",
     )
+
+
+def test_sqlite_url_options(tmp_path: Any) -> None:
+    from retryopt.serving.store.sqlite import sqlite_path
+
+    assert sqlite_path("sqlite:///a/b.db") == (Path("a/b.db"), "NORMAL")
+    assert sqlite_path("sqlite:////abs/b.db?synchronous=full") == (Path("/abs/b.db"), "FULL")
+    with pytest.raises(ValueError, match="synchronous"):
+        sqlite_path("sqlite:///b.db?journal=off")
+    store = open_store(f"sqlite:///{tmp_path / 's.db'}?synchronous=FULL")
+    with store.transaction(write=False) as cur:
+        cur.execute("PRAGMA synchronous")
+        assert cur.fetchall()[0][0] == 2  # FULL
+        cur.execute("PRAGMA journal_mode")
+        assert cur.fetchall()[0][0] == "wal"
