@@ -169,5 +169,27 @@ def test_train_and_export_from_a_store(world_attempts: pd.DataFrame, tmp_path: P
     )
     assert trained.exit_code == 0, trained.output
     assert "Bundle: " in trained.output
+    report = tmp_path / "bt"
+    backtest = CliRunner().invoke(
+        cli,
+        [
+            "backtest",
+            "--store",
+            store_url,
+            "--policy",
+            "logged",
+            "--policy",
+            "fixed:72,120,168,216",
+            "--out",
+            str(report),
+            "--bootstrap",
+            "10",
+            "--all-months",
+            "--dm-refits",
+            "0",
+        ],
+    )
+    assert backtest.exit_code == 0, backtest.output
+    assert (report / "report.html").exists()
     both = CliRunner().invoke(cli, ["train", "--store", store_url, "--data", str(out)])
     assert both.exit_code != 0 and "exactly one of --data and --store" in both.output
