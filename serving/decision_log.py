@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 import uuid
 from collections.abc import Sequence
@@ -41,6 +40,7 @@ from retryopt.serving.store import (
     OutcomeRecord,
     SqlStore,
     StoredAttempt,
+    canonical_json,
     from_us,
     to_us,
 )
@@ -51,8 +51,7 @@ MAX_IDEMPOTENCY_KEY = 255
 
 def state_hash(request: DecisionRequest) -> str:
     """SHA-256 of the canonical JSON of a (filled) request: the charge's state as decided."""
-    text = json.dumps(request.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+    return hashlib.sha256(canonical_json(request.model_dump(mode="json"))).hexdigest()
 
 
 def check_idempotency_key(key: str | None) -> str | None:
@@ -200,7 +199,7 @@ class DecisionLog:
             response = decision_json(d)
             response["decision_id"] = uuid.uuid4().hex
             request_json = r.model_dump(mode="json", exclude_none=True)
-            if body_may_contain_pan(json.dumps(request_json).encode("utf-8")):
+            if body_may_contain_pan(canonical_json(request_json)):
                 # Never reached (requests with a card number are rejected at the door); kept
                 # so that no card number can ever be written to the store.
                 raise RequestError([FieldIssue("body", "looks like a card number", "pan_rejected")])

@@ -14,6 +14,7 @@ from retryopt.serving.store.base import (
     SqlStore,
     StoredAttempt,
     StoreError,
+    canonical_json,
     from_us,
     to_us,
 )
@@ -30,6 +31,7 @@ __all__ = [
     "SqliteStore",
     "StoreError",
     "StoredAttempt",
+    "canonical_json",
     "from_us",
     "open_store",
     "redact_url",

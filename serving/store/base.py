@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
+import orjson
+
 from retryopt.serving.store.migrations import Migration, load_migrations
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -118,7 +120,13 @@ class LoggedDecision:
 
 
 def _dumps(obj: object) -> str:
-    return json.dumps(obj, separators=(",", ":"), sort_keys=True, ensure_ascii=False)
+    """Canonical JSON text (sorted keys), as :func:`canonical_json`."""
+    return canonical_json(obj).decode("utf-8")
+
+
+def canonical_json(obj: object) -> bytes:
+    """Canonical JSON (sorted keys, no spaces, UTF-8) of plain JSON values."""
+    return orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)
 
 
 class SqlStore(ABC):
