@@ -324,12 +324,14 @@ def create_app(settings: Settings | None = None, *, store: ModelStore | None = N
         )
 
     async def _decide_logged(
-        dlog: DecisionLog, requests: list[DecisionRequest], request: Request
+        dlog: DecisionLog, requests: list[DecisionRequest], request: Request, *, batch: bool
     ) -> list[dict[str, Any]]:
         """Fill, decide and log; the answers (stored ones for idempotent repeats)."""
         key = check_idempotency_key(request.headers.get(IDEMPOTENCY_HEADER))
-        prefixes = [""] if len(requests) == 1 else [f"requests[{i}]." for i in range(len(requests))]
-        pending = await run_in_threadpool(dlog.begin, requests, prefixes=prefixes, key=key)
+        prefixes = [f"requests[{i}]." for i in range(len(requests))] if batch else [""]
+        pending = await run_in_threadpool(
+            functools.partial(dlog.begin, requests, prefixes=prefixes, key=key, batch=batch)
+        )
         if batcher is not None and len(pending.items) == 1:
             decisions = [await batcher.submit(pending.items[0])]
         else:
@@ -353,7 +355,9 @@ def create_app(settings: Settings | None = None, *, store: ModelStore | None = N
     async def retry_decision(body: DecisionRequest, request: Request) -> FastJSONResponse:
         """Decide when to retry one failed charge, or to stop."""
         if decision_log is not None:
-            return FastJSONResponse((await _decide_logged(decision_log, [body], request))[0])
+            return FastJSONResponse(
+                (await _decide_logged(decision_log, [body], request, batch=False))[0]
+            )
         item = service.prepare([body], prefixes=[""])[0]  # 4xx stays per request
         if batcher is None:
             decision = service.decide_prepared([item])[0]
@@ -384,7 +388,7 @@ def create_app(settings: Settings | None = None, *, store: ModelStore | None = N
                 ]
             )
         if decision_log is not None:
-            logged = await _decide_logged(decision_log, list(body.requests), request)
+            logged = await _decide_logged(decision_log, list(body.requests), request, batch=True)
             return FastJSONResponse({"decisions": logged})
         prefixes = [f"requests[{i}]." for i in range(len(body.requests))]
         # One batch at a time per worker, in its own thread (the loop keeps parsing the next

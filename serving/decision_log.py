@@ -163,15 +163,15 @@ class DecisionLog:
         *,
         prefixes: Sequence[str],
         key: str | None,
+        batch: bool = False,
         server_now: datetime | None = None,
     ) -> Pending:
         """Fill, find the already-decided, check the rest (:class:`RequestError` naming the
-        fields)."""
+        fields). A batch's ``key`` covers the batch: item ``i`` is stored under ``key#i``."""
         server_now = server_now or datetime.now(UTC)
         filled = [self.fill(r, server_now=server_now) for r in requests]
         keys = [
-            None if key is None else (key if len(requests) == 1 else f"{key}#{i}")
-            for i in range(len(requests))
+            None if key is None else (f"{key}#{i}" if batch else key) for i in range(len(requests))
         ]
         hashes = [state_hash(r) for r in filled]
         answers: list[dict[str, Any] | None] = [None] * len(filled)
@@ -234,10 +234,15 @@ class DecisionLog:
         return [a for a in answers if a is not None]
 
     def decide(
-        self, requests: Sequence[DecisionRequest], *, prefixes: Sequence[str], key: str | None
+        self,
+        requests: Sequence[DecisionRequest],
+        *,
+        prefixes: Sequence[str],
+        key: str | None,
+        batch: bool = True,
     ) -> list[dict[str, Any]]:
         """Fill, decide and log ``requests`` in the calling thread (one log transaction)."""
-        pending = self.begin(requests, prefixes=prefixes, key=key)
+        pending = self.begin(requests, prefixes=prefixes, key=key, batch=batch)
         return self.commit(pending, self.service.decide_prepared(pending.items))
 
     # ---- outcomes ------------------------------------------------------------------------

@@ -120,8 +120,15 @@ def test_idempotency_key_and_same_state_return_the_stored_decision(
         )
     assert again == first and same == first
     assert new["decision_id"] != first["decision_id"]
+    with httpx.Client(base_url=url, timeout=30) as client:
+        batch = {"requests": [request("ch_b1", now=T0 + timedelta(hours=3)), request("ch_b2")]}
+        one = client.post("/v1/retry-decisions/batch", json=batch, headers={"Idempotency-Key": "b"})
+        batch["requests"][0]["now"] = (T0 + timedelta(hours=5)).isoformat()
+        two = client.post("/v1/retry-decisions/batch", json=batch, headers={"Idempotency-Key": "b"})
+    assert one.json() == two.json()  # the key covers the batch: item i under "b#i"
+    assert open_store(store_url).find_by_key("b#1") == one.json()["decisions"][1]
     assert bad.status_code == 422 and bad.json()["detail"][0]["field"] == "headers.idempotency-key"
-    assert open_store(store_url).count("decisions") == 2
+    assert open_store(store_url).count("decisions") == 4
 
 
 def test_outcomes_stored_idempotently_and_unknown_charges_flagged(
