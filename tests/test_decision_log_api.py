@@ -6,7 +6,13 @@ filling from the store do not depend on the policy.
 
 from __future__ import annotations
 
+import os
+import signal
+import socket
 import sqlite3
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -276,48 +282,61 @@ def test_retry_propensity_matched_within_the_grid_hour() -> None:
     assert pd.isna(retry_propensity(40 * hour, 11 * hour, [d]))  # decided before the previous
 
 
-def test_kill_9_loses_no_acknowledged_decision(store_url: str) -> None:
-    """Acknowledged decisions survive a ``kill -9`` of the serving process."""
-    import os
-    import signal
-    import socket
-    import subprocess
-    import sys
-    import time
-
+def _serve(store_url: str, workers: int) -> tuple[subprocess.Popen[bytes], str]:
+    """A real ``retryopt serve`` process logging to ``store_url``, once it answers."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     env = {**os.environ, "RETRYOPT_MICROBATCH_MAX_SIZE": "1"}
     proc = subprocess.Popen(
         [
-            sys.executable,
-            "-m",
-            "retryopt.cli",
-            "serve",
-            "--workers",
-            "1",
-            "--port",
-            str(port),
-            "--store",
-            store_url,
-            "--log-level",
-            "warning",
+            *(sys.executable, "-m", "retryopt.cli", "serve"),
+            *("--workers", str(workers), "--port", str(port)),
+            *("--store", store_url, "--log-level", "warning"),
         ],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            httpx.get(url + "/healthz", timeout=1)
+            return proc, url
+        except httpx.HTTPError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise
+            time.sleep(0.1)
+
+
+def test_several_workers_log_concurrently(store_url: str) -> None:
+    """Two uvicorn workers (two processes, each its own connection) log side by side."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    proc, url = _serve(store_url, workers=2)
+
+    def decide(i: int) -> str:
+        with httpx.Client(base_url=url, timeout=60) as client:
+            resp = client.post("/v1/retry-decisions", json=request(f"ch_{i}"))
+            assert resp.status_code == 200, resp.text
+            return str(resp.json()["decision_id"])
+
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                httpx.get(url + "/healthz", timeout=1)
-                break
-            except httpx.HTTPError:
-                assert proc.poll() is None and time.monotonic() < deadline
-                time.sleep(0.1)
+        with ThreadPoolExecutor(4) as pool:
+            ids = list(pool.map(decide, range(40)))
+    finally:
+        proc.terminate()
+        proc.wait(60)
+    assert len(set(ids)) == 40
+    assert {d.decision_id for d in open_store(store_url).logged_decisions()} == set(ids)
+
+
+def test_kill_9_loses_no_acknowledged_decision(store_url: str) -> None:
+    """Acknowledged decisions survive a ``kill -9`` of the serving process."""
+    proc, url = _serve(store_url, workers=1)
+    try:
         with httpx.Client(base_url=url, timeout=30) as client:
             ids = [
                 client.post("/v1/retry-decisions", json=request(f"ch_{i}")).json()["decision_id"]
