@@ -4,7 +4,7 @@ Run (trains a small bundle on a simulated world unless --model is given)::
 
     .venv/bin/python benchmarks/bench_store.py [--model BUNDLE_DIR] [--requests 400]
 
-One uvicorn server per configuration (in this process, loopback only, all running at once), one
+One `retryopt serve --workers 1` process per configuration (loopback only, all running at once), one
 client sending single decisions sequentially (distinct charges, so every one is decided and
 logged) to each server in turn, then batches of 500 likewise: every configuration sees the same
 background load. Figures are medians and p99 over the requests, and ratios log-on / log-off.
@@ -28,11 +28,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "benchmarks"), str(ROOT / "tests")]
 
-from bench_serving import request_body, train_small_bundle  # noqa: E402
+from bench_serving import request_body, start_api, train_small_bundle  # noqa: E402
 from postgres_server import PostgresServer, postgres_bin_dir  # noqa: E402
-
-from retryopt.serving.app import BackgroundServer, create_app  # noqa: E402
-from retryopt.serving.settings import Settings  # noqa: E402
 
 
 def measure(
@@ -46,10 +43,10 @@ def measure(
     with contextlib.ExitStack() as stack:
         clients = []
         for _, url in configs:
-            server = stack.enter_context(
-                BackgroundServer(create_app(Settings(model=str(model), store_url=url)))
-            )
-            clients.append(stack.enter_context(httpx.Client(base_url=server.url, timeout=60)))
+            proc, base = start_api(model, workers=1, store=url or "off")
+            stack.callback(proc.wait, 60)
+            stack.callback(proc.terminate)
+            clients.append(stack.enter_context(httpx.Client(base_url=base, timeout=60)))
         for client in clients:  # warm-up (distinct charges: every one decided and logged)
             for i in range(20):
                 client.post("/v1/retry-decisions", json=request_body(900_000 + i))
