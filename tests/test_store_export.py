@@ -193,3 +193,36 @@ def test_train_and_export_from_a_store(world_attempts: pd.DataFrame, tmp_path: P
     assert (report / "report.html").exists()
     both = CliRunner().invoke(cli, ["train", "--store", store_url, "--data", str(out)])
     assert both.exit_code != 0 and "exactly one of --data and --store" in both.output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["export", "--store", "mysql://x", "--out", "a.parquet"], "sqlite:///PATH"),
+        (["export", "--store", "sqlite:///", "--out", "a.parquet"], "sqlite:///PATH"),
+        (["export", "--store", "sqlite:///x.db", "--out", "a.txt"], "--out"),
+        (["store", "purge", "--store", "sqlite:///x.db", "--before", "soon"], "ISO 8601"),
+        (["store", "purge", "--store", "sqlite:///x.db"], "--before"),
+        (["store", "vacuum", "--store", "sqlite:///x.db"], "migrate"),
+        (["train", "--out", "m"], "exactly one of --data and --store"),
+    ],
+)
+def test_store_commands_refuse_bad_input_clearly(
+    args: list[str], message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_store_migrate_and_purge_commands(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    migrated = CliRunner().invoke(cli, ["store", "migrate", "--store", url])
+    assert migrated.exit_code == 0 and "schema version 1" in migrated.output
+    purged = CliRunner().invoke(cli, ["store", "purge", "--store", url, "--before", "2026-01-01"])
+    assert purged.exit_code == 0, purged.output
+    assert "0 decisions, 0 outcomes, 0 charges" in purged.output
+    empty = CliRunner().invoke(cli, ["export", "--store", url, "--out", str(tmp_path / "a.csv")])
+    assert empty.exit_code == 2 and "no exportable attempt" in empty.output
