@@ -337,9 +337,17 @@ def send_batch(size: int) -> Callable[[httpx.Client, int], int]:
     return send
 
 
-def start_api(model: Path, workers: int) -> tuple[subprocess.Popen[bytes], str]:
+def start_api(
+    model: Path, workers: int, *, store: str | None = None
+) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
-    env = {**os.environ, "RETRYOPT_MODEL": str(model)}
+    # The decision log is measured by bench_store.py; off here unless RETRYOPT_STORE_URL is set
+    # (the requests repeat: with a log, repeats would be answered from it).
+    env = {
+        **os.environ,
+        "RETRYOPT_MODEL": str(model),
+        "RETRYOPT_STORE_URL": store or os.environ.get("RETRYOPT_STORE_URL", "off"),
+    }
     proc = subprocess.Popen(
         [
             sys.executable,

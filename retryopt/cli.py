@@ -21,6 +21,8 @@ COMMANDS: tuple[tuple[str, str], ...] = (
     ("demo", "demo"),
     ("simulate", "simulate"),
     ("backtest", "backtest"),
+    ("export", "export"),
+    ("store", "store"),
 )
 
 app = typer.Typer(

@@ -38,6 +38,11 @@ from retryopt.features.card_numbers import (
     contains_card_number,
     find_card_number,
 )
+from retryopt.serving.decision_log import (
+    IDEMPOTENCY_HEADER,
+    DecisionLog,
+    check_idempotency_key,
+)
 from retryopt.serving.logs import configure_logging
 from retryopt.serving.metrics import Metrics
 from retryopt.serving.microbatch import MicroBatcher
@@ -47,6 +52,7 @@ from retryopt.serving.model_store import (
     ModelStore,
     confine_model_path,
 )
+from retryopt.serving.outcomes import AttemptOutcomesIn
 from retryopt.serving.policies import Decision
 from retryopt.serving.schemas import (
     BatchDecisionOut,
@@ -67,6 +73,7 @@ from retryopt.serving.service import (
     model_store_for,
 )
 from retryopt.serving.settings import Settings, load_settings
+from retryopt.serving.store import StoreError, open_store
 from retryopt.serving.workers import SharedState, WorkerSync
 
 log = logging.getLogger("retryopt.serving")
@@ -94,9 +101,11 @@ def _error(status: int, issues: Sequence[FieldIssue]) -> JSONResponse:
 
 
 BATCH_PATH = "/v1/retry-decisions/batch"
-# Routes behind the API keys (when keys are configured) and routes behind the admin credential.
-# /metrics too: it names the model version and traffic, as /v1/model does.
-KEY_PATHS = frozenset({"/v1/retry-decisions", BATCH_PATH, "/v1/model", "/metrics"})
+# Routes behind the API keys (when keys are configured): every /v1/ route, present and future,
+# and /metrics (it names the model version and traffic, as /v1/model does). Admin routes have
+# their own credential.
+KEY_PREFIX = "/v1/"
+KEY_PATHS = frozenset({"/metrics"})
 ADMIN_PREFIX = "/admin/"
 
 
@@ -216,7 +225,11 @@ class GuardMiddleware:
                 )
             return _unauthorized("missing or wrong admin token (Authorization: Bearer <token>)")
         keys = self.settings.api_keys
-        if path in KEY_PATHS and keys and not _matches_any(_bearer(scope), keys):
+        if (
+            (path.startswith(KEY_PREFIX) or path in KEY_PATHS)
+            and keys
+            and not _matches_any(_bearer(scope), keys)
+        ):
             return _unauthorized("missing or unknown API key (Authorization: Bearer <key>)")
         return None
 
@@ -270,6 +283,7 @@ _KNOWN_PATHS = frozenset(
         "/v1/model",
         "/metrics",
         "/admin/reload",
+        "/v1/attempt-outcomes",
     }
 )
 
@@ -345,6 +359,13 @@ def create_app(settings: Settings | None = None, *, store: ModelStore | None = N
             on_batch=metrics.observe_microbatch,
         )
 
+    # The decision log (RETRYOPT_STORE_URL; opened and migrated now: no log, no service).
+    decision_log: DecisionLog | None = None
+    if settings.store_url:
+        decision_log = DecisionLog(
+            store=open_store(settings.store_url), service=service, metrics=metrics
+        )
+
     # The batch route's decision thread (created on first use, closed with the lifespan).
     batch_pools: list[ThreadPoolExecutor] = []
 
@@ -409,6 +430,8 @@ def create_app(settings: Settings | None = None, *, store: ModelStore | None = N
             await batcher.aclose()
         while batch_pools:
             batch_pools.pop().shutdown(wait=False, cancel_futures=True)
+        if decision_log is not None:
+            decision_log.store.close()
 
     app = FastAPI(
         title="retryopt",
@@ -467,6 +490,33 @@ def create_app(settings: Settings | None = None, *, store: ModelStore | None = N
             return _error(400, [issue])
         return await http_exception_handler(request, exc)
 
+    @app.exception_handler(StoreError)
+    async def _store_error(request: Request, exc: StoreError) -> JSONResponse:
+        # Nothing was answered nor half written (one transaction): the client retries.
+        log.error("store failure, request refused with 503: %s", exc)
+        metrics.observe_store_error()
+        return _error(
+            503,
+            [FieldIssue("store", "the decision log is unavailable; retry", "store_unavailable")],
+        )
+
+    async def _decide_logged(
+        dlog: DecisionLog, requests: list[DecisionRequest], request: Request, *, batch: bool
+    ) -> list[dict[str, Any]]:
+        """Fill, decide and log; the answers (stored ones for idempotent repeats)."""
+        key = check_idempotency_key(request.headers.get(IDEMPOTENCY_HEADER))
+        prefixes = [f"requests[{i}]." for i in range(len(requests))] if batch else [""]
+        pending = await run_in_threadpool(
+            functools.partial(dlog.begin, requests, prefixes=prefixes, key=key, batch=batch)
+        )
+        if batcher is not None and len(pending.items) == 1:
+            decisions = [await batcher.submit(pending.items[0])]
+        else:
+            decisions = await asyncio.get_running_loop().run_in_executor(
+                batch_pool(), service.decide_prepared, pending.items
+            )
+        return await run_in_threadpool(dlog.commit, pending, decisions)
+
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         # Never echo the input back (it may hold personal data).
@@ -479,8 +529,12 @@ def create_app(settings: Settings | None = None, *, store: ModelStore | None = N
         dependencies=[Depends(reject_pan)],
         tags=["decisions"],
     )
-    async def retry_decision(body: DecisionRequest) -> FastJSONResponse:
+    async def retry_decision(body: DecisionRequest, request: Request) -> FastJSONResponse:
         """Decide when to retry one failed charge, or to stop."""
+        if decision_log is not None:
+            return FastJSONResponse(
+                (await _decide_logged(decision_log, [body], request, batch=False))[0]
+            )
         item = service.prepare([body], prefixes=[""])[0]  # 4xx stays per request
         if batcher is None:
             decision = service.decide_prepared([item])[0]
@@ -496,7 +550,9 @@ def create_app(settings: Settings | None = None, *, store: ModelStore | None = N
         dependencies=[Depends(reject_pan)],
         tags=["decisions"],
     )
-    async def retry_decisions_batch(body: BatchDecisionRequest) -> FastJSONResponse:
+    async def retry_decisions_batch(
+        body: BatchDecisionRequest, request: Request
+    ) -> FastJSONResponse:
         """Decide many failed charges in one call (answers in request order)."""
         if len(body.requests) > service.limits.max_batch:
             raise RequestError(
@@ -508,6 +564,9 @@ def create_app(settings: Settings | None = None, *, store: ModelStore | None = N
                     )
                 ]
             )
+        if decision_log is not None:
+            logged = await _decide_logged(decision_log, list(body.requests), request, batch=True)
+            return FastJSONResponse({"decisions": logged})
         prefixes = [f"requests[{i}]." for i in range(len(body.requests))]
         # One batch at a time per worker, in its own thread (the loop keeps parsing the next
         # request): two batches deciding in two threads of one process only trade the GIL
@@ -516,6 +575,21 @@ def create_app(settings: Settings | None = None, *, store: ModelStore | None = N
             batch_pool(), functools.partial(service.decide_json, body.requests, prefixes=prefixes)
         )
         return FastJSONResponse({"decisions": decisions})
+
+    @app.post(
+        "/v1/attempt-outcomes",
+        responses={**_ERRORS, 503: {"model": ErrorOut, "description": "no store"}},
+        dependencies=[Depends(reject_pan)],
+        tags=["outcomes"],
+    )
+    async def attempt_outcomes(body: AttemptOutcomesIn) -> JSONResponse:
+        """Report attempts the billing service made (idempotent per charge and time)."""
+        if decision_log is None:
+            raise RequestError(
+                [FieldIssue("store", "no store configured (RETRYOPT_STORE_URL)", "no_store")],
+                status_code=503,
+            )
+        return JSONResponse(await run_in_threadpool(decision_log.record_outcomes, body))
 
     @app.get("/healthz", tags=["operations"])
     async def healthz() -> dict[str, str]:

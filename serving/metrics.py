@@ -52,6 +52,11 @@ class Metrics:
         self._fallback_errors = 0
         self._microbatch: list[int] = [0] * (len(MICROBATCH_BUCKETS) + 1)
         self._microbatch_sum = 0
+        self._log_write: list[int] = [0] * (len(LATENCY_BUCKETS) + 1)
+        self._log_write_sum = 0.0
+        self._decisions_logged = 0
+        self._outcomes: dict[str, int] = defaultdict(int)
+        self._store_errors = 0
 
     def observe_request(self, *, route: str, method: str, status: int, seconds: float) -> None:
         """Count one request and record its latency."""
@@ -84,6 +89,59 @@ class Metrics:
         with self._lock:
             self._microbatch[bisect.bisect_left(MICROBATCH_BUCKETS, size)] += 1
             self._microbatch_sum += size
+
+    def observe_log_write(self, n_decisions: int, seconds: float) -> None:
+        """Record one decision-log transaction (its decisions and latency)."""
+        with self._lock:
+            self._decisions_logged += n_decisions
+            self._log_write[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+            self._log_write_sum += seconds
+
+    def observe_outcomes(
+        self, *, new: int, repeated: int, matched: int, unknown_charge: int
+    ) -> None:
+        """Count reported attempts: stored, repeats, matched to a decision, unknown charge."""
+        with self._lock:
+            self._outcomes["new"] += new
+            self._outcomes["repeated"] += repeated
+            self._outcomes["matched"] += matched
+            self._outcomes["unknown_charge"] += unknown_charge
+
+    def observe_store_error(self) -> None:
+        """Count a request refused (503) because the store failed."""
+        with self._lock:
+            self._store_errors += 1
+
+    def _render_store(self) -> list[str]:
+        out = [
+            "# HELP retryopt_decisions_logged_total Decisions written to the decision log.",
+            "# TYPE retryopt_decisions_logged_total counter",
+            f"retryopt_decisions_logged_total {self._decisions_logged}",
+            "# HELP retryopt_log_write_duration_seconds Decision-log transaction latency.",
+            "# TYPE retryopt_log_write_duration_seconds histogram",
+        ]
+        cum = 0
+        for bound, n in zip((*LATENCY_BUCKETS, float("inf")), self._log_write, strict=True):
+            cum += n
+            le = "+Inf" if bound == float("inf") else repr(bound)
+            out.append(f"retryopt_log_write_duration_seconds_bucket{_labels((('le', le),))} {cum}")
+        out += [
+            f"retryopt_log_write_duration_seconds_sum {self._log_write_sum!r}",
+            f"retryopt_log_write_duration_seconds_count {cum}",
+            "# HELP retryopt_outcomes_total Reported attempts: new, repeated, matched to a "
+            "decision, of an unknown charge.",
+            "# TYPE retryopt_outcomes_total counter",
+        ]
+        for kind in ("new", "repeated", "matched", "unknown_charge"):
+            out.append(
+                f"retryopt_outcomes_total{_labels((('kind', kind),))} {self._outcomes[kind]}"
+            )
+        out += [
+            "# HELP retryopt_store_errors_total Requests refused because the store failed.",
+            "# TYPE retryopt_store_errors_total counter",
+            f"retryopt_store_errors_total {self._store_errors}",
+        ]
+        return out
 
     def render(self, *, model_loaded: bool, model_version: str | None) -> str:
         """The metrics in Prometheus text format."""
@@ -142,6 +200,7 @@ class Metrics:
                 out.append(f"retryopt_microbatch_size_bucket{_labels((('le', le),))} {cum}")
             out.append(f"retryopt_microbatch_size_sum {self._microbatch_sum}")
             out.append(f"retryopt_microbatch_size_count {cum}")
+            out += self._render_store()
         out += [
             "# HELP retryopt_model_loaded 1 when a verified model is serving.",
             "# TYPE retryopt_model_loaded gauge",

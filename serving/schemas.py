@@ -306,7 +306,12 @@ class DecisionRequest(_In):
     """``POST /v1/retry-decisions``: when to retry this failed charge, if at all?"""
 
     charge: ChargeIn
-    attempts: list[AttemptIn] = Field(min_length=1)
+    attempts: list[AttemptIn] | None = Field(
+        default=None,
+        min_length=1,
+        description="the charge's attempts, oldest first (omitted: taken from the store's "
+        "reported outcomes, see docs/serving.md)",
+    )
     customer_history: list[HistoryRowIn] | None = None
     now: Timestamp | None = Field(default=None, description="default: the server clock")
     constraints: ConstraintsIn | None = None
@@ -322,6 +327,11 @@ class BatchDecisionRequest(_In):
     """``POST /v1/retry-decisions/batch``: many charges in one call."""
 
     requests: list[DecisionRequest] = Field(min_length=1, max_length=MAX_BATCH_ITEMS)
+
+
+# A decision made without exploration: the chosen time had probability 1 (logged as such).
+DETERMINISTIC_PROPENSITY: float = 1.0
+NO_EXPLORATION: str = "none"
 
 
 class AlternativeOut(BaseModel):
@@ -354,6 +364,14 @@ class DecisionOut(BaseModel):
         default=None, description="cost of one attempt, in value_currency major units"
     )
     value_currency: str | None = Field(default=None, description="the objective's currency")
+    decision_id: str | None = Field(
+        default=None, description="id of the logged decision (null when no store is configured)"
+    )
+    propensity: float = Field(
+        default=DETERMINISTIC_PROPENSITY,
+        description="probability with which this retry time was chosen (1.0: deterministic)",
+    )
+    exploration: str = Field(default=NO_EXPLORATION, description="exploration scheme")
 
 
 class BatchDecisionOut(BaseModel):
@@ -443,6 +461,15 @@ def check_request(
         Field-path prefix (``"requests[3]."`` in a batch).
     """
     issues: list[FieldIssue] = []
+    if req.attempts is None:
+        return [
+            FieldIssue(
+                f"{prefix}attempts",
+                "attempts are required: none were sent and the store holds no reported attempt "
+                "of this charge (POST /v1/attempt-outcomes first, or send them)",
+                "missing",
+            )
+        ]
     n = len(req.attempts)
     if n > limits.max_attempts:
         issues.append(
@@ -608,7 +635,7 @@ def to_batch(
     seen_hist: set[str] = set()
     for req in requests:
         ch = req.charge
-        for i, a in enumerate(req.attempts):
+        for i, a in enumerate(req.attempts or ()):
             card = a.card or ch.card
             _add_row(
                 cols,

@@ -20,6 +20,8 @@ from retryopt.serving.metrics import Metrics
 from retryopt.serving.model_store import ModelStore
 from retryopt.serving.policies import Decision, PlannerConfig
 from retryopt.serving.schemas import (
+    DETERMINISTIC_PROPENSITY,
+    NO_EXPLORATION,
     AlternativeOut,
     DecisionOut,
     DecisionRequest,
@@ -120,6 +122,9 @@ def decision_json(d: Decision) -> dict[str, Any]:
         "expected_value": d.expected_value,
         "attempt_cost": d.attempt_cost,
         "value_currency": d.value_currency,
+        "decision_id": None,
+        "propensity": DETERMINISTIC_PROPENSITY,
+        "exploration": NO_EXPLORATION,
     }
 
 

@@ -140,6 +140,13 @@ class Settings(BaseSettings):
         description="most bytes of a /v1/retry-decisions/batch body (default 1,000 items x 16 KiB)",
     )
     model_threads: int = Field(default=1, ge=1, description="LightGBM threads per prediction")
+    # Decision log and outcomes (docs/serving.md, "Decision log and outcomes").
+    store_url: str | None = Field(
+        default=None,
+        description="sqlite:///PATH or postgresql://...: where decisions and reported outcomes "
+        "are stored (unset: no log; `retryopt serve` defaults to sqlite:///retryopt-store.db "
+        "in its working directory)",
+    )
 
     @field_validator("api_keys", mode="before")
     @classmethod

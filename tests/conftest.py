@@ -71,3 +71,31 @@ def trained_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
         track=False,
     )
     return Path(run.bundle_path)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[object]:
+    """A real PostgreSQL server started for the session (skipped, saying why, without one)."""
+    from postgres_server import PostgresServer, postgres_bin_dir
+
+    bin_dir = postgres_bin_dir()
+    if bin_dir is None:
+        pytest.skip(
+            "PostgreSQL server binaries not found (/usr/lib/postgresql/*/bin/postgres): "
+            "apt-get install postgresql to run the PostgreSQL store tests"
+        )
+    server = PostgresServer(bin_dir).start()
+    yield server
+    server.stop()
+
+
+_DATABASES = iter(range(1, 1_000_000))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh, empty store URL of each backend (a SQLite file; a new PostgreSQL database)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'store.sqlite3'}"
+    server = request.getfixturevalue("postgres_server")
+    return str(server.create_database(f"retryopt_test_{next(_DATABASES)}"))

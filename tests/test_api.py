@@ -118,7 +118,12 @@ def test_fallback_answers_every_request(fallback_url: str) -> None:
         "expected_value",
         "attempt_cost",
         "value_currency",
+        "decision_id",
+        "propensity",
+        "exploration",
     }
+    assert d["decision_id"] is None  # no store configured: nothing logged
+    assert d["propensity"] == 1.0 and d["exploration"] == "none"
     assert d["policy"] == "fallback" and d["action"] == "retry"
     assert d["reason"] == "fallback_schedule" and d["model_version"] is None
     assert datetime.fromisoformat(d["retry_at"]) == T0.replace(minute=0) + timedelta(hours=25)

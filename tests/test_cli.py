@@ -11,7 +11,17 @@ from typer.testing import CliRunner
 from retryopt import __version__
 from retryopt.cli import COMMANDS, app
 
-EXPECTED = {"validate", "import-stripe", "simulate", "train", "backtest", "serve", "demo"}
+EXPECTED = {
+    "validate",
+    "import-stripe",
+    "simulate",
+    "train",
+    "backtest",
+    "serve",
+    "demo",
+    "export",
+    "store",
+}
 
 
 def test_every_documented_subcommand_is_registered() -> None:

@@ -273,7 +273,11 @@ def test_sighup_reloads_new_version(bundle_dir: Path, tmp_path: Path) -> None:
     live = tmp_path / "live"
     shutil.copytree(bundle_dir, live)
     port = _free_port()
-    env = {**os.environ, "RETRYOPT_MODEL": str(live)}
+    env = {
+        **os.environ,
+        "RETRYOPT_MODEL": str(live),
+        "RETRYOPT_STORE_URL": f"sqlite:///{tmp_path / 'store.db'}",  # not in the repository
+    }
     proc = subprocess.Popen(
         [
             sys.executable,

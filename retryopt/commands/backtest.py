@@ -18,7 +18,15 @@ def _progress(message: str) -> None:
 
 
 def command(
-    data: Path = typer.Option(..., "--data", help="Attempts (CSV or Parquet, the data contract)."),
+    data: Path | None = typer.Option(
+        None, "--data", help="Attempts (CSV or Parquet, the data contract)."
+    ),
+    store: str | None = typer.Option(
+        None,
+        "--store",
+        help="Backtest a decision/outcome store's log instead (sqlite:///PATH or "
+        "postgresql://...), exported as by `retryopt export` (propensities from the log).",
+    ),
     policy: list[str] = typer.Option(
         ...,
         "--policy",
@@ -111,6 +119,51 @@ def command(
     ),
 ) -> None:
     """Compare policies with DM, IPS, SNIPS and DR estimates and 95 % bootstrap intervals."""
+    from retryopt.commands.train import store_or_data
+
+    with store_or_data(data, store) as path:
+        _backtest(
+            path,
+            policy,
+            out,
+            simulate,
+            bootstrap,
+            seed,
+            truth,
+            bandwidth,
+            dm_model,
+            holdout,
+            dm_refits,
+            min_ess,
+            fx_rates,
+            reporting_currency,
+            truth_replications,
+            {
+                "cost_per_attempt": cost_per_attempt,
+                "daily_cancel_hazard": daily_cancel_hazard,
+                "annual_interest_rate": annual_interest_rate,
+            },
+        )
+
+
+def _backtest(
+    data: Path,
+    policy: list[str],
+    out: Path,
+    simulate: bool,
+    bootstrap: int,
+    seed: int,
+    truth: Path | None,
+    bandwidth: float,
+    dm_model: str | None,
+    holdout: bool,
+    dm_refits: int,
+    min_ess: float,
+    fx_rates: Path | None,
+    reporting_currency: str,
+    truth_replications: int,
+    objective: dict[str, float | None],
+) -> None:
     from retryopt.features.decisions import Constraints
     from retryopt.features.objective import Objective
     from retryopt.training.backtest.files import run_files
@@ -118,11 +171,6 @@ def command(
     from retryopt.training.backtest.report import headline_markdown
     from retryopt.training.backtest.specs import SpecError
 
-    objective: dict[str, float | None] = {
-        "cost_per_attempt": cost_per_attempt,
-        "daily_cancel_hazard": daily_cancel_hazard,
-        "annual_interest_rate": annual_interest_rate,
-    }
     try:
         config = BacktestConfig(
             n_boot=bootstrap,

@@ -18,6 +18,8 @@ APP_FACTORY = "retryopt.serving.app:create_app_from_env"
 # A worker that exits within this many seconds of its start failed to start (e.g. port taken):
 # the service stops instead of restarting it in a loop.
 STARTUP_GRACE_S = 30.0
+# The decision log of `retryopt serve` when neither --store nor RETRYOPT_STORE_URL is given.
+DEFAULT_STORE_URL = "sqlite:///retryopt-store.db"
 
 
 def command(
@@ -36,6 +38,13 @@ def command(
         None, "--policy", help="'model' (planner, default) or 'greedy' (RETRYOPT_POLICY)."
     ),
     log_level: str = typer.Option("info", "--log-level", help="uvicorn log level."),
+    store: str = typer.Option(
+        None,
+        "--store",
+        help="Decision log and outcomes store (RETRYOPT_STORE_URL): sqlite:///PATH or "
+        f"postgresql://...; default {DEFAULT_STORE_URL} (created in the working directory); "
+        "'off' serves without a log.",
+    ),
 ) -> None:
     """Serve retry decisions over HTTP (POST /v1/retry-decisions; see docs/serving.md)."""
     import uvicorn
@@ -51,6 +60,18 @@ def command(
         os.environ["RETRYOPT_MODEL"] = model
     if policy is not None:
         os.environ["RETRYOPT_POLICY"] = policy
+    store_url = store or os.environ.get("RETRYOPT_STORE_URL") or DEFAULT_STORE_URL
+    if store_url.strip().lower() == "off":
+        os.environ.pop("RETRYOPT_STORE_URL", None)
+    else:
+        from retryopt.serving.store import StoreError, open_store, redact_url
+
+        try:  # create and migrate it once, before the workers open it
+            open_store(store_url).close()
+        except (ValueError, StoreError) as exc:
+            raise typer.BadParameter(f"store {redact_url(store_url)}: {exc}") from exc
+        os.environ["RETRYOPT_STORE_URL"] = store_url
+        typer.echo(f"retryopt serve: decision log in {redact_url(store_url)}", err=True)
     try:
         # Fail fast on bad RETRYOPT_* values (API keys included), before forking workers;
         # the message names the variable, never its value.

@@ -9,14 +9,47 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import typer
 
 
+@contextmanager
+def store_or_data(data: Path | None, store: str | None) -> Iterator[Path]:
+    """``--data`` as given, or ``--store`` exported to a temporary Parquet file.
+
+    Raises
+    ------
+    typer.BadParameter
+        Unless exactly one of them is given.
+    """
+    import tempfile
+
+    from retryopt.commands.export import export_store
+
+    if (data is None) == (store is None):
+        raise typer.BadParameter("give exactly one of --data and --store", param_hint="--data")
+    if data is not None:
+        yield data
+        return
+    assert store is not None
+    with tempfile.TemporaryDirectory(prefix="retryopt-store-") as tmp:
+        path = Path(tmp) / "attempts.parquet"
+        typer.echo(export_store(store, path))
+        yield path
+
+
 def command(
-    data: Path = typer.Option(
-        ..., "--data", help="Attempt history (CSV or Parquet, data contract)."
+    data: Path | None = typer.Option(
+        None, "--data", help="Attempt history (CSV or Parquet, data contract)."
+    ),
+    store: str | None = typer.Option(
+        None,
+        "--store",
+        help="Train on a decision/outcome store instead (sqlite:///PATH or postgresql://...): "
+        "exported as by `retryopt export`.",
     ),
     out: Path = typer.Option(
         Path("models"), "--out", help="Models directory; the bundle goes in <out>/<version>/."
@@ -38,12 +71,25 @@ def command(
     """Train the calibrated retry-success model on a history and write a verified bundle."""
     # Passive OpenMP waiting: spinning threads slow LightGBM badly on a shared machine.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    started = time.perf_counter()
+    with store_or_data(data, store) as path:
+        _train(path, out, config, experiment, seed, registered_name, mlflow, started)
+
+
+def _train(
+    data: Path,
+    out: Path,
+    config: Path | None,
+    experiment: str,
+    seed: int | None,
+    registered_name: str,
+    mlflow: bool,
+    started: float,
+) -> None:
     from retryopt import api
     from retryopt.features.validation import ContractError
     from retryopt.model.bundle import BundleError
     from retryopt.training.train import TrainingDataError, summary_table
-
-    started = time.perf_counter()
 
     def progress(message: str) -> None:
         typer.echo(f"[{time.perf_counter() - started:7.1f}s] {message}")
