@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Final
 
 import numpy as np
@@ -124,6 +124,17 @@ class Objective:
                 factor = factors[key] = self.factor(key)
             out[i] = amount * factor
         return out
+
+    def in_own_currency(self, currency: str) -> Objective:
+        """This objective for a charge whose ``currency`` has no exchange rate.
+
+        Values come out in that currency's major units and, the cost per attempt being stated
+        in the reporting currency, no attempt cost is charged (an unconvertible cost is not
+        guessed); discounting is unchanged. Pass the merchant's rates to price attempts.
+        """
+        code = currency.lower()
+        own = FxRates(units_per_usd={code: 1.0}, reporting=code, source="no rate: own currency")
+        return replace(self, cost_per_attempt=0.0, fx=own)
 
     def factor(self, currency: str) -> float:
         """Reporting-currency major units per minor unit of ``currency``.

@@ -49,9 +49,15 @@ IDEMPOTENCY_HEADER = "Idempotency-Key"
 MAX_IDEMPOTENCY_KEY = 255
 
 
-def state_hash(request: DecisionRequest) -> str:
-    """SHA-256 of the canonical JSON of a (filled) request: the charge's state as decided."""
-    return hashlib.sha256(canonical_json(request.model_dump(mode="json"))).hexdigest()
+def state_hash(request: DecisionRequest, *, model_version: str) -> str:
+    """SHA-256 of the canonical JSON of a (filled) request and the serving model's version.
+
+    A repeat of the same charge state is answered from the log while the same model serves (a
+    client retrying after a timeout gets the same draw); after a reload or a promotion the state
+    is decided afresh by the new model.
+    """
+    state = {"request": request.model_dump(mode="json"), "model_version": model_version}
+    return hashlib.sha256(canonical_json(state)).hexdigest()
 
 
 def check_idempotency_key(key: str | None) -> str | None:
@@ -173,7 +179,9 @@ class DecisionLog:
         keys = [
             None if key is None else (f"{key}#{i}" if batch else key) for i in range(len(requests))
         ]
-        hashes = [state_hash(r) for r in filled]
+        current = self.service.store.current
+        version = current.version if current is not None else "fallback"
+        hashes = [state_hash(r, model_version=version) for r in filled]
         answers: list[dict[str, Any] | None] = [None] * len(filled)
         by_state = self.store.find_by_state(
             [(r.charge.charge_id, h) for r, h in zip(filled, hashes, strict=True)]

@@ -232,14 +232,16 @@ class ConstraintsIn(_In):
     annual_interest_rate: StrictFloat | None = Field(
         default=None, ge=0, le=1, description="annual time value of cash (0.045)"
     )
-    reporting_currency: str | None = Field(default=None, pattern=r"^[A-Za-z]{3}$")
-    fx_rates: dict[str, StrictFloat] | None = Field(
+    reporting_currency: Currency | None = Field(
+        default=None, description="currency of expected values and the attempt cost (a rate needed)"
+    )
+    fx_rates: dict[Currency, Annotated[StrictFloat, Field(gt=0, le=1e9)]] | None = Field(
         default=None,
         max_length=400,
         description="the merchant's rates, units of each currency per US dollar (the reference "
         "rates fill the others)",
     )
-    guardrail_hours: list[StrictFloat] | None = Field(
+    guardrail_hours: list[Annotated[StrictFloat, Field(gt=0, le=24 * 120)]] | None = Field(
         default=None,
         min_length=1,
         max_length=50,

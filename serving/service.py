@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -234,13 +234,9 @@ class DecisionService:
                 cons = self.defaults
             currency = r.charge.currency.lower()
             if currency not in cons.objective.fx.units_per_usd:
-                issues.append(
-                    FieldIssue(
-                        f"{prefix}charge.currency",
-                        f"no exchange rate for {currency!r}: pass constraints.fx_rates "
-                        "(units per US dollar)",
-                    )
-                )
+                # No rate for this currency (the reference rates cover 33 of ISO 4217's codes):
+                # decide in the charge's own currency, without an attempt cost (docs/serving.md).
+                cons = replace(cons, objective=cons.objective.in_own_currency(currency))
             out.append(PreparedRequest(request=r, now=now, constraints=cons))
         if issues:
             raise RequestError(issues)

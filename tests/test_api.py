@@ -628,6 +628,22 @@ def test_objective_guardrail_and_not_worth_over_http(model_server: tuple[str, Mo
     assert eur["value_currency"] == "eur" and eur["action"] == "retry"
 
 
+def test_a_currency_without_a_rate_is_decided_in_its_own_units(
+    model_server: tuple[str, ModelStore],
+) -> None:
+    # ISO 4217 has 180 currencies; the reference rates cover a few dozen. A valid currency is
+    # never refused: without a rate the value is in the charge's currency and no (unconvertible)
+    # attempt cost is charged; with the merchant's rate it is priced as usual.
+    url, _ = model_server
+    b = body(currency="afn")
+    own = post(url, "/v1/retry-decisions", b)
+    assert own.status_code == 200, own.text
+    assert own.json()["value_currency"] == "afn" and own.json()["attempt_cost"] == 0.0
+    b["constraints"]["fx_rates"] = {"afn": 70.0}
+    priced = post(url, "/v1/retry-decisions", b).json()
+    assert priced["value_currency"] == "usd" and priced["attempt_cost"] > 0
+
+
 @pytest.mark.parametrize(
     ("constraints", "charge", "field"),
     [

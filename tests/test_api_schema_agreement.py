@@ -21,6 +21,7 @@ Bounded in the suite; ``RETRYOPT_SCHEMA_EXAMPLES=5000`` runs it at scale.
 from __future__ import annotations
 
 import copy
+import itertools
 import os
 import re
 from collections.abc import Iterator
@@ -34,6 +35,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from retryopt.features.currency import REFERENCE_UNITS_PER_USD
 from retryopt.features.localtime import canonical_timezone
 from retryopt.serving.app import BackgroundServer, create_app
 from retryopt.serving.model_store import ModelStore
@@ -118,7 +120,19 @@ def oracle(schema: dict[str, Any], request: Any) -> set[str]:
     zone = request["charge"].get("customer_timezone")
     if isinstance(zone, str) and zone.strip() and canonical_timezone(zone) is None:
         bad.add("charge.customer_timezone")
-    attempts = request["attempts"]
+    constraints = request.get("constraints") or {}
+    ladder = constraints.get("guardrail_hours") or []
+    if any(b <= a for a, b in itertools.pairwise(ladder)):
+        bad.add("constraints.guardrail_hours")
+    rates = {k.lower(): v for k, v in (constraints.get("fx_rates") or {}).items()}
+    if rates.get("usd", 1.0) != 1.0:
+        bad.add("constraints.fx_rates")
+    reporting = (constraints.get("reporting_currency") or "usd").lower()
+    if reporting not in REFERENCE_UNITS_PER_USD and reporting not in rates:
+        bad.add("constraints")
+    attempts = request.get("attempts")
+    if not attempts:  # optional in the schema: filled from the store, and there is none here
+        return bad | {"attempts"}
     times = [_instant(a["attempted_at"]) for a in attempts]
     for i, a in enumerate(attempts):
         if i and times[i] < times[i - 1]:  # type: ignore[operator]
@@ -227,6 +241,7 @@ class FromSchema:
                 exclude_min="exclusiveMinimum" in s,
                 exclude_max="exclusiveMaximum" in s,
                 allow_nan=False,
+                allow_infinity=False,
             )
         if kind == "string":
             if s.get("format") == "date-time":
@@ -240,6 +255,22 @@ class FromSchema:
 def repaired(request: dict[str, Any]) -> dict[str, Any]:
     """The request with the cross-field rules satisfied (oldest first, only the last attempt
     may succeed, failed attempts with a code, an explicit ``now`` not before the last)."""
+    if not request.get("attempts"):  # optional only when the store holds them (none here)
+        request["attempts"] = [
+            {"attempted_at": "2026-01-05T10:00:00Z", "outcome": "failed", "decline_code": "x"}
+        ]
+    constraints = request.get("constraints") or {}
+    if constraints.get("guardrail_hours"):  # a ladder: increasing
+        constraints["guardrail_hours"] = sorted(set(constraints["guardrail_hours"]))
+    if constraints.get("fx_rates") is not None:  # rates are per US dollar
+        constraints["fx_rates"] = {
+            k: v for k, v in constraints["fx_rates"].items() if k.lower() != "usd"
+        }
+    if constraints.get("reporting_currency"):  # the reporting currency needs a rate
+        code = constraints["reporting_currency"]
+        if code.lower() not in REFERENCE_UNITS_PER_USD and code.lower() != "usd":
+            constraints.setdefault("fx_rates", {})
+            constraints["fx_rates"] = {**(constraints["fx_rates"] or {}), code: 1.5}
     attempts = sorted(request["attempts"], key=lambda a: _instant(a["attempted_at"]) or (0, 0))
     for i, a in enumerate(attempts):
         if i < len(attempts) - 1:
@@ -294,7 +325,7 @@ def decision_requests(draw: st.DrawFn, openapi: dict[str, Any]) -> dict[str, Any
     if draw(st.booleans()):
         where, value = draw(st.sampled_from(_BREAKERS))
         _set(request, where, value)
-    if draw(st.booleans()):
+    if draw(st.booleans()) and request.get("attempts"):
         request["attempts"] = request["attempts"][::-1]  # out of order when more than one
     return request
 
