@@ -12,12 +12,12 @@ from datetime import datetime
 from typing import Any, Literal
 
 import pandas as pd
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from retryopt.features import contract as c
 from retryopt.features.validation import validate_attempts
 from retryopt.features.validation_report import RULES
-from retryopt.serving.schemas import CardIn, FieldIssue, RequestError
+from retryopt.serving.schemas import CardIn, Currency, FieldIssue, RequestError, Timestamp
 
 # Contract column -> field of an outcome report (the JSON path reported in a 422).
 COLUMN_FIELDS: Mapping[str, str] = {
@@ -62,7 +62,7 @@ class OutcomeIn(BaseModel):
     model_config = ConfigDict(extra="ignore", str_strip_whitespace=True, frozen=True)
 
     charge_id: str = Field(min_length=1, max_length=255)
-    attempted_at: AwareDatetime
+    attempted_at: Timestamp
     outcome: Literal["failed", "succeeded"]
     decline_code: str | None = Field(default=None, max_length=64)
     network_advice_code: str | None = Field(default=None, max_length=32)
@@ -75,8 +75,8 @@ class OutcomeIn(BaseModel):
     )
     # Charge facts: needed for a charge the service has not decided yet (its first failure).
     customer_id: str | None = Field(default=None, min_length=1, max_length=255)
-    amount: int | None = Field(default=None, gt=0, le=10**12, description="minor units")
-    currency: str | None = Field(default=None, pattern=r"^[A-Za-z]{3}$")
+    amount: StrictInt | None = Field(default=None, gt=0, le=10**12, description="minor units")
+    currency: Currency | None = None
     customer_timezone: str | None = Field(default=None, max_length=64)
 
     def charge_facts(self) -> dict[str, Any] | None:
