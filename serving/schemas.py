@@ -353,7 +353,10 @@ class DecisionOut(BaseModel):
     alternatives: list[AlternativeOut]
     explanation: str
     model_version: str | None
-    policy: Literal["model", "greedy", "fallback"]
+    policy: str = Field(
+        description="the policy that decided: 'model', 'greedy', 'fallback', or a model-free "
+        "arm such as 'fixed:72,120,168,216'"
+    )
     expected_value: float | None = Field(
         default=None,
         description="the planner's expected value of its choice (net of costs; for a "
@@ -372,6 +375,10 @@ class DecisionOut(BaseModel):
         description="probability with which this retry time was chosen (1.0: deterministic)",
     )
     exploration: str = Field(default=NO_EXPLORATION, description="exploration scheme")
+    arm: Literal["champion", "challenger"] = Field(
+        default="champion",
+        description="the A/B arm that served this customer (by a hash of customer_id)",
+    )
 
 
 class BatchDecisionOut(BaseModel):
