@@ -31,9 +31,10 @@ from retryopt.serving.policies import FallbackPolicy, FixedSchedule, PlannerConf
 
 log = logging.getLogger("retryopt.serving")
 
-CHAMPION = "champion"
-CHALLENGER = "challenger"
-ARMS = (CHAMPION, CHALLENGER)
+Arm = Literal["champion", "challenger"]
+CHAMPION: Arm = "champion"
+CHALLENGER: Arm = "challenger"
+ARMS: tuple[Arm, ...] = (CHAMPION, CHALLENGER)
 _HASH_SPAN = float(2**64)
 
 BaselinePolicy = FixedSchedule | FallbackPolicy
@@ -85,7 +86,7 @@ def parse_arm_spec(text: str) -> ArmSpec:
     spec = text.strip()
     if not spec:
         raise ValueError("empty spec: give a bundle path, fixed:H1,H2,... or fallback")
-    head, sep, arg = spec.partition(":")
+    head, _, arg = spec.partition(":")
     if head.strip().lower() == "fixed":
         hours = parse_schedule_hours(arg)
         return ArmSpec(f"fixed:{','.join(f'{h:g}' for h in hours)}", "fixed", hours)
@@ -94,7 +95,7 @@ def parse_arm_spec(text: str) -> ArmSpec:
     return ArmSpec(spec, "bundle")
 
 
-def assign_arm(customer_id: str, *, share: float, salt: str) -> str:
+def assign_arm(customer_id: str, *, share: float, salt: str) -> Arm:
     """The arm of ``customer_id`` when a ``share`` of customers goes to the challenger."""
     if share <= 0.0:
         return CHAMPION
@@ -196,7 +197,7 @@ class Arms:
         if configured.challenger is None or parse_arm_spec(configured.challenger).is_policy:
             self.served = self._build(configured)  # no bundle to load: ready at once
 
-    def arm_of(self, customer_id: str) -> str:
+    def arm_of(self, customer_id: str) -> Arm:
         """The arm serving ``customer_id`` now (champion when no challenger serves)."""
         served = self.served
         if not served.has_challenger:
@@ -235,6 +236,17 @@ class Arms:
             config.share,
         )
         return served
+
+    def describe(self) -> dict[str, Any]:
+        """What the arms serve now (``GET /v1/model``; no path beyond the configured spec)."""
+        served = self.served
+        model = served.challenger_model
+        return {
+            "champion": served.config.champion,
+            "challenger": served.config.challenger if served.has_challenger else None,
+            "challenger_version": None if model is None else model.version,
+            "share": served.config.share if served.has_challenger else 0.0,
+        }
 
     def promoted(self) -> ArmConfig:
         """The config after promoting the challenger (raises ValueError without one)."""

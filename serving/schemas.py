@@ -411,6 +411,11 @@ class ModelOut(BaseModel):
     metrics: dict[str, Any]
     feature_spec: dict[str, Any] | None
     loaded_at: datetime | None
+    arms: dict[str, Any] | None = Field(
+        default=None,
+        description="champion and challenger: the promoted model-free champion (null: the "
+        "model), the challenger spec and version, its share of customers",
+    )
 
 
 class ReloadIn(_In):

@@ -16,7 +16,7 @@ from typing import Any
 from retryopt.features.card_numbers import safe_key
 from retryopt.features.decisions import Constraints
 from retryopt.features.localtime import TIMESTAMP_RANGE_TEXT, in_valid_range
-from retryopt.serving.arms import CHALLENGER, CHAMPION, Arms
+from retryopt.serving.arms import CHALLENGER, CHAMPION, Arm, Arms
 from retryopt.serving.metrics import Metrics
 from retryopt.serving.model_store import ModelStore
 from retryopt.serving.policies import Decision, PlannerConfig
@@ -116,7 +116,7 @@ _ISO_CACHE_MAX = 1 << 16
 _ISO_TEXT: dict[int, str] = {}
 
 
-def decision_json(d: Decision, *, arm: str = CHAMPION) -> dict[str, Any]:
+def decision_json(d: Decision, *, arm: Arm = CHAMPION) -> dict[str, Any]:
     """The :class:`DecisionOut` JSON object of a decision served by ``arm``, built without
     pydantic.
 
@@ -147,7 +147,7 @@ def decision_json(d: Decision, *, arm: str = CHAMPION) -> dict[str, Any]:
     }
 
 
-def _decision_out(d: Decision, *, arm: str = CHAMPION) -> DecisionOut:
+def _decision_out(d: Decision, *, arm: Arm = CHAMPION) -> DecisionOut:
     return DecisionOut(
         charge_id=d.charge_id,
         action=d.action,  # type: ignore[arg-type]
@@ -163,7 +163,7 @@ def _decision_out(d: Decision, *, arm: str = CHAMPION) -> DecisionOut:
         ],
         explanation=d.explanation,
         model_version=d.model_version,
-        policy=d.policy,  # type: ignore[arg-type]
+        policy=d.policy,
         expected_value=d.expected_value,
         attempt_cost=d.attempt_cost,
         value_currency=d.value_currency,
@@ -292,7 +292,7 @@ class DecisionService:
         the whole call (a reload or a promotion never mixes models); every decision is counted
         in the metrics.
         """
-        groups: dict[tuple[str, Constraints], list[int]] = {}
+        groups: dict[tuple[Arm, Constraints], list[int]] = {}
         for i, item in enumerate(items):
             groups.setdefault((item.arm, item.constraints), []).append(i)
         out: list[Decision | None] = [None] * len(items)
@@ -339,7 +339,7 @@ class PreparedRequest:
     request: DecisionRequest
     now: datetime
     constraints: Constraints
-    arm: str = CHAMPION
+    arm: Arm = CHAMPION
 
     def conflict_keys(self) -> list[tuple[str, str]]:
         """Keys that must not share a combined (micro-batched) call.

@@ -119,6 +119,8 @@ class LoggedDecision:
     propensity: float
     exploration: str
     arm: str = "champion"
+    policy: str = ""
+    model_version: str | None = None
 
 
 def _dumps(obj: object) -> str:
@@ -301,7 +303,8 @@ class SqlStore(ABC):
             rows = self._run(
                 cur,
                 "SELECT decision_id, charge_id, decided_at, action, retry_at, propensity, "
-                "exploration, arm FROM decisions ORDER BY charge_id, decided_at, logged_at",
+                "exploration, arm, policy, model_version FROM decisions "
+                "ORDER BY charge_id, decided_at, logged_at",
             )
         return [
             LoggedDecision(
@@ -313,6 +316,8 @@ class SqlStore(ABC):
                 propensity=float(r[5]),
                 exploration=r[6],
                 arm=r[7],
+                policy=r[8],
+                model_version=r[9],
             )
             for r in rows
         ]
