@@ -164,7 +164,7 @@ h1{font-size:1.6em;margin:.2em 0 .6em}h2{font-size:1.2em;margin-top:1.6em}
 table{border-collapse:collapse;font-size:13px;margin:.8em 0;max-width:100%}
 td,th{border:1px solid #d0d0d0;padding:4px 8px;text-align:left;vertical-align:top;
   overflow-wrap:anywhere}
-th{background:#f3f3f3;font-weight:600}
+th{background:#f3f3f3;font-weight:600;overflow-wrap:normal}
 table.policies td:first-child{font-weight:600}
 .scroll{max-width:100%;overflow-x:auto}
 .warn{background:#fff3cd;padding:.4em .6em;border-left:4px solid #e0a800;margin:.3em 0;
