@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import hmac
 import ipaddress
@@ -413,7 +414,7 @@ def create_app(settings: Settings | None = None, *, store: ModelStore | None = N
     async def load_at_start() -> bool:
         """Load the last reloaded model (several workers), else the configured one; False when
         the last reloaded model was refused (the worker then reports the error)."""
-        start = sync.start_model() if sync is not None else None
+        start = (sync.start_model() or None) if sync is not None else None
         configured = store.location if store.current is None else None
         for location in (start, configured):
             if not location:
@@ -563,7 +564,7 @@ def create_app(settings: Settings | None = None, *, store: ModelStore | None = N
         else:
             # Concurrent requests are coalesced into one planner call (docs/serving.md).
             decision = await batcher.submit(item)
-        return FastJSONResponse(decision_json(decision))
+        return FastJSONResponse(decision_json(decision, arm=item.arm))
 
     @app.post(
         "/v1/retry-decisions/batch",
@@ -707,6 +708,9 @@ def create_app(settings: Settings | None = None, *, store: ModelStore | None = N
         except ModelLoadError:
             return refused()
         metrics.observe_reload(outcome="ok")
+        current = arms.served.config
+        if current.champion is not None:  # a model-free champion gives way to the model
+            await run_in_threadpool(arms.apply, dataclasses.replace(current, champion=None))
         if sync is None:
             return JSONResponse(content={"loaded": True, "model_version": loaded.version})
         lagging = await publish_and_wait(location, loaded.version, arms_only=False)

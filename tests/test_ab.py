@@ -299,3 +299,33 @@ def test_without_a_challenger_every_decision_is_the_champions() -> None:
         promote = client.post("/admin/promote")
     assert arms == {CHAMPION}
     assert promote.status_code == 409
+
+
+def test_a_reload_after_promoting_a_control_group_brings_the_model_back(
+    trained_bundle: Path,
+) -> None:
+    settings = Settings(
+        model=str(trained_bundle),
+        engine="lightgbm",
+        challenger=CHALLENGER_SPEC,
+        challenger_share=0.5,
+    )
+    with (
+        BackgroundServer(create_app(settings)) as server,
+        httpx.Client(base_url=server.url, timeout=120) as client,
+    ):
+
+        def policies(tag: str) -> set[tuple[str, str]]:
+            return {
+                (d["arm"], d["policy"])
+                for d in (
+                    client.post("/v1/retry-decisions", json=request(i, suffix=tag)).json()
+                    for i in range(20)
+                )
+            }
+
+        assert policies("a") == {(CHAMPION, "model"), (CHALLENGER, CHALLENGER_SPEC)}
+        assert client.post("/admin/promote").status_code == 200
+        assert policies("b") == {(CHAMPION, CHALLENGER_SPEC)}
+        assert client.post("/admin/reload", json={}).status_code == 200
+        assert policies("c") == {(CHAMPION, "model")}
