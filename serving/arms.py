@@ -23,6 +23,7 @@ import itertools
 import logging
 import math
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -185,7 +186,7 @@ class Arms:
         *,
         configured: ArmConfig,
         salt: str,
-        model_store: Any,
+        model_store: Callable[[str], ModelStore],
         config: PlannerConfig,
     ) -> None:
         self.configured = configured
@@ -214,8 +215,8 @@ class Arms:
             if spec.is_policy:
                 policy = baseline_policy(spec, self._config)
             else:
-                store: ModelStore = self._model_store(spec.spec)
-                model = store.load(spec.spec)  # ModelLoadError: the caller decides
+                # ModelLoadError: the caller decides
+                model = self._model_store(spec.spec).load(spec.spec)
         return Served(config, champion, model, policy)
 
     def apply(self, config: ArmConfig) -> Served:
