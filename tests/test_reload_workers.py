@@ -86,6 +86,10 @@ class Service:
             "RETRYOPT_ENGINE": "lightgbm",
             "RETRYOPT_STATE_DIR": str(state_dir),
             "PYTHONPATH": os.pathsep.join(p for p in sys.path if p),
+            # No decision log unless a test asks for one: with a log, a repeated request is
+            # answered with its stored decision (idempotency), whatever model serves now; and
+            # the default store would be a file in the working directory.
+            "RETRYOPT_STORE_URL": "off",
             **(env or {}),
         }
         self.proc = subprocess.Popen(
