@@ -224,7 +224,8 @@ def decide(
     if issues:
         raise RequestError(issues)
     prepared = service.prepare(parsed, prefixes=prefixes, server_now=now)
-    return [decision_json(d) for d in service.decide_prepared(prepared)]
+    decisions = service.decide_prepared(prepared)
+    return [decision_json(d, arm=i.arm) for i, d in zip(prepared, decisions, strict=True)]
 
 
 def backtest(

@@ -21,6 +21,7 @@ COMMANDS: tuple[tuple[str, str], ...] = (
     ("demo", "demo"),
     ("simulate", "simulate"),
     ("backtest", "backtest"),
+    ("ab-report", "ab_report"),
     ("export", "export"),
     ("store", "store"),
 )

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import hmac
 import ipaddress
@@ -38,6 +39,7 @@ from retryopt.features.card_numbers import (
     contains_card_number,
     find_card_number,
 )
+from retryopt.serving.arms import ArmConfig, parse_arm_spec
 from retryopt.serving.decision_log import (
     IDEMPOTENCY_HEADER,
     DecisionLog,
@@ -283,6 +285,7 @@ _KNOWN_PATHS = frozenset(
         "/v1/model",
         "/metrics",
         "/admin/reload",
+        "/admin/promote",
         "/v1/attempt-outcomes",
     }
 )
@@ -386,12 +389,21 @@ def create_app(settings: Settings | None = None, *, store: ModelStore | None = N
         metrics.observe_reload(outcome="ok")
         return version
 
+    arms = service.arms
+
+    def apply_arms(raw: dict[str, Any] | None) -> None:
+        """Install the shared arms config (None: as configured) unless already served."""
+        config = ArmConfig.from_json(raw) or arms.configured
+        if config != arms.served.config:
+            arms.apply(config)
+
     sync: WorkerSync | None = None
     if settings.state_dir:
         sync = WorkerSync(
             SharedState(settings.state_dir),
             load=load_counted,
             current_version=lambda: None if store.current is None else store.current.version,
+            apply_arms=apply_arms,
         )
 
     def after_sighup(ok: bool) -> None:
@@ -402,7 +414,7 @@ def create_app(settings: Settings | None = None, *, store: ModelStore | None = N
     async def load_at_start() -> bool:
         """Load the last reloaded model (several workers), else the configured one; False when
         the last reloaded model was refused (the worker then reports the error)."""
-        start = sync.start_model() if sync is not None else None
+        start = (sync.start_model() or None) if sync is not None else None
         configured = store.location if store.current is None else None
         for location in (start, configured):
             if not location:
@@ -414,11 +426,22 @@ def create_app(settings: Settings | None = None, *, store: ModelStore | None = N
             return location == start or start is None
         return start is None
 
+    async def arms_at_start() -> bool:
+        """Install the last promotion's arms (several workers), else the configured ones;
+        False when a challenger bundle was refused (its customers then get the champion)."""
+        try:
+            await run_in_threadpool(apply_arms, sync.start_arms() if sync is not None else None)
+        except ModelLoadError:
+            log.error("challenger refused: every customer is served by the champion")
+            return False
+        return True
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if sync is not None:
             sync.announce()  # a reload in progress now waits for this worker too
         ok = await load_at_start()
+        ok = await arms_at_start() and ok
         if sync is not None:
             sync.report(error=not ok)
             sync.start()
@@ -541,7 +564,7 @@ def create_app(settings: Settings | None = None, *, store: ModelStore | None = N
         else:
             # Concurrent requests are coalesced into one planner call (docs/serving.md).
             decision = await batcher.submit(item)
-        return FastJSONResponse(decision_json(decision))
+        return FastJSONResponse(decision_json(decision, arm=item.arm))
 
     @app.post(
         "/v1/retry-decisions/batch",
@@ -616,7 +639,7 @@ def create_app(settings: Settings | None = None, *, store: ModelStore | None = N
         tags=["operations"],
     )
     async def model_info() -> ModelOut:
-        """The serving model: version, training metrics, feature spec."""
+        """The serving model: version, training metrics, feature spec, and the A/B arms."""
         loaded = store.current
         if loaded is None:
             return ModelOut(
@@ -627,6 +650,7 @@ def create_app(settings: Settings | None = None, *, store: ModelStore | None = N
                 metrics={},
                 feature_spec=None,
                 loaded_at=None,
+                arms=arms.describe(),
             )
         spec = getattr(loaded.bundle, "feature_spec", None)
         return ModelOut(
@@ -637,6 +661,7 @@ def create_app(settings: Settings | None = None, *, store: ModelStore | None = N
             metrics=dict(getattr(loaded.bundle, "metrics", {}) or {}),
             feature_spec=spec.to_dict() if spec is not None else None,
             loaded_at=loaded.loaded_at,
+            arms=arms.describe(),
         )
 
     @app.get("/metrics", response_class=PlainTextResponse, tags=["operations"])
@@ -683,30 +708,88 @@ def create_app(settings: Settings | None = None, *, store: ModelStore | None = N
         except ModelLoadError:
             return refused()
         metrics.observe_reload(outcome="ok")
+        current = arms.served.config
+        if current.champion is not None:  # a model-free champion gives way to the model
+            await run_in_threadpool(arms.apply, dataclasses.replace(current, champion=None))
         if sync is None:
             return JSONResponse(content={"loaded": True, "model_version": loaded.version})
-        desired = await run_in_threadpool(sync.adopt, model=location, version=loaded.version)
-        lagging = await run_in_threadpool(
-            sync.state.wait_for, desired.generation, timeout_s=settings.reload_timeout_s
-        )
+        lagging = await publish_and_wait(location, loaded.version, arms_only=False)
         if lagging:
-            pids = ", ".join(str(p) for p in lagging)
-            return _error(
-                503,
-                [
-                    FieldIssue(
-                        "workers",
-                        f"model {loaded.version} published, but workers {pids} did not serve "
-                        f"it within RETRYOPT_RELOAD_TIMEOUT_S={settings.reload_timeout_s:g} s "
-                        "(they keep trying; retry the reload or check their log)",
-                        "reload_incomplete",
-                    )
-                ],
-            )
+            return _lagging(f"model {loaded.version}", lagging, "reload")
         workers = len(sync.state.workers())
         return JSONResponse(
             content={"loaded": True, "model_version": loaded.version, "workers": workers}
         )
+
+    async def publish_and_wait(location: str, version: str, *, arms_only: bool) -> list[int]:
+        """Publish this worker's model and arms to every worker; the pids that lag."""
+        assert sync is not None
+        desired = await run_in_threadpool(
+            functools.partial(
+                sync.adopt,
+                model=location,
+                version=version,
+                arms=arms.served.config.to_json(),
+                arms_only=arms_only,
+            )
+        )
+        return await run_in_threadpool(
+            sync.state.wait_for, desired.generation, timeout_s=settings.reload_timeout_s
+        )
+
+    def _lagging(what: str, lagging: list[int], action: str) -> JSONResponse:
+        pids = ", ".join(str(p) for p in lagging)
+        return _error(
+            503,
+            [
+                FieldIssue(
+                    "workers",
+                    f"{what} published, but workers {pids} did not serve it within "
+                    f"RETRYOPT_RELOAD_TIMEOUT_S={settings.reload_timeout_s:g} s (they keep "
+                    f"trying; retry the {action} or check their log)",
+                    f"{action}_incomplete",
+                )
+            ],
+        )
+
+    @app.post(
+        "/admin/promote",
+        responses={
+            **_ERRORS,
+            403: {"model": ErrorOut, "description": "not loopback and no admin token set"},
+            409: {"model": ErrorOut, "description": "no challenger, or its bundle was refused"},
+            503: {"model": ErrorOut, "description": "some workers did not switch in time"},
+        },
+        tags=["operations"],
+    )
+    async def promote() -> JSONResponse:
+        """Make the challenger the champion of every customer, in every worker."""
+        try:
+            promoted = arms.promoted()
+        except ValueError:
+            return _error(
+                409,
+                [FieldIssue("challenger", "no challenger is serving", "no_challenger")],
+            )
+        challenger = parse_arm_spec(str(arms.served.config.challenger))
+        location = store.location or ""
+        if not challenger.is_policy:
+            try:
+                await run_in_threadpool(store.load, challenger.spec)
+            except ModelLoadError:
+                return refused()
+            metrics.observe_reload(outcome="ok")
+            location = challenger.spec
+        await run_in_threadpool(arms.apply, promoted)
+        version = store.current.version if store.current is not None else "fallback"
+        champion = challenger.spec if challenger.is_policy else version
+        content = {"promoted": challenger.spec, "champion": champion}
+        if sync is None:
+            return JSONResponse(content={**content, "workers": 1})
+        lagging = await publish_and_wait(location, version, arms_only=challenger.is_policy)
+        if lagging:
+            return _lagging(f"champion {champion}", lagging, "promote")
+        return JSONResponse(content={**content, "workers": len(sync.state.workers())})
 
     return app
 

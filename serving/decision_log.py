@@ -204,7 +204,7 @@ class DecisionLog:
         logged_at = to_us(datetime.now(UTC))
         for i, item, d in zip(pending.todo, pending.items, decisions, strict=True):
             r = item.request
-            response = decision_json(d)
+            response = decision_json(d, arm=item.arm)
             response["decision_id"] = uuid.uuid4().hex
             request_json = r.model_dump(mode="json", exclude_none=True)
             if body_may_hold_card_number(canonical_json(request_json)) and (
@@ -232,6 +232,7 @@ class DecisionLog:
                     model_version=d.model_version,
                     exploration=response.get("exploration", NO_EXPLORATION),
                     propensity=float(response.get("propensity", DETERMINISTIC_PROPENSITY)),
+                    arm=item.arm,
                     response=response,
                 )
             )

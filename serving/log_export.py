@@ -13,6 +13,10 @@ from the decision log:
   chosen by someone else with an unknown probability: NaN. Off-policy estimators leave such
   rows out of their weights; the direct method and training still use them.
 
+Beyond the contract, the frame carries ``arm`` (:data:`ARM_COLUMN`): the A/B arm of the
+charge's first logged decision (a charge's whole dunning follows its customer's arm), empty for
+charges never decided. Validation (``retryopt validate``, training) drops the extra column.
+
 Attempts of charges the service never saw (no decision, no charge facts in the report) lack
 the contract's required columns and are left out (counted in :class:`ExportResult`).
 """
@@ -32,13 +36,14 @@ from retryopt.serving.outcomes import contract_row
 from retryopt.serving.store import LoggedDecision, SqlStore, from_us
 
 HOUR_US = NS_PER_HOUR // 1000
+ARM_COLUMN = "arm"
 
 
 @dataclass(frozen=True)
 class ExportResult:
     """The exported contract frame and what was left out."""
 
-    attempts: pd.DataFrame  # canonical (validated) contract frame
+    attempts: pd.DataFrame  # canonical (validated) contract frame, plus ``arm``
     n_unknown_charge: int  # attempts of charges without facts (not exportable)
     n_with_propensity: int  # retries matched to a logged decision's chosen time
     report: ValidationReport  # the contract check of the exported rows
@@ -97,6 +102,10 @@ def export_attempts(store: SqlStore) -> ExportResult:
     frame[c.RETRY_PROPENSITY] = frame[c.RETRY_PROPENSITY].astype(np.float64)
     result = validate_attempts(frame, drop_invalid=True)
     clean = result.clean
+    first_arm = {charge: decisions[0].arm for charge, decisions in by_charge.items()}
+    clean[ARM_COLUMN] = pd.Series(
+        clean[c.CHARGE_ID].map(first_arm).to_numpy(dtype=object), index=clean.index, dtype="str"
+    )
     return ExportResult(
         attempts=clean,
         n_unknown_charge=unknown,

@@ -355,7 +355,10 @@ class DecisionOut(BaseModel):
     alternatives: list[AlternativeOut]
     explanation: str
     model_version: str | None
-    policy: Literal["model", "greedy", "fallback"]
+    policy: str = Field(
+        description="the policy that decided: 'model', 'greedy', 'fallback', or a model-free "
+        "arm such as 'fixed:72,120,168,216'"
+    )
     expected_value: float | None = Field(
         default=None,
         description="the planner's expected value of its choice (net of costs; for a "
@@ -374,6 +377,10 @@ class DecisionOut(BaseModel):
         description="probability with which this retry time was chosen (1.0: deterministic)",
     )
     exploration: str = Field(default=NO_EXPLORATION, description="exploration scheme")
+    arm: Literal["champion", "challenger"] = Field(
+        default="champion",
+        description="the A/B arm that served this customer (by a hash of customer_id)",
+    )
 
 
 class BatchDecisionOut(BaseModel):
@@ -406,6 +413,11 @@ class ModelOut(BaseModel):
     metrics: dict[str, Any]
     feature_spec: dict[str, Any] | None
     loaded_at: datetime | None
+    arms: dict[str, Any] | None = Field(
+        default=None,
+        description="champion and challenger: the promoted model-free champion (null: the "
+        "model), the challenger spec and version, its share of customers",
+    )
 
 
 class ReloadIn(_In):

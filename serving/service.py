@@ -16,6 +16,7 @@ from typing import Any
 from retryopt.features.card_numbers import safe_key
 from retryopt.features.decisions import Constraints
 from retryopt.features.localtime import TIMESTAMP_RANGE_TEXT, in_valid_range
+from retryopt.serving.arms import CHALLENGER, CHAMPION, Arm, Arms
 from retryopt.serving.metrics import Metrics
 from retryopt.serving.model_store import ModelStore
 from retryopt.serving.policies import Decision, PlannerConfig
@@ -36,17 +37,33 @@ from retryopt.serving.settings import Settings
 log = logging.getLogger("retryopt.serving")
 
 
-def model_store_for(settings: Settings) -> ModelStore:
+def planner_config(settings: Settings) -> PlannerConfig:
+    """The planner options that ``settings`` describe."""
+    return PlannerConfig(
+        later_attempt_decay=settings.later_attempt_decay,
+        planning_gap_hours=settings.planning_gap_hours,
+        search=settings.planner_search,
+    )
+
+
+def model_store_for(settings: Settings, location: str | None = None) -> ModelStore:
     """The model holder that ``settings`` describe (location, planner options, engine)."""
     return ModelStore(
-        location=settings.model,
-        config=PlannerConfig(
-            later_attempt_decay=settings.later_attempt_decay,
-            planning_gap_hours=settings.planning_gap_hours,
-            search=settings.planner_search,
-        ),
+        location=location or settings.model,
+        config=planner_config(settings),
         model_threads=settings.model_threads,
         engine=settings.engine,
+    )
+
+
+def arms_for(settings: Settings) -> Arms:
+    """The champion and challenger arms that ``settings`` describe (a challenger bundle is
+    loaded by :meth:`Arms.apply`, at the app's start)."""
+    return Arms(
+        configured=settings.arm_config(),
+        salt=settings.ab_salt,
+        model_store=lambda location: model_store_for(settings, location),
+        config=planner_config(settings),
     )
 
 
@@ -99,8 +116,9 @@ _ISO_CACHE_MAX = 1 << 16
 _ISO_TEXT: dict[int, str] = {}
 
 
-def decision_json(d: Decision) -> dict[str, Any]:
-    """The :class:`DecisionOut` JSON object of a decision, built without pydantic.
+def decision_json(d: Decision, *, arm: Arm = CHAMPION) -> dict[str, Any]:
+    """The :class:`DecisionOut` JSON object of a decision served by ``arm``, built without
+    pydantic.
 
     Equal to ``DecisionOut.model_dump(mode="json")`` of :func:`_decision_out` (tested); the
     routes return it directly to skip a second validation of the response model.
@@ -125,10 +143,11 @@ def decision_json(d: Decision) -> dict[str, Any]:
         "decision_id": None,
         "propensity": DETERMINISTIC_PROPENSITY,
         "exploration": NO_EXPLORATION,
+        "arm": arm,
     }
 
 
-def _decision_out(d: Decision) -> DecisionOut:
+def _decision_out(d: Decision, *, arm: Arm = CHAMPION) -> DecisionOut:
     return DecisionOut(
         charge_id=d.charge_id,
         action=d.action,  # type: ignore[arg-type]
@@ -144,20 +163,29 @@ def _decision_out(d: Decision) -> DecisionOut:
         ],
         explanation=d.explanation,
         model_version=d.model_version,
-        policy=d.policy,  # type: ignore[arg-type]
+        policy=d.policy,
         expected_value=d.expected_value,
         attempt_cost=d.attempt_cost,
         value_currency=d.value_currency,
+        arm=arm,
     )
 
 
 class DecisionService:
     """Checks requests and runs the policies (the part of the API that is not HTTP)."""
 
-    def __init__(self, *, settings: Settings, store: ModelStore, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        store: ModelStore,
+        metrics: Metrics,
+        arms: Arms | None = None,
+    ) -> None:
         self.settings = settings
         self.store = store
         self.metrics = metrics
+        self.arms = arms or arms_for(settings)
         self.defaults = settings.default_constraints()
         self.limits = Limits(
             max_attempts=settings.max_attempts,
@@ -169,13 +197,17 @@ class DecisionService:
         self, requests: Sequence[DecisionRequest], *, prefixes: Sequence[str]
     ) -> list[DecisionOut]:
         """Decide every request; raise :class:`RequestError` naming the bad fields."""
-        return [_decision_out(d) for d in self.decide_raw(requests, prefixes=prefixes)]
+        items = self.prepare(requests, prefixes=prefixes)
+        decisions = self.decide_prepared(items)
+        return [_decision_out(d, arm=i.arm) for i, d in zip(items, decisions, strict=True)]
 
     def decide_json(
         self, requests: Sequence[DecisionRequest], *, prefixes: Sequence[str]
     ) -> list[dict[str, Any]]:
         """:meth:`decide` as JSON objects (:func:`decision_json`), the routes' fast path."""
-        return [decision_json(d) for d in self.decide_raw(requests, prefixes=prefixes)]
+        items = self.prepare(requests, prefixes=prefixes)
+        decisions = self.decide_prepared(items)
+        return [decision_json(d, arm=i.arm) for i, d in zip(items, decisions, strict=True)]
 
     def decide_raw(
         self, requests: Sequence[DecisionRequest], *, prefixes: Sequence[str]
@@ -237,7 +269,14 @@ class DecisionService:
                 # No rate for this currency (the reference rates cover 33 of ISO 4217's codes):
                 # decide in the charge's own currency, without an attempt cost (docs/serving.md).
                 cons = replace(cons, objective=cons.objective.in_own_currency(currency))
-            out.append(PreparedRequest(request=r, now=now, constraints=cons))
+            out.append(
+                PreparedRequest(
+                    request=r,
+                    now=now,
+                    constraints=cons,
+                    arm=self.arms.arm_of(r.charge.customer_id),
+                )
+            )
         if issues:
             raise RequestError(issues)
         return out
@@ -245,27 +284,34 @@ class DecisionService:
     def decide_prepared(self, items: Sequence[PreparedRequest]) -> list[Decision]:
         """Decisions for checked requests (:meth:`prepare`) with distinct charge ids.
 
-        Requests are grouped by constraints; the model is read once for the whole call (a
-        reload never mixes models); every decision is counted in the metrics.
+        Requests are grouped by arm and constraints; the model and the arms are read once for
+        the whole call (a reload or a promotion never mixes models); every decision is counted
+        in the metrics.
         """
-        groups: dict[Constraints, list[int]] = {}
+        groups: dict[tuple[Arm, Constraints], list[int]] = {}
         for i, item in enumerate(items):
-            groups.setdefault(item.constraints, []).append(i)
+            groups.setdefault((item.arm, item.constraints), []).append(i)
         out: list[Decision | None] = [None] * len(items)
         loaded = self.store.current
-        for cons, idx in groups.items():
+        served = self.arms.served
+        for (arm, cons), idx in groups.items():
             prep = to_batch(
                 [items[i].request for i in idx],
                 nows=[items[i].now for i in idx],
                 constraints=cons,
             )
             decisions: list[Decision]
-            if loaded is None:
+            model, baseline = loaded, served.champion_policy
+            if arm == CHALLENGER and served.has_challenger:
+                model, baseline = served.challenger_model, served.challenger_policy
+            if baseline is not None:
+                decisions = baseline.decide_detailed(prep.batch, current_cards=prep.current_cards)
+            elif model is None:
                 decisions = self.store.fallback.decide_detailed(
                     prep.batch, current_cards=prep.current_cards
                 )
             else:
-                policy = loaded.greedy if self.settings.policy == "greedy" else loaded.planner
+                policy = model.greedy if self.settings.policy == "greedy" else model.planner
                 try:
                     decisions = policy.decide_detailed(
                         prep.batch, current_cards=prep.current_cards, columns=prep.columns
@@ -289,6 +335,7 @@ class PreparedRequest:
     request: DecisionRequest
     now: datetime
     constraints: Constraints
+    arm: Arm = CHAMPION
 
     def conflict_keys(self) -> list[tuple[str, str]]:
         """Keys that must not share a combined (micro-batched) call.

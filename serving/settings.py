@@ -15,6 +15,7 @@ from retryopt.features.objective import (
     DEFAULT_DAILY_CANCEL_HAZARD,
     Objective,
 )
+from retryopt.serving.arms import ArmConfig, parse_arm_spec
 from retryopt.serving.schemas import MAX_BATCH_ITEMS
 
 # A typical decision request is 1-2 KiB (a few attempts, no history); 16 KiB per item leaves
@@ -147,6 +148,34 @@ class Settings(BaseSettings):
         "are stored (unset: no log; `retryopt serve` defaults to sqlite:///retryopt-store.db "
         "in its working directory)",
     )
+    # Champion and challenger (docs/serving.md, "Champion and challenger").
+    challenger: str | None = Field(
+        default=None,
+        description="served to a share of customers next to the champion: a bundle directory "
+        "or registry name, or a model-free control group 'fixed:H1,H2,...' or 'fallback'",
+    )
+    challenger_share: float = Field(
+        default=0.1,
+        ge=0,
+        le=1,
+        description="share of customers (by a hash of customer_id) served by the challenger",
+    )
+    ab_salt: str = Field(
+        default="retryopt-ab",
+        min_length=1,
+        description="salt of the customer hash; a new salt draws a new assignment",
+    )
+
+    @field_validator("challenger")
+    @classmethod
+    def _check_challenger(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        return parse_arm_spec(value).spec
+
+    def arm_config(self) -> ArmConfig:
+        """The arms as configured (no promoted champion)."""
+        return ArmConfig(None, self.challenger, self.challenger_share if self.challenger else 0.0)
 
     @field_validator("api_keys", mode="before")
     @classmethod

@@ -2,8 +2,10 @@
 
 The workers share one state directory (``RETRYOPT_STATE_DIR``, created by ``retryopt serve``):
 
-- ``desired.json``: the model every worker must serve, ``{"generation", "model", "version"}``,
-  written atomically by the worker that accepted ``POST /admin/reload``;
+- ``desired.json``: the model every worker must serve, ``{"generation", "model", "version",
+  "arms", "arms_only"}`` (``arms``: the champion/challenger config, :mod:`.arms`; ``arms_only``:
+  the model is unchanged, only the arms), written atomically by the worker that accepted
+  ``POST /admin/reload`` or ``POST /admin/promote``;
 - ``workers/<pid>.json``: what each worker serves, ``{"pid", "generation", "version",
   "error"}``, written atomically by that worker after each load (and once at its start).
 
@@ -42,6 +44,8 @@ class Desired:
     generation: int
     model: str
     version: str
+    arms: dict[str, Any] | None = None  # None: the arms as configured
+    arms_only: bool = False  # the model is the one served already; only the arms change
 
 
 @dataclass(frozen=True)
@@ -113,18 +117,40 @@ class SharedState:
         if raw is None:
             return None
         try:
-            return Desired(int(raw["generation"]), str(raw["model"]), str(raw["version"]))
+            arms = raw.get("arms")
+            return Desired(
+                int(raw["generation"]),
+                str(raw["model"]),
+                str(raw["version"]),
+                arms if isinstance(arms, dict) else None,
+                bool(raw.get("arms_only", False)),
+            )
         except (KeyError, TypeError, ValueError):
             return None
 
-    def publish(self, *, model: str, version: str) -> Desired:
-        """Make ``model`` the one every worker serves; returns it with its new generation."""
+    def publish(
+        self,
+        *,
+        model: str,
+        version: str,
+        arms: dict[str, Any] | None = None,
+        arms_only: bool = False,
+    ) -> Desired:
+        """Make ``model`` (and ``arms``) what every worker serves; returns it with its new
+        generation."""
         with self._locked():
             current = self.desired()
-            desired = Desired((current.generation if current else 0) + 1, model, version)
+            generation = (current.generation if current else 0) + 1
+            desired = Desired(generation, model, version, arms, arms_only)
             _write_json_atomic(
                 self.root / DESIRED_FILE,
-                {"generation": desired.generation, "model": model, "version": version},
+                {
+                    "generation": generation,
+                    "model": model,
+                    "version": version,
+                    "arms": arms,
+                    "arms_only": arms_only,
+                },
             )
         return desired
 
@@ -192,6 +218,9 @@ class WorkerSync:
         (the worker then keeps its model and reports the error).
     current_version
         The version this worker serves now (None: the fallback).
+    apply_arms
+        Installs the champion/challenger config of a newer desired state (None: as
+        configured); raises on refusal, like ``load``.
     """
 
     def __init__(
@@ -200,9 +229,11 @@ class WorkerSync:
         *,
         load: Callable[[str], str],
         current_version: Callable[[], str | None],
+        apply_arms: Callable[[dict[str, Any] | None], None] | None = None,
     ) -> None:
         self.state = state
         self._load = load
+        self._apply_arms = apply_arms
         self._current_version = current_version
         self.generation = 0
         self._stop = threading.Event()
@@ -222,14 +253,29 @@ class WorkerSync:
         self.generation = desired.generation
         return desired.model
 
+    def start_arms(self) -> dict[str, Any] | None:
+        """The arms to start from: the last reload's or promotion's, else None (configured)."""
+        desired = self.state.desired()
+        return None if desired is None else desired.arms
+
     def report(self, *, error: bool = False) -> None:
         """Report this worker's current generation and version."""
         self.state.report(generation=self.generation, version=self._current_version(), error=error)
 
-    def adopt(self, *, model: str, version: str) -> Desired:
-        """Publish the model this worker has just loaded as every worker's (a local reload)."""
+    def adopt(
+        self,
+        *,
+        model: str,
+        version: str,
+        arms: dict[str, Any] | None = None,
+        arms_only: bool = False,
+    ) -> Desired:
+        """Publish the model (and arms) this worker has just installed as every worker's (a
+        local reload or promotion)."""
         with self._lock:
-            desired = self.state.publish(model=model, version=version)
+            desired = self.state.publish(
+                model=model, version=version, arms=arms, arms_only=arms_only
+            )
             self.generation = desired.generation
             self.report()
         return desired
@@ -252,7 +298,10 @@ class WorkerSync:
         if desired is None or desired.generation <= self.generation:
             return
         try:
-            self._load(desired.model)
+            if not desired.arms_only:
+                self._load(desired.model)
+            if self._apply_arms is not None:
+                self._apply_arms(desired.arms)
         except Exception:  # the load logged why; this worker keeps its model
             self.generation = desired.generation
             self.report(error=True)

@@ -73,6 +73,10 @@ class PostgresServer:
             "-E",
             "UTF8",
         )
+        return self.start_existing()
+
+    def start_existing(self) -> PostgresServer:
+        """Start the server on its existing cluster (after a stop)."""
         opts = (
             f"-c listen_addresses=127.0.0.1 -c port={self.port} -c unix_socket_directories="
             f"{self.root} -c max_connections=60" + ("" if self.durable else " -c fsync=off")

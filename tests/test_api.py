@@ -121,7 +121,9 @@ def test_fallback_answers_every_request(fallback_url: str) -> None:
         "decision_id",
         "propensity",
         "exploration",
+        "arm",
     }
+    assert d["arm"] == "champion"  # no challenger configured
     assert d["decision_id"] is None  # no store configured: nothing logged
     assert d["propensity"] == 1.0 and d["exploration"] == "none"
     assert d["policy"] == "fallback" and d["action"] == "retry"

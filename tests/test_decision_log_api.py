@@ -251,6 +251,39 @@ def test_a_broken_store_answers_503_and_logs_nothing_half(tmp_path: Path) -> Non
         assert conn.execute("SELECT COUNT(*) FROM decisions").fetchone()[0] == 0
 
 
+def test_a_postgresql_server_down_answers_503_and_recovers() -> None:
+    """The PostgreSQL server stops under a running service: decisions and outcome reports are
+    refused with 503 (never answered unlogged), and served again once it is back."""
+    from postgres_server import PostgresServer, postgres_bin_dir
+
+    bin_dir = postgres_bin_dir()
+    if bin_dir is None:
+        pytest.skip("PostgreSQL server binaries not found: apt-get install postgresql")
+    pg = PostgresServer(bin_dir).start()
+    try:
+        url = pg.create_database("retryopt_down")
+        app = create_app(Settings(model=None, store_url=url, microbatch_max_size=1))
+        with (
+            BackgroundServer(app) as server,
+            httpx.Client(base_url=server.url, timeout=60) as client,
+        ):
+            assert client.post("/v1/retry-decisions", json=request("ch_up")).status_code == 200
+            pg._run(str(bin_dir / "pg_ctl"), "-D", str(pg.data), "-m", "immediate", "stop")
+            down = client.post("/v1/retry-decisions", json=request("ch_down"))
+            reported = client.post("/v1/attempt-outcomes", json={"outcomes": [outcome()]})
+            metrics = client.get("/metrics").text
+            pg.start_existing()
+            back = client.post("/v1/retry-decisions", json=request("ch_back"))
+        assert down.status_code == 503 and reported.status_code == 503
+        assert down.json()["detail"][0]["type"] == "store_unavailable"
+        assert "retryopt_store_errors_total 2" in metrics
+        assert back.status_code == 200, back.text
+        logged = {d.charge_id for d in open_store(url).logged_decisions()}
+        assert logged == {"ch_up", "ch_back"}  # nothing of the refused request was written
+    finally:
+        pg.stop()
+
+
 def test_without_a_store_outcomes_are_503_and_attempts_required() -> None:
     with (
         BackgroundServer(create_app(Settings(model=None))) as server,

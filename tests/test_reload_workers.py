@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -26,7 +27,9 @@ from test_api import body
 
 from retryopt.model.bundle import load_bundle, write_bundle
 from retryopt.serving.app import BackgroundServer, create_app
+from retryopt.serving.arms import CHALLENGER, CHAMPION, assign_arm
 from retryopt.serving.settings import Settings
+from retryopt.serving.store import open_store
 from retryopt.serving.workers import SharedState, WorkerStatus
 
 NEW_CONNECTIONS = 40
@@ -74,7 +77,7 @@ def two_bundles(
 class Service:
     """A ``retryopt serve --workers 2`` subprocess and its shared state directory."""
 
-    def __init__(self, model: Path, state_dir: Path) -> None:
+    def __init__(self, model: Path, state_dir: Path, env: dict[str, str] | None = None) -> None:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.state = SharedState(state_dir)
@@ -83,6 +86,11 @@ class Service:
             "RETRYOPT_ENGINE": "lightgbm",
             "RETRYOPT_STATE_DIR": str(state_dir),
             "PYTHONPATH": os.pathsep.join(p for p in sys.path if p),
+            # No decision log unless a test asks for one: with a log, a repeated request is
+            # answered with its stored decision (idempotency), whatever model serves now; and
+            # the default store would be a file in the working directory.
+            "RETRYOPT_STORE_URL": "off",
+            **(env or {}),
         }
         self.proc = subprocess.Popen(
             [
@@ -280,3 +288,59 @@ def test_reload_answers_503_naming_a_lagging_worker(trained_bundle: Path, tmp_pa
         stuck.wait()
     # A dead worker's status file no longer counts.
     assert stuck.pid not in {s.pid for s in state.workers()}
+
+
+def test_a_challenger_bundle_is_promoted_in_every_worker(
+    two_bundles: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """B1 is the champion, B2 the challenger of half the customers; one POST /admin/promote
+    and every worker serves B2 to everyone (checked over 40 new connections)."""
+    b1, b2 = two_bundles
+    store_url = f"sqlite:///{tmp_path / 'store.db'}"
+    svc = Service(
+        b1,
+        tmp_path / "state",
+        env={
+            "RETRYOPT_CHALLENGER": str(b2),
+            "RETRYOPT_CHALLENGER_SHARE": "0.5",
+            "RETRYOPT_STORE_URL": store_url,
+        },
+    )
+    try:
+        _wait(lambda: len(svc.serving()) == 2 or svc.proc.poll() is not None, what="2 workers")
+        assert svc.proc.poll() is None
+        salt = Settings().ab_salt
+
+        def decide(i: int, tag: str) -> dict[str, Any]:
+            request = body(charge_id=f"ch_ab_{tag}_{i}")
+            request["charge"]["customer_id"] = f"cus_ab_{i}"
+            r = httpx.post(svc.url + "/v1/retry-decisions", json=request, timeout=60)
+            assert r.status_code == 200, r.text
+            return dict(r.json())
+
+        before = [decide(i, "before") for i in range(NEW_CONNECTIONS)]
+        expected = [assign_arm(f"cus_ab_{i}", share=0.5, salt=salt) for i in range(NEW_CONNECTIONS)]
+        assert [d["arm"] for d in before] == expected and set(expected) == {CHAMPION, CHALLENGER}
+        assert {(d["arm"], d["model_version"]) for d in before} == {
+            (CHAMPION, b1.name),
+            (CHALLENGER, b2.name),
+        }
+        promoted = httpx.post(svc.url + "/admin/promote", timeout=300)
+        assert promoted.status_code == 200, promoted.text
+        assert promoted.json() == {"promoted": str(b2), "champion": b2.name, "workers": 2}
+        after = [decide(i, "after") for i in range(NEW_CONNECTIONS)]
+        assert {(d["arm"], d["model_version"]) for d in after} == {(CHAMPION, b2.name)}
+        assert _versions_over_new_connections(svc.url) == {b2.name}
+        # a restarted worker starts from the promotion, not from RETRYOPT_MODEL/CHALLENGER
+        victim = svc.serving()[0].pid
+        os.kill(victim, signal.SIGKILL)
+        _wait(
+            lambda: len(svc.serving()) == 2 and victim not in {s.pid for s in svc.serving()},
+            what="the restarted worker",
+        )
+        restarted = [decide(i, "restarted") for i in range(NEW_CONNECTIONS)]
+        assert {(d["arm"], d["model_version"]) for d in restarted} == {(CHAMPION, b2.name)}
+    finally:
+        svc.stop()
+    arms = {d.charge_id: d.arm for d in open_store(store_url).logged_decisions()}
+    assert [arms[f"ch_ab_before_{i}"] for i in range(NEW_CONNECTIONS)] == expected

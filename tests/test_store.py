@@ -72,6 +72,32 @@ def test_migrations_are_versioned_and_recorded(store_url: str) -> None:
     store.close()
 
 
+def test_version_2_adds_the_arm_and_keeps_older_decisions_as_champion(store_url: str) -> None:
+    store = open_store(store_url, migrate=False)
+    version_1 = store.migrations()[0]
+    with store.transaction(write=True) as cur:  # a database of the first release
+        store._run(
+            cur,
+            "CREATE TABLE schema_version (version INTEGER PRIMARY KEY, name TEXT NOT NULL, "
+            "applied_at BIGINT NOT NULL)",
+        )
+        for statement in version_1.statements:
+            store._run(cur, statement)
+        store._run(cur, "INSERT INTO schema_version VALUES (1, 'initial', 0)")
+        store._run(
+            cur,
+            "INSERT INTO decisions (decision_id, charge_id, customer_id, decided_at, logged_at, "
+            "state_hash, request, action, alternatives, policy, exploration, propensity, "
+            "response) VALUES ('old', 'ch_0', 'cus_0', 1, 1, 's', '{}', 'stop', '[]', "
+            "'model', 'none', 1.0, '{}')",
+        )
+    assert store.migrate() == len(load_migrations(store.backend)) >= 2
+    store.record_decisions([DecisionRecord(**{**_decision(1).__dict__, "arm": "challenger"})])
+    arms = {d.decision_id: d.arm for d in store.logged_decisions()}
+    assert arms == {"old": "champion", "d1": "challenger"}
+    store.close()
+
+
 def test_decisions_logged_and_found_by_key_and_state(store_url: str) -> None:
     store = open_store(store_url)
     out = store.record_decisions([_decision(1, key="k1", state="a"), _decision(2, charge="ch_2")])

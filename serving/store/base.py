@@ -70,6 +70,7 @@ class DecisionRecord:
     exploration: str
     propensity: float
     response: Mapping[str, Any]
+    arm: str = "champion"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -117,6 +118,9 @@ class LoggedDecision:
     retry_at: int | None
     propensity: float
     exploration: str
+    arm: str = "champion"
+    policy: str = ""
+    model_version: str | None = None
 
 
 def _dumps(obj: object) -> str:
@@ -246,8 +250,8 @@ class SqlStore(ABC):
                     "INSERT INTO decisions (decision_id, charge_id, customer_id, decided_at, "
                     "logged_at, state_hash, idempotency_key, request, action, retry_at, "
                     "success_probability, alternatives, policy, model_version, exploration, "
-                    "propensity, response) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
-                    "?, ?) ON CONFLICT DO NOTHING RETURNING decision_id",
+                    "propensity, response, arm) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
+                    "?, ?, ?, ?) ON CONFLICT DO NOTHING RETURNING decision_id",
                     (
                         r.decision_id,
                         r.charge_id,
@@ -266,6 +270,7 @@ class SqlStore(ABC):
                         r.exploration,
                         r.propensity,
                         _dumps(r.response),
+                        r.arm,
                     ),
                 )
                 if inserted:
@@ -298,7 +303,8 @@ class SqlStore(ABC):
             rows = self._run(
                 cur,
                 "SELECT decision_id, charge_id, decided_at, action, retry_at, propensity, "
-                "exploration FROM decisions ORDER BY charge_id, decided_at, logged_at",
+                "exploration, arm, policy, model_version FROM decisions "
+                "ORDER BY charge_id, decided_at, logged_at",
             )
         return [
             LoggedDecision(
@@ -309,6 +315,9 @@ class SqlStore(ABC):
                 retry_at=None if r[4] is None else int(r[4]),
                 propensity=float(r[5]),
                 exploration=r[6],
+                arm=r[7],
+                policy=r[8],
+                model_version=r[9],
             )
             for r in rows
         ]

@@ -13,12 +13,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from retryopt.features.currency import FxRates, load_fx_rates
 from retryopt.features.io import strip_table_suffix
 from retryopt.features.validation import load_attempts
 from retryopt.model.registry import resolve_model
+from retryopt.serving.log_export import export_attempts
 from retryopt.serving.policies import BundleSuccessModel
+from retryopt.serving.store import open_store
+from retryopt.training.backtest.ab import ArmComparison, compare_arms, write_ab_report
 from retryopt.training.backtest.charges import charges_in_months
 from retryopt.training.backtest.config import BacktestConfig
 from retryopt.training.backtest.ground_truth import GroundTruth
@@ -173,3 +177,58 @@ def run_files(
     result.truth = {} if ground_truth is None else ground_truth.summary
     result.meta["holdout_charges"] = None if eval_charges is None else len(eval_charges)
     return BacktestRun(result=result, path=write_outputs(result, out), fx=fx)
+
+
+@dataclass(frozen=True, kw_only=True)
+class AbRun:
+    """A finished :func:`run_ab`: the comparison, what served each arm, where it was written."""
+
+    result: ArmComparison
+    served: dict[str, str]
+    path: Path
+
+
+def served_by_arm(store_url: str) -> tuple[pd.DataFrame, dict[str, str]]:
+    """The store's exported attempts (with ``arm``) and what served each arm (policies and
+    model versions seen in its logged decisions)."""
+    store = open_store(store_url)
+    try:
+        attempts = export_attempts(store).attempts
+        seen: dict[str, set[str]] = {}
+        for d in store.logged_decisions():
+            label = d.policy if d.model_version is None else f"{d.policy} {d.model_version}"
+            seen.setdefault(d.arm, set()).add(label)
+    finally:
+        store.close()
+    return attempts, {arm: ", ".join(sorted(labels)) for arm, labels in seen.items()}
+
+
+def run_ab(
+    store_url: str,
+    out: str | Path,
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
+    config: BacktestConfig | None = None,
+    fx_rates: str | Path | None = None,
+) -> AbRun:
+    """Compare champion and challenger on a store's logged outcomes; write the report to
+    ``out`` (:func:`.ab.write_ab_report`).
+
+    Raises
+    ------
+    ValueError
+        On a bad store URL, or when an arm has no failed charge.
+    serving.store.StoreError
+        When the store cannot be reached.
+    """
+    cfg = config or BacktestConfig()
+    attempts, served = served_by_arm(store_url)
+    result = compare_arms(
+        attempts,
+        n_boot=n_boot,
+        seed=seed,
+        constraints=cfg.constraints,
+        fx=load_fx(fx_rates, cfg.reporting_currency),
+    )
+    return AbRun(result=result, served=served, path=write_ab_report(result, served, out))

@@ -28,6 +28,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from retryopt.training.backtest.answer import (
+    DECIDING_STATISTIC,
+    ESTIMATOR_NAMES,
+    Verdict,
+    answer_box,
+    certainty_text,
+    page,
+    policy_rows,
+    rows_table,
+)
 from retryopt.training.backtest.result import BacktestResult
 
 PLOTS = ("recovery_curves", "uplift", "families", "calibration")
@@ -180,17 +190,108 @@ def headline_markdown(result: BacktestResult) -> str:
 
 
 def _table_html(df: pd.DataFrame, max_rows: int = 400) -> str:
+    """A diagnostics table: human headers, 3 decimals, scrolling inside its own box."""
     if df.empty:
         return "<p><em>none</em></p>"
-    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in df.columns)
+    head = "".join(f"<th>{html.escape(str(c).replace('_', ' '))}</th>" for c in df.columns)
     body = []
     for _, row in df.head(max_rows).iterrows():
         body.append("<tr>" + "".join(f"<td>{_fmt(v)}</td>" for v in row.to_numpy()) + "</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    return (
+        f'<div class="scroll"><table><thead><tr>{head}</tr></thead>'
+        f"<tbody>{''.join(body)}</tbody></table></div>"
+    )
+
+
+REPORT_STATISTICS = (
+    "discounted_value",
+    "recovered_amount",
+    "recovery_rate",
+    "retries_per_failed_charge",
+    "median_days_to_recovery",
+    "recovered_within_7d_rate",
+)
+
+
+def _uplift(result: BacktestResult, policy: str, estimator: str) -> tuple[float, float, float]:
+    up = result.uplift
+    row = up[
+        (up["policy"] == policy)
+        & (up["estimator"] == estimator)
+        & (up["statistic"] == DECIDING_STATISTIC)
+    ]
+    if row.empty:
+        return float("nan"), float("nan"), float("nan")
+    r = row.iloc[0]
+    return float(r["uplift"]), float(r["ci_low"]), float(r["ci_high"])
+
+
+def backtest_verdict(result: BacktestResult) -> Verdict | None:
+    """Which policy is best on the objective, by how much against the baseline (or, when the
+    baseline is best, against the runner-up), how sure, and from which estimator."""
+    head = result.headline()
+    if head.empty or DECIDING_STATISTIC not in head:
+        return None
+    head = head[np.isfinite(head[DECIDING_STATISTIC].to_numpy(dtype=np.float64))]
+    if head.empty:
+        return None
+    ranked = head.sort_values(DECIDING_STATISTIC, ascending=False, kind="stable")
+    estimator_of = dict(zip(head["policy"], head["estimator"], strict=True))
+    unit = str(result.meta.get("amount_unit", "USD"))
+    best = str(ranked["policy"].iloc[0])
+    baseline = str(result.meta.get("baseline") or best)
+    if best != baseline:
+        d, lo, hi = _uplift(result, best, estimator_of[best])
+        other = baseline
+    elif len(ranked) > 1:
+        other = str(ranked["policy"].iloc[1])
+        up, up_lo, up_hi = _uplift(result, other, estimator_of[other])
+        d, lo, hi = -up, -up_hi, -up_lo
+    else:
+        return Verdict(
+            best=best,
+            baseline=best,
+            estimator=estimator_of[best],
+            baseline_estimator=estimator_of[best],
+            difference=float("nan"),
+            low=float("nan"),
+            high=float("nan"),
+            unit=unit,
+            certainty="",
+        )
+    return Verdict(
+        best=best,
+        baseline=other,
+        estimator=estimator_of[best],
+        baseline_estimator=estimator_of.get(other, "observed"),
+        difference=d,
+        low=lo,
+        high=hi,
+        unit=unit,
+        certainty=certainty_text(lo, hi),
+    )
+
+
+def _answer(result: BacktestResult) -> str:
+    verdict = backtest_verdict(result)
+    meta = result.meta
+    how = (
+        f"{meta.get('n_charges')} failed charges, {meta.get('n_logged_retries')} logged "
+        f"retries; {meta.get('n_boot')} bootstrap resamples by charge. Judged on the value "
+        "recovered net of attempt costs, discounted from the first failure "
+        "(features/objective.py)."
+    )
+    if verdict is None:
+        return (
+            '<section class="answer unsure" id="answer"><p>No policy could be valued.</p>'
+            f'<p class="how">{html.escape(how)}</p></section>'
+        )
+    return answer_box(verdict, html.escape(how))
 
 
 def render_html(result: BacktestResult, images: dict[str, bytes]) -> str:
-    """The self-contained HTML report (no external resources)."""
+    """The self-contained HTML report: the answer first, diagnostics below."""
+    unit = str(result.meta.get("amount_unit", "USD"))
     warn = "".join(f'<p class="warn">&#9888; {html.escape(w)}</p>' for w in result.warnings)
     imgs = "".join(
         f'<figure><img alt="{k}" src="data:image/png;base64,{base64.b64encode(v).decode()}"/>'
@@ -204,50 +305,35 @@ def render_html(result: BacktestResult, images: dict[str, bytes]) -> str:
         ]
     )
     rules = pd.DataFrame([{"policy": p, **d} for p, d in result.rules.items()])
-    est = result.estimates[
-        result.estimates["statistic"].isin(
-            [
-                "recovery_rate",
-                "recovered_amount",
-                "discounted_value",
-                "retries_per_failed_charge",
-                "retries_per_recovered_charge",
-                "median_days_to_recovery",
-                "recovered_within_7d_rate",
-            ]
-        )
-    ]
+    est = result.estimates[result.estimates["statistic"].isin(REPORT_STATISTICS)]
     meta = html.escape(json.dumps(_json_safe(result.meta), indent=1))
     families = result.breakdowns[result.breakdowns["statistic"] == "recovery_rate"]
     truth = ""
     if result.truth:
         dumped = html.escape(json.dumps(_json_safe(result.truth), indent=1))
-        truth = f"<h2>Ground truth</h2><pre>{dumped}</pre>"
-    return f"""<!doctype html><html><head><meta charset="utf-8"><title>retryopt backtest</title>
-<style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:1100px}}
-table{{border-collapse:collapse;font-size:12px;margin:1em 0}}
-td,th{{border:1px solid #ccc;padding:2px 6px}}
-th{{background:#f3f3f3}}.warn{{background:#fff3cd;padding:.5em;border-left:4px solid #e0a800}}
-img{{max-width:100%}}</style></head><body>
-<h1>retryopt backtest</h1>{warn}
-<p>{result.meta.get("n_charges")} failed charges,
-{result.meta.get("n_logged_retries")} logged retries,
-{result.meta.get("n_boot")} bootstrap resamples by charge (95 % percentile intervals).
-Estimators: <b>observed</b> (the logged policy on-policy), <b>dm</b> (direct method: a success model
-fitted on other customers, played forward), <b>ips</b> / <b>snips</b> (per-decision importance
-sampling with a {result.meta.get("bandwidth_hours")} h kernel on the retry time, and its
-self-normalised form), <b>dr</b> (doubly robust), <b>truth</b> (simulated worlds only).
-Amounts in {html.escape(str(result.meta.get("amount_unit", "USD")))} (major units; every
-currency converted at {html.escape(str(result.meta.get("fx_source", "reference rates")))}).</p>
-<h2>Comparison</h2>{_table_html(result.headline())}
+        truth = f"<h3>Ground truth</h3><pre>{dumped}</pre>"
+    estimators = "; ".join(f"<b>{k}</b>: {html.escape(v)}" for k, v in ESTIMATOR_NAMES.items())
+    n_warn = len(result.warnings)
+    body = f"""<h1>retryopt backtest</h1>{_answer(result)}
+<h2>Policies</h2>
+<p>One row per policy, each from its most direct available estimator. Rates in percent and
+amounts in {html.escape(unit)} per failed charge, with 95 % bootstrap intervals in brackets.</p>
+{rows_table(policy_rows(result.headline(), REPORT_STATISTICS, unit))}
 <h2>Plots</h2>{imgs}
-<h2>All estimates</h2>{_table_html(est)}
-<h2>Uplift vs {html.escape(str(result.meta.get("baseline")))}</h2>{_table_html(result.uplift)}
-<h2>Overlap diagnostics</h2>{_table_html(overlap)}
-<h2>Network rules</h2>{_table_html(rules)}
-<h2>By retry number</h2>{_table_html(result.retry_numbers)}
-<h2>Breakdowns</h2>{_table_html(families)}
-{truth}<h2>Run</h2><pre>{meta}</pre></body></html>"""
+<h2>Diagnostics</h2>
+<details{" open" if n_warn else ""}><summary>{n_warn} warning{"" if n_warn == 1 else "s"}</summary>
+{warn or "<p>none</p>"}</details>
+<p>Estimators: {estimators}. IPS and SNIPS use a {result.meta.get("bandwidth_hours")} h kernel
+on the retry time. Amounts in {html.escape(unit)} (major units; every currency converted at
+{html.escape(str(result.meta.get("fx_source", "reference rates")))}).</p>
+<h3>All estimates</h3>{_table_html(est)}
+<h3>Difference to {html.escape(str(result.meta.get("baseline")))}</h3>{_table_html(result.uplift)}
+<h3>Overlap</h3>{_table_html(overlap)}
+<h3>Network rules</h3>{_table_html(rules)}
+<h3>By retry number</h3>{_table_html(result.retry_numbers)}
+<h3>Breakdowns</h3>{_table_html(families)}
+{truth}<h3>Run</h3><pre>{meta}</pre>"""
+    return page("retryopt backtest", body)
 
 
 def write_outputs(result: BacktestResult, out_dir: str | Path) -> Path:

@@ -13,13 +13,12 @@ obey the same network rules, through the same code, as the planner they are comp
 
 from __future__ import annotations
 
-import itertools
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from retryopt.features.decisions import RetryPolicy
 from retryopt.model.registry import resolve_model
+from retryopt.serving.arms import parse_schedule_hours
 from retryopt.serving.policies import (
     BundleSuccessModel,
     FallbackPolicy,
@@ -98,16 +97,9 @@ def parse_spec(spec: str) -> PolicySpec:
 def _hours(spec: str, arg: str) -> tuple[float, ...]:
     """Positive increasing hours after the first failure, from ``"72,120,..."``."""
     try:
-        hours = tuple(float(h) for h in arg.split(",") if h.strip())
+        return parse_schedule_hours(arg)
     except ValueError as exc:
-        raise SpecError(f"policy spec {spec!r}: hours must be numbers, got {arg!r}") from exc
-    if not hours:
-        raise SpecError(f"policy spec {spec!r}: give hours after the first failure")
-    if any(not math.isfinite(h) or h <= 0 for h in hours) or any(
-        b <= a for a, b in itertools.pairwise(hours)
-    ):
-        raise SpecError(f"policy spec {spec!r}: hours must be positive and increasing")
-    return hours
+        raise SpecError(f"policy spec {spec!r}: {exc}") from None
 
 
 def unique_labels(specs: list[PolicySpec]) -> list[PolicySpec]:
