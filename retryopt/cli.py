@@ -21,6 +21,7 @@ COMMANDS: tuple[tuple[str, str], ...] = (
     ("demo", "demo"),
     ("simulate", "simulate"),
     ("backtest", "backtest"),
+    ("suite", "suite"),
     ("export", "export"),
     ("store", "store"),
 )
