@@ -29,6 +29,8 @@ from retryopt.training.backtest.suite_run import (
     SuiteRunConfig,
     WorldResult,
     judge_suite,
+    judge_world,
+    played_retry_truth,
     run_suite,
     suite_table,
 )
@@ -71,6 +73,54 @@ def test_cli_refuses_an_unknown_world(tmp_path: Path) -> None:
     assert res.exit_code == 2
     assert "atlantis" in res.output and "no-timing-521" in res.output
     assert not any(tmp_path.iterdir())
+
+
+def test_played_retry_truth_is_the_worlds_probability_given_the_earlier_attempts() -> None:
+    from retryopt.features.decisions import Constraints
+    from retryopt.serving.policies import FixedSchedule
+    from retryopt.training.simulate import WorldConfig, play, simulate_world
+
+    world = simulate_world(WorldConfig(), customers=1_500, months=2, seed=4)
+    charges = world.failed_charges()[:80]
+    played = play(FixedSchedule((24.0, 48.0, 96.0)), world, charges, Constraints(), seed=1)
+    truth = played_retry_truth(world, played.attempts)
+    assert len(truth) == int(played.charges["retries"].sum()) > 0
+    attempts = played.attempts.sort_values("attempted_at")
+    for cid, k, true_p in truth.head(40)[["charge_id", "retry_number", "true_p"]].to_numpy():
+        n = int(k)
+        own = attempts[attempts["charge_id"] == cid]["attempted_at"].to_numpy()
+        expected = world.success_probability(str(cid), own[:n], own[n : n + 1])[0]
+        assert float(true_p) == pytest.approx(expected, abs=1e-12)
+
+
+def _result(*, usd: float, usd_hi: float, timing: bool) -> WorldResult:
+    planner = {
+        "median_days_to_recovery": 2.0,
+        "hopeless_share": 0.01,
+        "calibration_bias": 0.01,
+        "calibration_ece": 0.02,
+    }
+    return WorldResult(
+        world="w",
+        configuration="c",
+        seed=1,
+        timing_signal=timing,
+        charges=100,
+        best_fixed="fixed:1",
+        policies={PLANNER: planner, ORACLE: {"median_days_to_recovery": 2.0}},
+        planner_vs_best_fixed={
+            "recovered_amount_difference": usd,
+            "recovered_amount_difference_hi": usd_hi,
+            "retries_difference": -0.1,
+        },
+    )
+
+
+def test_judge_world_allows_the_bootstrap_interval_only_without_timing_signal() -> None:
+    assert all(judge_world(_result(usd=0.1, usd_hi=0.3, timing=True)).values())
+    assert not judge_world(_result(usd=-0.1, usd_hi=0.3, timing=True))["usd_at_least_best_fixed"]
+    assert judge_world(_result(usd=-0.1, usd_hi=0.3, timing=False))["usd_at_least_best_fixed"]
+    assert not judge_world(_result(usd=-0.4, usd_hi=-0.1, timing=False))["usd_at_least_best_fixed"]
 
 
 @pytest.fixture(scope="module")
