@@ -414,7 +414,7 @@ def suite_table(results: Sequence[WorldResult]) -> str:
             f"{p['recovered_amount']:.2f} ({v['recovered_amount_difference']:+.2f}, "
             f"[{v['recovered_amount_difference_lo']:+.2f}, "
             f"{v['recovered_amount_difference_hi']:+.2f}]) | {o['recovered_amount']:.2f} | "
-            f"{v['gap_closed_value']:.0%} / {v['gap_closed_usd']:.0%} | "
+            f"{_share(v['gap_closed_value'])} / {_share(v['gap_closed_usd'])} | "
             f"{f['retries_per_failed_charge']:.2f} -> {p['retries_per_failed_charge']:.2f} | "
             f"{f['median_days_to_recovery']:g} / {p['median_days_to_recovery']:g} / "
             f"{o['median_days_to_recovery']:g} | {f['discounted_value']:.2f} / "
@@ -425,6 +425,11 @@ def suite_table(results: Sequence[WorldResult]) -> str:
             f"{v['guardrail_retries_difference']:+.2f}, {g['median_days_to_recovery']:g} |"
         )
     return "\n".join(lines)
+
+
+def _share(value: float) -> str:
+    """A share as a whole percentage; ``n/a`` when undefined (the oracle did not gain)."""
+    return "n/a" if not math.isfinite(value) else f"{value:.0%}"
 
 
 def write_suite_outputs(
