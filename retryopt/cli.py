@@ -22,6 +22,7 @@ COMMANDS: tuple[tuple[str, str], ...] = (
     ("simulate", "simulate"),
     ("backtest", "backtest"),
     ("ab-report", "ab_report"),
+    ("suite", "suite"),
     ("export", "export"),
     ("store", "store"),
 )

@@ -17,6 +17,7 @@ EXPECTED = {
     "simulate",
     "train",
     "backtest",
+    "suite",
     "serve",
     "demo",
     "export",

@@ -142,3 +142,56 @@ def test_play_rejects_charges_that_did_not_fail(world) -> None:  # type: ignore[
     ok = world.truth.loc[~world.truth["first_failed"], "charge_id"].iloc[:2].to_numpy()
     with pytest.raises(ValueError, match="first attempt failed"):
         play(FixedSchedule(), world, ok, Constraints(), seed=0)
+
+
+def _objective_value(result, objective) -> float:  # type: ignore[no-untyped-def]
+    """Mean discounted value net of attempt costs per failed charge of a play."""
+    ch = result.charges
+    amount = objective.amounts(ch["amount"].to_numpy(), ch["currency"].to_numpy())
+    days = ch["hours_to_recovery"].to_numpy(dtype=np.float64) / 24.0
+    collected = np.where(ch["recovered"].to_numpy(dtype=bool), amount, 0.0)
+    value = collected * objective.discount(np.nan_to_num(days)) - (
+        objective.cost_per_attempt * ch["retries"].to_numpy(dtype=np.float64)
+    )
+    return float(value.mean())
+
+
+def test_oracle_plans_under_the_objective(world, charges) -> None:  # type: ignore[no-untyped-def]
+    from retryopt.features.objective import FREE_OBJECTIVE, Objective
+
+    costly = Constraints(objective=Objective(cost_per_attempt=1e6))
+    none = play(OraclePolicy(world), world, charges[:200], costly, seed=3)
+    assert (none.charges["retries"] == 0).all()  # no retry is worth a million dollars
+
+    cons = Constraints()  # the default objective: costs and discounting
+    oracle = play(OraclePolicy(world), world, charges, cons, seed=3)
+    fixed = play(FixedSchedule(), world, charges, cons, seed=3)
+    free = play(OraclePolicy(world), world, charges, Constraints(objective=FREE_OBJECTIVE), seed=3)
+    objective = cons.objective
+    assert _objective_value(oracle, objective) > _objective_value(fixed, objective)
+    # Discounting makes the oracle collect sooner than when waiting is free.
+    assert (
+        oracle.summary()["median_hours_to_recovery"] <= free.summary()["median_hours_to_recovery"]
+    )
+
+
+def test_dunning_world_makes_waiting_costly() -> None:
+    config = WorldConfig().replace(
+        dunning={"enabled": True, "spend_down_per_day": 0.15, "cancel_hazard_per_day": 0.03}
+    )
+    w = simulate_world(config, customers=3000, months=2, seed=5)
+    ids = w.failed_charges()[:400]
+    first = w.attempts.groupby("charge_id")["attempted_at"].min().loc[ids]
+    t0 = first.dt.tz_convert(None).to_numpy().astype("datetime64[ns]")
+    hour = np.timedelta64(3600, "s").astype("timedelta64[ns]")
+    times = np.stack([t0 + 48 * hour, t0 + 400 * hour], axis=1)
+    p = w.success_probability_batch(ids, t0[:, None], times)
+    assert p[:, 1].mean() < p[:, 0].mean() - 0.02
+    # Without dunning the same seed draws the same first month (dunning has its own generator;
+    # later months differ: more unrecovered charges end more subscriptions).
+    plain = simulate_world(WorldConfig(), customers=3000, months=2, seed=5)
+    n0 = int((plain.truth["month"] == 0).sum())
+    assert n0 == int((w.truth["month"] == 0).sum())
+    np.testing.assert_array_equal(plain.charge_first_h[:n0], w.charge_first_h[:n0])
+    codes = set(w.attempts["decline_code"].dropna().astype(str))
+    assert "stop_payment_order" in codes

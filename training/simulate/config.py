@@ -40,6 +40,7 @@ __all__ = [
     "AuthenticationConfig",
     "BillingConfig",
     "CountryConfig",
+    "DunningConfig",
     "ExpiryConfig",
     "FundsConfig",
     "HardDeclineConfig",
@@ -464,6 +465,22 @@ class AdviceCodeConfig:
 
 
 @dataclass(kw_only=True)
+class DunningConfig:
+    """Customers during dunning: money spent elsewhere and recurring payments revoked.
+
+    Off by default. When on, waiting lowers success: the insufficient-funds logit rises by
+    ``spend_down_per_day`` per day since the charge's first failure (the customer's balance goes
+    to other bills first), and each charge has a time at which the customer revokes the
+    recurring payment with a daily hazard ``cancel_hazard_per_day``; from then on every attempt
+    is a hard ``stop_payment_order`` decline (Mastercard advice code 21 on Mastercard cards).
+    """
+
+    enabled: bool = False
+    spend_down_per_day: float = 0.0  # funds logit per day since the first failure
+    cancel_hazard_per_day: float = 0.0  # daily probability of revoking the recurring payment
+
+
+@dataclass(kw_only=True)
 class BillingConfig:
     """When the merchant attempts the monthly renewal."""
 
@@ -504,6 +521,7 @@ class WorldConfig:
     authentication: AuthenticationConfig = field(default_factory=AuthenticationConfig)
     velocity: VelocityConfig = field(default_factory=VelocityConfig)
     advice_codes: AdviceCodeConfig = field(default_factory=AdviceCodeConfig)
+    dunning: DunningConfig = field(default_factory=DunningConfig)
     logging_policy: LoggingPolicyConfig = field(default_factory=LoggingPolicyConfig)
 
     def __post_init__(self) -> None:
@@ -672,6 +690,15 @@ def validate_config(config: WorldConfig) -> None:
     _check_prob(config.authentication.eea_rate, "authentication.eea_rate")
     _check_prob(config.velocity.block_probability, "velocity.block_probability")
     _check_prob(config.advice_codes.soft_share, "advice_codes.soft_share")
+    if config.dunning.spend_down_per_day < 0:
+        raise ValueError(
+            f"dunning.spend_down_per_day must be >= 0, got {config.dunning.spend_down_per_day}"
+        )
+    if not 0.0 <= config.dunning.cancel_hazard_per_day < 1.0:
+        raise ValueError(
+            "dunning.cancel_hazard_per_day must be in [0, 1), got "
+            f"{config.dunning.cancel_hazard_per_day}"
+        )
     _check_weights(config.issuer_risk.codes, "issuer_risk.codes")
     _check_weights(config.outage.codes, "outage.codes")
     _check_weights(config.maintenance.codes, "maintenance.codes")

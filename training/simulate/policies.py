@@ -103,21 +103,27 @@ class LoggingPolicy:
 
 
 class OraclePolicy:
-    """Knows the ground truth; picks retry times maximising the expected recovery.
+    """Knows the ground truth; picks retry times maximising the decision objective.
 
-    For each charge it evaluates the true success probability on an hourly grid from
-    ``now + min_gap`` to the end of the window. The next retry's time maximises
+    The objective is the constraints' :class:`features.objective.Objective`, the one the
+    planner maximises and the backtest reports as ``discounted_value``: the charge's amount
+    ``A`` in the reporting currency, discounted by ``d(t)`` from the first failure, minus the
+    cost ``c`` of every attempt. For each charge it evaluates the true success probability on
+    an hourly grid from ``now + min_gap`` to the end of the window. The next retry's time
+    maximises
 
-        ``p(t) + (1 - p(t)) * V_1(t)``
+        ``p(t) A d(t) - c + (1 - p(t)) * V_1(t)``
 
     where ``p`` is exact (given the real attempt history: failures, gap, velocity) and ``V_1``
     is the value of the remaining budget computed by dynamic programming backwards over the
-    grid, ``V_j(t) = max_{t' >= t + safe_gap} [q_j(t') + (1 - q_j(t')) V_{j+1}(t')]``, with
-    ``q_j`` the true probability after ``j`` more failures and no recent attempt (the oracle
-    keeps ``safe_gap_hours`` between its own retries so the gap and velocity effects vanish).
-    It re-plans every round (receding horizon) and stops when no time has a positive chance
-    (hard declines, authentication required, an expired card never updated in the window).
-    Costs and discounting in :class:`Constraints` are ignored.
+    grid, ``V_j(t) = max(0, max_{t' >= t + safe_gap} [q_j(t') A d(t') - c
+    + (1 - q_j(t')) V_{j+1}(t')])`` (``0``: stop), with ``q_j`` the true probability after ``j``
+    more failures and no recent attempt (the oracle keeps ``safe_gap_hours`` between its own
+    retries so the gap and velocity effects vanish). It re-plans every round (receding horizon)
+    and stops when no retry is worth its cost (with no cost and no discounting: when no time has
+    a positive chance, e.g. hard declines, authentication required, an expired card never
+    updated in the window). Under the money-only objective it maximises the expected recovered
+    amount, as before the objective existed.
     """
 
     def __init__(
@@ -145,14 +151,19 @@ class OraclePolicy:
         first_h = np.where(np.isnan(prev).all(axis=1), now_h, np.nanmin(prev, axis=1))
         n_prev = (~np.isnan(prev)).sum(axis=1)
         remaining = cons.max_retries - (np.maximum(n_prev, 1) - 1)
+        objective = cons.objective
+        cust = world.charge_customer[pos]
+        amount = objective.amounts(
+            world.customers.amount_minor[cust], world.truth["currency"].to_numpy()[pos]
+        )
         retry_h = np.full(n, np.nan)
         best = np.zeros(n)
         for lo in range(0, n, self.chunk):
             sl = slice(lo, min(n, lo + self.chunk))
             retry_h[sl], best[sl] = self._plan(
-                pos[sl], prev[sl], now_h[sl], first_h[sl], remaining[sl], cons
+                pos[sl], prev[sl], now_h[sl], first_h[sl], remaining[sl], amount[sl], cons
             )
-        stop = np.isnan(retry_h) | (remaining <= 0) | (best <= 1e-9)
+        stop = np.isnan(retry_h) | (remaining <= 0) | (best <= 1e-9 * amount)
         retry_at = np.where(stop, NAT, world.from_hours(np.where(stop, 0.0, retry_h)))
         reason = np.where(stop, "no_chance", "oracle_optimum").astype(object)
         return PolicyDecisions(retry_at=retry_at, propensity=np.ones(n), reason=reason)
@@ -164,9 +175,12 @@ class OraclePolicy:
         now_h: np.ndarray,
         first_h: np.ndarray,
         remaining: np.ndarray,
+        amount: np.ndarray,
         cons: Constraints,
     ) -> tuple[np.ndarray, np.ndarray]:
         world = self.world
+        objective = cons.objective
+        cost = objective.cost_per_attempt
         n = pos.size
         g = int(np.floor(cons.window_hours)) + 1
         start = np.ceil(now_h + cons.min_gap_hours - 1e-9)
@@ -182,6 +196,8 @@ class OraclePolicy:
                 world.config, world.tables, state, times, history_features(prev, times)
             )
         )
+        # value of collecting at each grid time: the amount discounted from the first failure
+        worth = amount[:, None] * objective.discount((times - first_h[:, None]) / 24.0)
         n_prev = (~np.isnan(prev)).sum(axis=1)
         cont = np.zeros((n, g))  # value of the budget left after a failure at each grid time
         s = self.safe_gap_hours
@@ -195,13 +211,13 @@ class OraclePolicy:
             q = success_from_failures(
                 failure_probabilities(world.config, world.tables, state, times, hist)
             )
-            w = np.where(valid, q + (1.0 - q) * cont, 0.0)
+            w = np.where(valid, q * worth - cost + (1.0 - q) * cont, 0.0)
             w = np.where((remaining - 1 >= j)[:, None], w, 0.0)
-            suffix = np.maximum.accumulate(w[:, ::-1], axis=1)[:, ::-1]
+            suffix = np.maximum(np.maximum.accumulate(w[:, ::-1], axis=1)[:, ::-1], 0.0)
             cont = np.zeros((n, g))
             if s < g:
                 cont[:, : g - s] = suffix[:, s:]
-        score = np.where(valid, p_now + (1.0 - p_now) * cont, -1.0)
+        score = np.where(valid, p_now * worth - cost + (1.0 - p_now) * cont, -np.inf)
         k = np.argmax(score, axis=1)
         best = score[np.arange(n), k]
         chosen = times[np.arange(n), k]

@@ -35,6 +35,7 @@ __all__ = [
     "Tables",
     "choose_declines",
     "crn_uniforms",
+    "dunning_cancel_hours",
     "failure_probabilities",
     "history_features",
     "local_hours",
@@ -124,6 +125,8 @@ class ChargeState:
     card_added_h: np.ndarray  # when the charge's original card was added
     exp_end_h: np.ndarray  # end of the original card's expiry month
     replace_h: np.ndarray  # when the account updater replaces the card (inf = never)
+    first_h: np.ndarray  # the charge's first attempt
+    cancel_h: np.ndarray  # when the customer revokes the recurring payment (inf = never)
 
     def take(self, idx: np.ndarray) -> ChargeState:
         """The state of the charges at positions ``idx``."""
@@ -271,6 +274,9 @@ def failure_probabilities(
                 + pc.cycle_slope * (frac - 0.5)
                 - pc.payday_boost * np.exp(-np.maximum(since, 0.0) / pc.payday_decay_hours)
             )
+        if config.dunning.enabled:  # balances spent elsewhere while the charge is unpaid
+            days = np.maximum(t - col(state.first_h), 0.0) / 24.0
+            z = z + config.dunning.spend_down_per_day * days
         out[M_FUNDS] = _sigmoid(np.broadcast_to(z, (n, m)))
 
     card_new = t >= col(state.replace_h)
@@ -312,6 +318,8 @@ def failure_probabilities(
 
     if config.hard_decline.enabled:
         out[M_HARD] = np.broadcast_to(col(state.hard_code >= 0), (n, m))
+    if config.dunning.enabled:  # the customer revoked the recurring payment
+        out[M_HARD] = np.maximum(out[M_HARD], t >= col(state.cancel_h))
 
     if config.authentication.enabled:
         out[M_AUTH] = np.broadcast_to(col(state.auth_required), (n, m))
@@ -322,6 +330,18 @@ def failure_probabilities(
             history.recent_24h >= ve.max_attempts_24h, ve.block_probability, 0.0
         )
     return out
+
+
+def dunning_cancel_hours(config: WorldConfig, seed: int, month: int, n: int) -> np.ndarray:
+    """Hours from a month's first attempts until each customer revokes the payment (inf = never).
+
+    A generator of its own, so worlds without dunning draw exactly as before.
+    """
+    hazard = config.dunning.cancel_hazard_per_day
+    if not config.dunning.enabled or hazard <= 0.0:
+        return np.full(n, np.inf)
+    rng = np.random.default_rng([seed, 0xD0, month])
+    return 24.0 * rng.exponential(-1.0 / np.log1p(-hazard), size=n)
 
 
 def success_from_failures(failures: np.ndarray) -> np.ndarray:
@@ -415,7 +435,9 @@ def choose_declines(
     code = np.where(mech == M_OUTAGE, _pick(config.outage.codes, u1), code)
     code = np.where(mech == M_MAINT, _pick(config.maintenance.codes, u1), code)
     code = np.where(mech == M_EXPIRED, CODE_INDEX["expired_card"], code)
+    revoked = (mech == M_HARD) & (state.hard_code < 0)  # dunning cancellation
     code = np.where(mech == M_HARD, state.hard_code, code)
+    code = np.where(revoked, CODE_INDEX["stop_payment_order"], code)
     code = np.where(mech == M_AUTH, CODE_INDEX["authentication_required"], code)
     code = np.where(mech == M_VELOCITY, CODE_INDEX["card_velocity_exceeded"], code)
 
@@ -445,4 +467,6 @@ def choose_declines(
             -1,
         )
         advice = np.where(soft, soft_mac, advice)
+    # Mastercard MAC 21 (payment cancelled) when the customer revoked the recurring payment.
+    advice = np.where(revoked & mc, ADVICE_INDEX["21"], advice)
     return code, advice

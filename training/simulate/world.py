@@ -33,6 +33,7 @@ from retryopt.training.simulate.truth import (
     Tables,
     choose_declines,
     crn_uniforms,
+    dunning_cancel_hours,
     failure_probabilities,
     history_features,
     local_hours,
@@ -855,6 +856,8 @@ def simulate_world(
             card_added_h=cs.card_added_h[cust],
             exp_end_h=cs.exp_end_h[cust],
             replace_h=cs.replace_h[cust],
+            first_h=t0,
+            cancel_h=t0 + dunning_cancel_hours(config, seed, m, n),
         )
         u_explore = rng_month.random((n, len(lp.schedule_hours) + 1))
         u_pick = rng_month.random((n, len(lp.schedule_hours) + 1))
