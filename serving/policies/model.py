@@ -187,25 +187,28 @@ class BundleSuccessModel:
         times: np.ndarray,
         *,
         failures: int,
-        gap_hours: float,
+        gap_hours: float | np.ndarray,
     ) -> np.ndarray:
         """``(failures, rows)`` calibrated P(success) after 1 .. ``failures`` planned failures.
 
         The rows are encoded once and advanced by
         :func:`features.advance.advance_after_failures` (retry number, attempt counts, hours
-        since the previous attempt = ``gap_hours``, the likely next decline code).
+        since the previous attempt = ``gap_hours``, one or one per row, the likely next
+        decline code).
         """
         bundle: Any = self.bundle
         out = np.empty((failures, int(dec.size)), dtype=np.float64)
         step = CHUNK_ROWS * 4
+        gaps = np.asarray(gap_hours, dtype=np.float64)
         for k in range(0, int(dec.size), step):
             X = encoder.matrix(dec[k : k + step], times[k : k + step], order="C")
+            gap = gaps if gaps.ndim == 0 else gaps[k : k + step]
             for s in range(1, failures + 1):
                 Xs = advance_after_failures(
                     X,
                     bundle.feature_spec,
                     failures=s,
-                    gap_hours=gap_hours,
+                    gap_hours=gap,
                     next_code=self.next_decline_code,
                 )
                 out[s - 1, k : k + step] = self.predict_matrix(Xs)

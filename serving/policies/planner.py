@@ -39,10 +39,11 @@ import math
 
 import numpy as np
 
+from retryopt.features.advance import planned_within
 from retryopt.features.columns import AttemptColumns
 from retryopt.features.decisions import Constraints, DecisionBatch
 from retryopt.features.encoder import CandidateEncoder
-from retryopt.features.localtime import NS_PER_DAY
+from retryopt.features.localtime import NS_PER_DAY, NS_PER_HOUR
 from retryopt.serving.policies.base import (
     Alternative,
     Decision,
@@ -116,8 +117,8 @@ class PlannerPolicy(_RulesPolicy):
             first_ns = _first_failures(batch, rules)
             days = (grid.astype(np.int64) - first_ns[:, None]) / NS_PER_DAY
             discount = objective.discount(days)
-        gap_hours = max(cons.min_gap_hours, self.config.planning_gap_hours)
-        gap_steps = max(1, int(np.ceil(gap_hours / self.config.grid_hours)))
+        gaps = self._gap_hours(batch, rules)
+        gap_steps = np.maximum(1, np.ceil(gaps / self.config.grid_hours)).astype(np.int64)
         return plan_values(
             proba,
             allowed,
@@ -128,11 +129,17 @@ class PlannerPolicy(_RulesPolicy):
             gap_steps=gap_steps,
             decay=self.config.later_attempt_decay,
             later_proba=later,
+            later_allowed=_later_allowed(allowed, rules, gaps),
         )
 
-    def _gap_hours(self, batch: DecisionBatch) -> float:
-        """Hours the plan assumes between two planned retries."""
-        return max(batch.constraints.min_gap_hours, self.config.planning_gap_hours)
+    def _gap_hours(self, batch: DecisionBatch, rules: list[RuleResult]) -> np.ndarray:
+        """``(n,)`` hours the plan assumes between two planned retries of each charge.
+
+        The larger of the minimum gap, the planning gap and the Mastercard advice wait (24-30:
+        1 h ... 10 days) that the likely next decline keeps (:attr:`RuleResult.advice_wait_hours`).
+        """
+        base = max(batch.constraints.min_gap_hours, self.config.planning_gap_hours)
+        return np.array([max(base, r.advice_wait_hours) for r in rules], dtype=np.float64)
 
     def _state_encoder(
         self,
@@ -174,13 +181,14 @@ class PlannerPolicy(_RulesPolicy):
         m = grid.shape[1]
         sub = allowed & ~np.isnan(proba) & (np.arange(m) % self.config.coarse_step == 0)[None, :]
         rows, cols = np.nonzero(sub)
-        gap = self._gap_hours(batch)
+        gaps = self._gap_hours(batch, rules)
+        gaps = np.where(gaps > 0, gaps, float(self.config.grid_hours))
         scored = self.model.score_rows_after_failures(
             encoder,
             rows,
             grid[rows, cols].view(np.int64),
             failures=depth,
-            gap_hours=gap if gap > 0 else float(self.config.grid_hours),
+            gap_hours=float(gaps[0]) if bool((gaps == gaps[0]).all()) else gaps[rows],
         )
         points = np.zeros((depth, *grid.shape))
         points[:, rows, cols] = scored
@@ -469,6 +477,34 @@ def _first_failures(batch: DecisionBatch, rules: list[RuleResult]) -> np.ndarray
         ],
         dtype=np.int64,
     )
+
+
+def _later_allowed(
+    allowed: np.ndarray, rules: list[RuleResult], gaps: np.ndarray
+) -> np.ndarray | None:
+    """``(S, n, m)``: where a retry after ``s = 1 .. S`` failed planned retries stays allowed.
+
+    The networks' caps count the plan's own earlier retries as failed attempts on the card
+    (each a Visa reattempt and a Mastercard decline): Visa at most 20 reattempts in 30 days,
+    Mastercard at most 10 declines in 24 hours and 35 in 30 days (VISA_SOURCE /
+    MASTERCARD_SOURCE, counted by :func:`.caps._charge_room`). The planned attempts are placed
+    ``gaps`` apart before the retry (:func:`features.advance.planned_within`; a real plan is at
+    least that far apart, so the count is an upper bound). None when no charge's caps can bind.
+    """
+    depth = max((r.retries_left for r in rules), default=0) - 1
+    bound = [i for i, r in enumerate(rules) if r.cap_room_30d is not None]
+    if depth < 1 or not bound:
+        return None
+    out = np.broadcast_to(allowed, (depth, *allowed.shape)).copy()
+    for i in bound:
+        r = rules[i]
+        assert r.cap_room_24h is not None and r.cap_room_30d is not None
+        size = r.cap_room_30d.size
+        for s in range(1, depth + 1):
+            in_24h = int(planned_within(s, gaps[i], NS_PER_DAY / NS_PER_HOUR))
+            in_30d = int(planned_within(s, gaps[i], 30 * NS_PER_DAY / NS_PER_HOUR))
+            out[s - 1, i, :size] &= (r.cap_room_24h > in_24h) & (r.cap_room_30d > in_30d)
+    return out
 
 
 class GreedyPolicy(PlannerPolicy):
