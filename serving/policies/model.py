@@ -13,6 +13,7 @@ from retryopt.features.columns import AttemptColumns
 from retryopt.features.decisions import DecisionBatch
 from retryopt.features.encoder import CandidateEncoder
 from retryopt.features.online import build_candidate_features
+from retryopt.model.adjust import CODE_FEATURE, Adjustment
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -107,6 +108,18 @@ class BundleSuccessModel:
         # The explanation reads payday-like raw features when the model has any.
         self._needs_raw = any("payday" in n.lower() or "pay_day" in n.lower() for n in names)
         self.next_decline_code = planning_knobs(bundle).next_decline_code
+        # Learned at training time (retryopt.model.adjust): the rare-code bounds, applied to
+        # every probability scored here (the next retry and the later steps alike), and the
+        # timing shrinkage the planner applies per decision.
+        adjustment = getattr(bundle, "adjustment", None)
+        self.timing_shrinkage = (
+            adjustment.timing_shrinkage if isinstance(adjustment, Adjustment) else 1.0
+        )
+        table = getattr(bundle, "code_bound_table", None)
+        self._code_table = table() if callable(table) else None
+        self._code_column = list(names).index(CODE_FEATURE) if CODE_FEATURE in names else -1
+        if self._code_column < 0:
+            self._code_table = None
 
     @property
     def engine_name(self) -> str:
@@ -124,7 +137,10 @@ class BundleSuccessModel:
             raw = self.engine.predict(X)
         else:
             raw = bundle.booster.predict(X, num_threads=getattr(bundle, "num_threads", 1))
-        return np.asarray(bundle.calibrator.apply(np.asarray(raw, dtype=np.float64)))
+        p = np.asarray(bundle.calibrator.apply(np.asarray(raw, dtype=np.float64)))
+        if self._code_table is None:
+            return p
+        return Adjustment.bound_levels(p, X[:, self._code_column], self._code_table)
 
     def encoder(
         self,

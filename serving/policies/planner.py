@@ -44,6 +44,7 @@ from retryopt.features.columns import AttemptColumns
 from retryopt.features.decisions import Constraints, DecisionBatch
 from retryopt.features.encoder import CandidateEncoder
 from retryopt.features.localtime import NS_PER_DAY, NS_PER_HOUR
+from retryopt.model.adjust import shrink_timing
 from retryopt.serving.policies.base import (
     Alternative,
     Decision,
@@ -218,6 +219,26 @@ class PlannerPolicy(_RulesPolicy):
         v_hi = np.take_along_axis(values, np.broadcast_to(hi, shape), axis=2)
         return np.asarray(v_lo + w[None] * (v_hi - v_lo))
 
+    def _shrink(
+        self, proba: np.ndarray, later: np.ndarray | None, allowed: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """The model's timing shrinkage (:func:`retryopt.model.adjust.shrink_timing`).
+
+        Each charge's logits (next retry and every later step) are pulled toward their mean
+        over the allowed points of the coarse sub-grid (the same points in both searches) by
+        the slope fitted at training time against the optimiser's curse; unchanged for a model
+        without one.
+        """
+        beta = float(getattr(self.model, "timing_shrinkage", 1.0))
+        if beta >= 1.0:
+            return proba, later
+        m = proba.shape[1]
+        center = allowed & (np.arange(m) % self.config.coarse_step == 0)[None, :]
+        return (
+            shrink_timing(proba, center, beta),
+            None if later is None else shrink_timing(later, center, beta),
+        )
+
     def _score(
         self,
         batch: DecisionBatch,
@@ -290,8 +311,8 @@ class PlannerPolicy(_RulesPolicy):
         if state_encoder is None:
             state_encoder = self._state_encoder(batch, rules, columns)
         later_points = self._later_points(grid, coarse, proba, batch, rules, state_encoder)
-        later = self._later_proba(later_points)
-        values = self._values(proba, coarse, grid, batch, rules, later=later)
+        shrunk, later = self._shrink(proba, self._later_proba(later_points), allowed)
+        values = self._values(shrunk, coarse, grid, batch, rules, later=later)
         p_rank = np.where(coarse, np.nan_to_num(proba, nan=-1.0), -np.inf)
         k = min(cfg.refine_top, m)
         tops = [np.argsort(-values, axis=1)[:, :k], np.argsort(-p_rank, axis=1)[:, :k]]
@@ -333,7 +354,7 @@ class PlannerPolicy(_RulesPolicy):
             later_points = self._later_points(
                 grid, allowed, proba, batch, rules, self._state_encoder(batch, rules, columns)
             )
-        later = self._later_proba(later_points)
+        proba, later = self._shrink(proba, self._later_proba(later_points), rule_allowed)
         values = self._values(proba, allowed, grid, batch, rules, later=later)
         spacing = max(1, round(self.config.alternative_spacing_hours / self.config.grid_hours))
         cost = batch.constraints.objective.cost_per_attempt
