@@ -27,7 +27,13 @@ and interpolated linearly in between (later steps are replanned before they are 
 4-hour resolution is enough for their value; carrying the fine curve's ratio instead invented
 peaks where the state's effect changes within hours). A success model that cannot score a
 shifted state (not a bundle on the fast path) falls back to
-``p_k(j) = p_R(j) * later_attempt_decay ** (R - k)``. With a guardrail ladder (:mod:`.guardrail`)
+``p_k(j) = p_R(j) * later_attempt_decay ** (R - k)``. Later planned retries also respect what the
+rules will demand after the planned failures: the gap ``g`` is at least the Mastercard advice
+wait (24-30) of the last decline, and a retry after ``s`` planned failures is allowed only where
+the networks' caps leave room for the ``s`` planned attempts (:func:`_later_allowed`). With a
+bundle's timing shrinkage every charge's logits are pulled toward their mean by the fitted slope
+first (:meth:`PlannerPolicy._shrink`, :mod:`retryopt.model.adjust`: the optimiser's curse). With
+a guardrail ladder (:mod:`.guardrail`)
 the next retry is chosen among times no later than the ladder's next step. The plan is
 recomputed at every call, so only its first step is ever executed.
 """
