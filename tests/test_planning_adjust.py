@@ -145,9 +145,30 @@ def test_fit_shrinkage_recovers_the_timing_slope(true_beta: float) -> None:
         n_folds=3,
         seed=0,
     )
-    assert report["beta"] == pytest.approx(beta, abs=1e-3)
+    assert report["beta_fitted"] == pytest.approx(beta, abs=1e-3)
     if true_beta < 0.9:
         assert report["oof_log_loss_shrunk"] < report["oof_log_loss_unshrunk"]
+        assert report["beta"] == report["beta_fitted"]
+
+
+def test_a_slope_that_does_not_predict_held_out_customers_is_not_applied() -> None:
+    rng = np.random.default_rng(7)  # a sample whose in-sample slope (0.94) is noise
+    n = 300
+    center = rng.normal(-1.0, 0.5, n)
+    estimate = rng.normal(0.0, 0.3, n)  # timing that is real, on too few decisions to tell
+    y = (rng.random(n) < 1 / (1 + np.exp(-(center + estimate)))).astype(float)
+    report = fit_timing_shrinkage(
+        y,
+        1 / (1 + np.exp(-(center + estimate))),
+        center,
+        propensity=np.full(n, np.nan),
+        groups=np.arange(n),
+        n_folds=5,
+        seed=0,
+    )
+    assert report["beta_fitted"] < 1.0
+    assert report["oof_log_loss_shrunk"] > report["oof_log_loss_unshrunk"]
+    assert report["beta"] == 1.0
 
 
 class ShrunkCurve(CurveModel):

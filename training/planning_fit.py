@@ -10,8 +10,8 @@
   the logged retry's logit minus the centre its timing component. ``beta`` maximises the
   (inverse-propensity weighted, :func:`training.timing.timing_weights`, toward uniform timing)
   log likelihood of the logged outcomes under ``sigmoid(l_bar + beta * (l - l_bar))`` over
-  ``[0, 1]``. The same objective is cross-fitted over customer folds to report the
-  out-of-fold log loss with and without the shrinkage.
+  ``[0, 1]``. The same objective is cross-fitted over customer folds; the slope is applied
+  only when its out-of-fold log loss beats no shrinkage.
 """
 
 from __future__ import annotations
@@ -140,8 +140,10 @@ def fit_timing_shrinkage(
 ) -> dict[str, float]:
     """``beta`` on all rows and its cross-fitted log loss against no shrinkage (``beta = 1``).
 
-    Folds by ``groups`` (customers). Returns ``beta``, ``decisions``,
-    ``oof_log_loss_unshrunk``, ``oof_log_loss_shrunk`` and the fold betas' spread.
+    Folds by ``groups`` (customers). Returns ``beta`` (the slope fitted on all rows,
+    ``beta_fitted``, when its cross-fitted log loss beats no shrinkage, else 1: a slope that
+    does not predict held-out customers better is noise of a small validation set),
+    ``decisions``, ``oof_log_loss_unshrunk``, ``oof_log_loss_shrunk`` and the fold slopes' range.
     """
     yv = np.asarray(y, dtype=np.float64)
     lt = logit(np.asarray(p_logged, dtype=np.float64))
@@ -161,11 +163,15 @@ def fit_timing_shrinkage(
         b = fit_shrinkage_beta(yv[~test], lt[~test], c[~test], w[~test])
         betas.append(b)
         shrunk[test] = c[test] + b * (lt[test] - c[test])
+    unshrunk_loss = _weighted_log_loss(yv, lt, w)
+    shrunk_loss = _weighted_log_loss(yv, shrunk, w)
     return {
-        "beta": beta,
+        # Applied only when it predicts held-out customers better than no shrinkage.
+        "beta": beta if shrunk_loss < unshrunk_loss else 1.0,
+        "beta_fitted": beta,
         "decisions": float(yv.size),
-        "oof_log_loss_unshrunk": _weighted_log_loss(yv, lt, w),
-        "oof_log_loss_shrunk": _weighted_log_loss(yv, shrunk, w),
+        "oof_log_loss_unshrunk": unshrunk_loss,
+        "oof_log_loss_shrunk": shrunk_loss,
         "fold_beta_min": float(min(betas, default=beta)),
         "fold_beta_max": float(max(betas, default=beta)),
     }
