@@ -122,18 +122,26 @@ def shrink_timing(proba: np.ndarray, center_mask: np.ndarray, beta: float) -> np
     p = np.asarray(proba, dtype=np.float64)
     if beta >= 1.0 or p.size == 0:
         return p
-    lg = logit(p)
+    # In place on one temporary (a 200-charge batch has ~400k points per call); NaN propagates,
+    # so padding stays NaN and a row without any scored point stays all NaN.
+    lg = np.clip(p, _EPS, 1.0 - _EPS)
+    np.divide(lg, 1.0 - lg, out=lg)
+    np.log(lg, out=lg)
     scored = ~np.isnan(p)
     use = scored & center_mask
     empty = ~use.any(axis=-1, keepdims=True)
-    use = np.where(empty, scored, use)
+    if empty.any():
+        use = np.where(empty, scored, use)
     count = use.sum(axis=-1, keepdims=True)
     total = np.where(use, lg, 0.0).sum(axis=-1, keepdims=True)
     with np.errstate(invalid="ignore", divide="ignore"):
         center = total / count
-    shrunk = center + beta * (lg - center)
-    out = 1.0 / (1.0 + np.exp(-shrunk))
-    return np.asarray(np.where(scored & (count > 0), out, p))
+    # sigmoid(center + beta * (lg - center)) = 1 / (1 + exp(-(beta * lg + (1 - beta) * center)))
+    np.multiply(lg, -beta, out=lg)
+    np.subtract(lg, (1.0 - beta) * center, out=lg)
+    np.exp(lg, out=lg)
+    lg += 1.0
+    return np.asarray(np.reciprocal(lg, out=lg))
 
 
 @dataclass(frozen=True)

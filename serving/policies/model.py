@@ -244,11 +244,14 @@ class BundleSuccessModel:
         *,
         attempts: AttemptColumns | None = None,
         history: AttemptColumns | None = None,
+        encoder: CandidateEncoder | None = None,
     ) -> CandidateScores:
         """Score the candidate grid of every charge of ``batch``.
 
         ``attempts`` / ``history`` optionally hold the same rows as the batch's frames as
-        :class:`features.AttemptColumns` (read instead of the frames on the fast path).
+        :class:`features.AttemptColumns` (read instead of the frames on the fast path);
+        ``encoder``, the batch's :class:`features.CandidateEncoder` when the caller already
+        built one (the planner's later steps share it).
         """
         flat_valid = ~np.isnat(candidate_times.ravel())
         proba = np.full(candidate_times.size, np.nan)
@@ -256,7 +259,7 @@ class BundleSuccessModel:
         if self.fast_path and not self._needs_raw:
             # Only the valid (non-padding) rows are encoded and scored.
             dec, times = CandidateEncoder.grid_rows(candidate_times, n_charges)
-            enc = self.encoder(batch, attempts=attempts, history=history)
+            enc = encoder or self.encoder(batch, attempts=attempts, history=history)
             assert enc is not None
             valid_idx = np.flatnonzero(flat_valid)
             proba[valid_idx] = self.score_rows(enc, dec[valid_idx], times[valid_idx])

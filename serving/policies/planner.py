@@ -250,10 +250,17 @@ class PlannerPolicy(_RulesPolicy):
         batch: DecisionBatch,
         grid: np.ndarray,
         columns: tuple[AttemptColumns, AttemptColumns | None] | None,
+        *,
+        encoder: CandidateEncoder | None = None,
     ) -> CandidateScores:
-        if columns is not None and isinstance(self.model, BundleSuccessModel):
+        """Score the whole grid (``encoder``: the batch's encoder when already built)."""
+        if isinstance(self.model, BundleSuccessModel):
             return self.model.predict_candidates(
-                batch, grid, attempts=columns[0], history=columns[1]
+                batch,
+                grid,
+                attempts=None if columns is None else columns[0],
+                history=None if columns is None else columns[1],
+                encoder=encoder,
             )
         return self.model.predict_candidates(batch, grid)
 
@@ -355,11 +362,10 @@ class PlannerPolicy(_RulesPolicy):
             scores = CandidateScores(proba=proba)
             allowed = allowed & scored
         else:
-            scores = self._score(batch, grid, columns)
+            state_encoder = self._state_encoder(batch, rules, columns)
+            scores = self._score(batch, grid, columns, encoder=state_encoder)
             proba = scores.proba
-            later_points = self._later_points(
-                grid, allowed, proba, batch, rules, self._state_encoder(batch, rules, columns)
-            )
+            later_points = self._later_points(grid, allowed, proba, batch, rules, state_encoder)
         proba, later = self._shrink(proba, self._later_proba(later_points), rule_allowed)
         values = self._values(proba, allowed, grid, batch, rules, later=later)
         spacing = max(1, round(self.config.alternative_spacing_hours / self.config.grid_hours))
