@@ -34,6 +34,7 @@ from retryopt.training.timing import timing_weights
 
 __all__ = ["decision_centers", "fit_code_bounds", "fit_shrinkage_beta", "fit_timing_shrinkage"]
 
+_BLOCK = 65_536
 _DEFAULT_WINDOW_NS = int(Constraints().window_hours * NS_PER_HOUR)
 _PLANNER = PlannerConfig()
 CENTER_STEP_HOURS = _PLANNER.coarse_step * _PLANNER.grid_hours
@@ -121,7 +122,14 @@ def decision_centers(
         valid[:, 0] = True  # at least one candidate per decision
         dec, col = np.nonzero(valid)
         encoder = CandidateEncoder(batch, spec)
-        proba = np.asarray(predict(encoder.matrix(dec, times[dec, col])))
+        # Encoded and scored in blocks (bounded memory: 20k decisions x 126 times otherwise).
+        proba = np.concatenate(
+            [
+                np.asarray(predict(encoder.matrix(dec[k : k + _BLOCK], t[k : k + _BLOCK])))
+                for t in (times[dec, col],)
+                for k in range(0, dec.size, _BLOCK)
+            ]
+        )
         sums = np.bincount(dec, weights=logit(proba), minlength=idx.size)
         counts = np.bincount(dec, minlength=idx.size)
         out[idx] = sums / np.maximum(counts, 1)
