@@ -36,7 +36,7 @@ from retryopt.features.localtime import NS_PER_DAY, NS_PER_HOUR
 from retryopt.features.spec import MISSING_LEVEL, OTHER_LEVEL, FeatureSpec
 from retryopt.features.taxonomy import classify_decline
 
-__all__ = ["advance_after_failures", "fit_next_decline_codes"]
+__all__ = ["advance_after_failures", "fit_next_decline_codes", "planned_within"]
 
 _WINDOW_24H: Final = NS_PER_DAY / NS_PER_HOUR
 _WINDOW_30D: Final = 30 * NS_PER_DAY / NS_PER_HOUR
@@ -142,12 +142,24 @@ def _tables(spec: FeatureSpec, next_code: Mapping[str, str]) -> _Tables:
     return tables
 
 
+def planned_within(failures: int, gap_hours: float | np.ndarray, window_hours: float) -> np.ndarray:
+    """Planned attempts inside the trailing ``window_hours`` of a later planned retry.
+
+    The ``failures`` earlier planned attempts are ``gap_hours`` apart, the last one
+    ``gap_hours`` before the retry (at ``t - i * gap_hours``, ``i = 1 .. failures``): the count
+    with ``i * gap_hours < window_hours`` (float64, one per gap).
+    """
+    gaps = np.asarray(gap_hours, dtype=np.float64)
+    ago = gaps[..., None] * np.arange(1, failures + 1)
+    return np.asarray(np.count_nonzero(ago < window_hours, axis=-1), dtype=np.float64)
+
+
 def advance_after_failures(
     X: np.ndarray,
     spec: FeatureSpec,
     *,
     failures: int,
-    gap_hours: float,
+    gap_hours: float | np.ndarray,
     next_code: Mapping[str, str],
 ) -> np.ndarray:
     """Model-matrix rows after ``failures`` hypothetical failed attempts (a new array).
@@ -162,7 +174,8 @@ def advance_after_failures(
     failures
         Failed planned attempts between the decision and the candidate time (>= 0).
     gap_hours
-        Hours between consecutive planned attempts (> 0).
+        Hours between consecutive planned attempts (> 0): one for all rows, or ``(n,)`` per
+        row (e.g. a Mastercard advice wait longer than the planning gap).
     next_code
         ``code -> next code`` (:func:`fit_next_decline_codes`); absent codes are kept.
 
@@ -171,21 +184,21 @@ def advance_after_failures(
     numpy.ndarray
         The advanced rows (``X`` itself is not modified).
     """
-    if failures < 0 or not gap_hours > 0:
+    gaps = np.asarray(gap_hours, dtype=np.float64)
+    if failures < 0 or not bool(np.all(gaps > 0)):
         raise ValueError(f"need failures >= 0 and gap_hours > 0, got {failures}, {gap_hours}")
     out = np.array(X, dtype=np.float64, copy=True)
     if failures == 0 or out.shape[0] == 0:
         return out
     col = {name: j for j, name in enumerate(spec.names)}
-    ago = gap_hours * np.arange(1, failures + 1)
     if "retry_number" in col:
         out[:, col["retry_number"]] += failures
     for name in ("hours_since_prev_attempt", "hours_from_now"):
         if name in col:
-            out[:, col[name]] = gap_hours
+            out[:, col[name]] = gaps
     for name, window in (("card_attempts_24h", _WINDOW_24H), ("card_attempts_30d", _WINDOW_30D)):
         if name in col:
-            out[:, col[name]] += float(np.count_nonzero(ago < window))
+            out[:, col[name]] += planned_within(failures, gaps, window)
     if "last_decline_code" not in col:
         return out
     tables = _tables(spec, next_code)

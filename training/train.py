@@ -38,6 +38,7 @@ from retryopt.features.advance import fit_next_decline_codes
 from retryopt.features.examples import build_training_examples
 from retryopt.features.spec import encode_features, fit_feature_spec
 from retryopt.features.validation import load_attempts
+from retryopt.model.adjust import CODE_FEATURE, Adjustment
 from retryopt.model.bundle import write_bundle
 from retryopt.model.calibration import Calibrator, choose_calibrator
 from retryopt.training.evaluation import (
@@ -49,6 +50,12 @@ from retryopt.training.evaluation import (
     plot_reliability,
 )
 from retryopt.training.mlflow_tracking import log_training_run
+from retryopt.training.planning_fit import (
+    decision_centers,
+    fit_code_bounds,
+    fit_timing_shrinkage,
+    served_predictor,
+)
 from retryopt.training.progress import Progress
 from retryopt.training.timing import timing_weights
 
@@ -92,6 +99,9 @@ class TrainConfig:
     logistic_c: float = 1.0
     historical_prior_strength: float = 20.0
     timing_weights: bool = False
+    rare_code_confidence: float = 0.95
+    timing_shrinkage: bool = True
+    shrinkage_decisions: int = 20_000
 
     def __post_init__(self) -> None:
         checks = {
@@ -103,6 +113,8 @@ class TrainConfig:
             "training.num_threads": self.num_threads >= 1,
             "calibration.folds": self.calibration_folds >= 2,
             "evaluation.ece_bins": self.ece_bins >= 2,
+            "planning.rare_code_confidence": 0.5 <= self.rare_code_confidence < 1,
+            "planning.shrinkage_decisions": self.shrinkage_decisions >= 100,
         }
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
@@ -146,6 +158,11 @@ class TrainConfig:
                 "logistic_c": self.logistic_c,
                 "historical_prior_strength": self.historical_prior_strength,
             },
+            "planning": {
+                "rare_code_confidence": self.rare_code_confidence,
+                "timing_shrinkage": self.timing_shrinkage,
+                "shrinkage_decisions": self.shrinkage_decisions,
+            },
         }
 
     @classmethod
@@ -171,6 +188,9 @@ class TrainConfig:
             "evaluation.baseline_max_rows": ("baseline_max_rows", "int"),
             "evaluation.logistic_c": ("logistic_c", "float"),
             "evaluation.historical_prior_strength": ("historical_prior_strength", "float"),
+            "planning.rare_code_confidence": ("rare_code_confidence", "float"),
+            "planning.timing_shrinkage": ("timing_shrinkage", "bool"),
+            "planning.shrinkage_decisions": ("shrinkage_decisions", "int"),
         }
         kwargs: dict[str, Any] = {}
         for key, value in data.items():
@@ -519,6 +539,18 @@ def train_from_attempts(
         seed=config.seed,
     )
     calibrator = choice.calibrator
+    planning = _fit_adjustments(
+        attempts,
+        examples,
+        split,
+        spec,
+        (booster, calibrator),
+        (raw_va, X_va[CODE_FEATURE].cat.codes.to_numpy()),
+        config,
+        say,
+    )
+    adjustment = Adjustment.from_planning(planning)
+    code_table = adjustment.level_bounds(spec.levels.get(CODE_FEATURE, ()))
 
     say("fitting baselines (historical success rate, logistic regression)")
     historical = HistoricalRateBaseline(prior_strength=config.historical_prior_strength)
@@ -531,7 +563,10 @@ def train_from_attempts(
 
     say(f"evaluating on {len(y_te):,} test examples")
     test_predictions = {
-        "model": calibrator.apply(raw_te),
+        # As served: calibrated, then capped by the rare-code bounds.
+        "model": Adjustment.bound_levels(
+            calibrator.apply(raw_te), X_te[CODE_FEATURE].cat.codes.to_numpy(), code_table
+        ),
         "model_uncalibrated": raw_te,
         "logistic": logistic.predict_proba(X_te),
         "historical_rate": historical.predict_proba(meta.loc[split.test]),
@@ -573,6 +608,7 @@ def train_from_attempts(
         "planning": {
             "next_decline_code": next_codes,
             "next_decline_codes_changed": sum(a != b for a, b in next_codes.items()),
+            **planning,
         },
         "timing_weights": _weight_summary(weights, examples.propensity[split.train]),
         "examples": n,
@@ -601,6 +637,77 @@ def train_from_attempts(
         by_country=by_country,
         signature_example=example,
     )
+
+
+def _fit_adjustments(
+    attempts: pd.DataFrame,
+    examples: Any,
+    split: TimeSplit,
+    spec: Any,
+    model: tuple[Any, Calibrator],
+    validation: tuple[np.ndarray, np.ndarray],
+    config: TrainConfig,
+    say: Progress,
+) -> dict[str, Any]:
+    """The planner's adjustments (:mod:`retryopt.model.adjust`), never fitted on the test months.
+
+    Rare-code bounds from the training and validation months; the timing shrinkage on a seeded
+    sample of at most ``shrinkage_decisions`` validation decisions (:mod:`.planning_fit`).
+    ``model`` is the booster and calibrator, ``validation`` the validation rows' raw predictions
+    and ``last_decline_code`` level indices.
+    """
+    booster, calibrator = model
+    fit_rows = split.train | split.validation
+    labels = np.asarray(examples.label, dtype=np.int8)
+    bounds = fit_code_bounds(
+        examples.features.loc[fit_rows, CODE_FEATURE].to_numpy(dtype=object, na_value=None),
+        labels[fit_rows],
+        levels=spec.levels.get(CODE_FEATURE, ()),
+        confidence=config.rare_code_confidence,
+    )
+    out: dict[str, Any] = {
+        "rare_code_bounds": bounds,
+        "rare_code_confidence": config.rare_code_confidence,
+    }
+    if bounds:
+        say(f"rare decline codes bounded (never succeeded when retried): {', '.join(bounds)}")
+    if not config.timing_shrinkage:
+        return out
+    rows = np.flatnonzero(split.validation)
+    rng = np.random.default_rng(config.seed)
+    pick = np.sort(
+        rng.choice(rows.size, size=min(rows.size, config.shrinkage_decisions), replace=False)
+    )
+    sample = rows[pick]
+    say(f"fitting the timing shrinkage on {sample.size:,} validation decisions")
+    adjustment = Adjustment.from_planning(out)
+    predict = served_predictor(booster, calibrator, spec, adjustment, config.num_threads)
+    meta = examples.meta.iloc[sample].reset_index(drop=True)
+    centers = decision_centers(
+        attempts,
+        meta,
+        examples.features["hours_since_first_failure"].to_numpy(dtype=np.float64)[sample],
+        spec=spec,
+        predict=predict,
+    )
+    raw_va, codes_va = validation
+    p_logged = Adjustment.bound_levels(
+        calibrator.apply(raw_va[pick]),
+        codes_va[pick],
+        adjustment.level_bounds(spec.levels.get(CODE_FEATURE, ())),
+    )
+    shrink = fit_timing_shrinkage(
+        labels[sample],
+        p_logged,
+        centers,
+        propensity=examples.propensity[sample],
+        groups=meta["customer_id"].astype(str).to_numpy(),
+        n_folds=config.calibration_folds,
+        seed=config.seed,
+    )
+    out["timing_shrinkage"] = shrink["beta"]
+    out["timing_shrinkage_fit"] = shrink
+    return out
 
 
 # --------------------------------------------------------------------------- reporting
@@ -634,6 +741,16 @@ def flat_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
         flat["planning.next_decline_codes_changed"] = float(
             planning.get("next_decline_codes_changed", 0)
         )
+    bounds = planning.get("rare_code_bounds", {})
+    if "rare_code_bounds" in planning:
+        flat["planning.rare_codes"] = float(len(bounds))
+    for code, entry in bounds.items():
+        flat[f"planning.rare_code_bound.{code}"] = float(entry["upper_bound"])
+        flat[f"planning.rare_code_retries.{code}"] = float(entry["retries"])
+    if "timing_shrinkage" in planning:
+        flat["planning.timing_shrinkage"] = float(planning["timing_shrinkage"])
+    for key, value in planning.get("timing_shrinkage_fit", {}).items():
+        flat[f"planning.timing_shrinkage_fit.{key}"] = float(value)
     for key, value in metrics.get("timing_weights", {}).items():
         flat[f"timing_weights.{key}"] = float(value)
     return flat
@@ -669,6 +786,23 @@ def summary_table(metrics: Mapping[str, Any]) -> str:
         f"calibration: {cal['method']} (cross-fitted validation log loss: {oof})",
         f"best iteration: {metrics['best_iteration']}",
     ]
+    planning = metrics.get("planning", {})
+    bounds = planning.get("rare_code_bounds", {})
+    if bounds:
+        lines.append(
+            "rare codes capped (no success when retried): "
+            + ", ".join(
+                f"{code} <= {b['upper_bound']:.4f} ({b['retries']:.0f} retries)"
+                for code, b in bounds.items()
+            )
+        )
+    fit = planning.get("timing_shrinkage_fit")
+    if fit:
+        lines.append(
+            f"timing shrinkage (optimiser's curse): beta {fit['beta']:.3f} on "
+            f"{fit['decisions']:,.0f} validation decisions (cross-fitted log loss "
+            f"{fit['oof_log_loss_unshrunk']:.4f} -> {fit['oof_log_loss_shrunk']:.4f})"
+        )
     top = metrics.get("feature_importance", [])[:5]
     if top:
         lines.append(

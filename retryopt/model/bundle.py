@@ -41,6 +41,7 @@ import numpy as np
 import pandas as pd
 
 from retryopt.features.spec import FeatureSpec, encode_features
+from retryopt.model.adjust import CODE_FEATURE, Adjustment
 from retryopt.model.calibration import Calibrator
 from retryopt.version import __version__
 
@@ -232,6 +233,7 @@ class ModelBundle:
     code_version: dict[str, Any] = field(default_factory=dict, repr=False)
     manifest: dict[str, Any] = field(default_factory=dict, repr=False)
     num_threads: int = 1
+    adjustment: Adjustment = field(default_factory=Adjustment, repr=False)
 
     def encode(self, raw_features: pd.DataFrame) -> pd.DataFrame:
         """The model matrix for raw features (:func:`retryopt.features.spec.encode_features`)."""
@@ -245,9 +247,26 @@ class ModelBundle:
         X = self.encode(raw_features)
         return np.asarray(self.booster.predict(X, num_threads=self.num_threads), dtype=np.float64)
 
+    def code_bound_table(self) -> np.ndarray | None:
+        """The rare-code bound per level index of ``last_decline_code`` (None: no bound)."""
+        levels = self.feature_spec.levels.get(CODE_FEATURE)
+        return None if levels is None else self.adjustment.level_bounds(levels)
+
     def predict_proba(self, raw_features: pd.DataFrame) -> np.ndarray:
-        """Calibrated P(success) per row of raw features (as the feature registry builds them)."""
-        return self.calibrator.apply(self.predict_raw(raw_features))
+        """Calibrated P(success) per row of raw features (as the feature registry builds them).
+
+        Capped by the rare-code bounds (:mod:`retryopt.model.adjust`) like the fast path.
+        """
+        if len(raw_features) == 0:
+            return np.empty(0, dtype=np.float64)
+        X = self.encode(raw_features)
+        raw = np.asarray(self.booster.predict(X, num_threads=self.num_threads), dtype=np.float64)
+        p = self.calibrator.apply(raw)
+        table = self.code_bound_table()
+        if table is None:
+            return p
+        codes = np.asarray(X[CODE_FEATURE].cat.codes, dtype=np.float64)
+        return Adjustment.bound_levels(p, codes, table)
 
 
 def _load_json(name: str, data: bytes) -> Any:
@@ -341,6 +360,10 @@ def load_bundle(path: str | Path) -> ModelBundle:
         if not isinstance(obj, dict):
             raise BundleError(f"{root / name}: expected a JSON object")
     try:
+        adjustment = Adjustment.from_planning(metrics.get("planning"))
+    except ValueError as exc:
+        raise BundleError(f"{root / METRICS_FILE}: invalid planning section ({exc})") from exc
+    try:
         booster = lgb.Booster(model_str=contents[MODEL_FILE].decode())
     except Exception as exc:
         raise BundleError(f"{root / MODEL_FILE}: not a valid LightGBM text model ({exc})") from exc
@@ -359,6 +382,7 @@ def load_bundle(path: str | Path) -> ModelBundle:
         data_fingerprint=fingerprint,
         code_version=code_info,
         manifest=manifest,
+        adjustment=adjustment,
     )
 
 

@@ -24,11 +24,24 @@ def _trailing_counts(events: np.ndarray, grid_ns: np.ndarray, span_ns: int) -> n
     return (upper - lower).astype(np.int64)
 
 
-def _charge_caps(o: _Open, grid_ns: np.ndarray) -> np.ndarray:
-    """The networks' reattempt caps of one screened charge at its grid times ``grid_ns``."""
+NO_CAP = np.iinfo(np.int64).max // 4
+"""Room of a window no network rule limits (Visa has no 24-hour cap)."""
+
+
+def _charge_room(o: _Open, grid_ns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """How many more failed attempts the networks' caps allow at each grid time of one charge.
+
+    Returns ``(room_24h, room_30d)`` (int64, :data:`NO_CAP` where no cap applies): Visa: at most
+    20 reattempts per card in 30 days (categories 2-4); Mastercard: at most 10 declines per card
+    in 24 hours and 35 in 30 days (:data:`.rules.VISA_SOURCE`, :data:`.rules.MASTERCARD_SOURCE`).
+    A retry at ``t`` is allowed when both rooms are > 0; a planned retry after ``s`` planned
+    failures needs the room for them too (:mod:`.planner`).
+    """
     state, now, brand = o.state, o.now, o.brand
-    if not _may_cap(brand, state.card_event_times.size):
-        return np.ones(grid_ns.shape, dtype=bool)
+    room_24h = np.full(grid_ns.shape, NO_CAP, dtype=np.int64)
+    room_30d = np.full(grid_ns.shape, NO_CAP, dtype=np.int64)
+    if brand not in ("visa", "mastercard"):
+        return room_24h, room_30d
     ev = state.card_event_times.astype("datetime64[ns]").astype(np.int64)
     keep = ev < now
     ev, ev_failed, ev_retry = (
@@ -38,19 +51,28 @@ def _charge_caps(o: _Open, grid_ns: np.ndarray) -> np.ndarray:
     )
     order = np.argsort(ev, kind="stable")
     ev, ev_failed, ev_retry = ev[order], ev_failed[order], ev_retry[order]
-    cap = np.ones(grid_ns.shape, dtype=bool)
     if brand == "visa":
         # Visa: at most 20 reattempts per card in 30 days (categories 2-4).
         n_re = _trailing_counts(ev[ev_retry], grid_ns, 30 * NS_PER_DAY)
-        cap &= n_re < taxonomy.VISA_MAX_REATTEMPTS_30D
-    elif brand == "mastercard":
+        room_30d = taxonomy.VISA_MAX_REATTEMPTS_30D - n_re
+    else:
         # Mastercard: at most 10 declines per card in 24 hours and 35 in 30 days.
         fails = ev[ev_failed]
-        cap &= _trailing_counts(fails, grid_ns, NS_PER_DAY) < taxonomy.MASTERCARD_MAX_DECLINES_24H
-        cap &= _trailing_counts(fails, grid_ns, 30 * NS_PER_DAY) < (
-            taxonomy.MASTERCARD_MAX_DECLINES_30D
+        room_24h = taxonomy.MASTERCARD_MAX_DECLINES_24H - _trailing_counts(
+            fails, grid_ns, NS_PER_DAY
         )
-    return cap
+        room_30d = taxonomy.MASTERCARD_MAX_DECLINES_30D - _trailing_counts(
+            fails, grid_ns, 30 * NS_PER_DAY
+        )
+    return room_24h, room_30d
+
+
+def _charge_caps(o: _Open, grid_ns: np.ndarray) -> np.ndarray:
+    """The networks' reattempt caps of one screened charge at its grid times ``grid_ns``."""
+    if not _may_cap(o.brand, o.state.card_event_times.size):
+        return np.ones(grid_ns.shape, dtype=bool)
+    room_24h, room_30d = _charge_room(o, grid_ns)
+    return np.asarray((room_24h > 0) & (room_30d > 0))
 
 
 # Fewest card events that can reach a network's cap (a trailing count never exceeds the

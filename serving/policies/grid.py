@@ -21,6 +21,7 @@ from retryopt.serving.policies.rules import (
     ChargeState,
     Reason,
     RuleResult,
+    _advice_wait_hours,
     _Open,
     _screen,
     _stop,
@@ -116,6 +117,7 @@ def _grid_verdict(o: _Open, constraints: Constraints) -> RuleResult:
             family=family,
             retries_used=retries_used,
         )
+    room_24h, room_30d = _planned_room(o, grid_ns)
     return RuleResult(
         charge_id=state.charge_id,
         stop=False,
@@ -130,7 +132,29 @@ def _grid_verdict(o: _Open, constraints: Constraints) -> RuleResult:
         excluded=excluded,
         decline_code=last_code,
         decline_family=family,
+        advice_wait_hours=_advice_wait_hours(o),
+        cap_room_24h=room_24h,
+        cap_room_30d=room_30d,
     )
+
+
+def _planned_room(o: _Open, grid_ns: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """The networks' cap room at the grid times when the plan's attempts could reach a cap.
+
+    The plan counts its own later retries as failed attempts on the card (each is a Visa
+    reattempt and a Mastercard decline), so a card with ``e`` earlier events and ``R`` retries
+    left can reach a cap when ``e + R - 1`` could (:func:`caps._may_cap`). None when no cap can
+    bind the plan (the room exceeds the planned attempts everywhere, or too few events).
+    """
+    planned = o.retries_left - 1
+    if planned < 1 or not caps._may_cap(o.brand, o.state.card_event_times.size + planned):
+        return None, None
+    room_24h, room_30d = caps._charge_room(o, grid_ns)
+    if min(int(room_24h.min(initial=caps.NO_CAP)), int(room_30d.min(initial=caps.NO_CAP))) > (
+        planned
+    ):
+        return None, None
+    return room_24h, room_30d
 
 
 def evaluate_rules_batch(
@@ -276,6 +300,7 @@ def _grid_verdicts(opened: list[_Open], constraints: Constraints) -> list[RuleRe
             )
             continue
         a, b = lo[j], hi[j]
+        room_24h, room_30d = _planned_room(o, flat_ns[a:b])
         results.append(
             RuleResult(
                 charge_id=state.charge_id,
@@ -291,6 +316,9 @@ def _grid_verdicts(opened: list[_Open], constraints: Constraints) -> list[RuleRe
                 excluded=excluded,
                 decline_code=o.last_code,
                 decline_family=o.family,
+                advice_wait_hours=_advice_wait_hours(o),
+                cap_room_24h=room_24h,
+                cap_room_30d=room_30d,
             )
         )
     return results

@@ -13,6 +13,7 @@ from retryopt.features.columns import AttemptColumns
 from retryopt.features.decisions import DecisionBatch
 from retryopt.features.encoder import CandidateEncoder
 from retryopt.features.online import build_candidate_features
+from retryopt.model.adjust import CODE_FEATURE, Adjustment
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -107,6 +108,18 @@ class BundleSuccessModel:
         # The explanation reads payday-like raw features when the model has any.
         self._needs_raw = any("payday" in n.lower() or "pay_day" in n.lower() for n in names)
         self.next_decline_code = planning_knobs(bundle).next_decline_code
+        # Learned at training time (retryopt.model.adjust): the rare-code bounds, applied to
+        # every probability scored here (the next retry and the later steps alike), and the
+        # timing shrinkage the planner applies per decision.
+        adjustment = getattr(bundle, "adjustment", None)
+        self.timing_shrinkage = (
+            adjustment.timing_shrinkage if isinstance(adjustment, Adjustment) else 1.0
+        )
+        table = getattr(bundle, "code_bound_table", None)
+        self._code_table = table() if callable(table) else None
+        self._code_column = list(names).index(CODE_FEATURE) if CODE_FEATURE in names else -1
+        if self._code_column < 0:
+            self._code_table = None
 
     @property
     def engine_name(self) -> str:
@@ -124,7 +137,10 @@ class BundleSuccessModel:
             raw = self.engine.predict(X)
         else:
             raw = bundle.booster.predict(X, num_threads=getattr(bundle, "num_threads", 1))
-        return np.asarray(bundle.calibrator.apply(np.asarray(raw, dtype=np.float64)))
+        p = np.asarray(bundle.calibrator.apply(np.asarray(raw, dtype=np.float64)))
+        if self._code_table is None:
+            return p
+        return Adjustment.bound_levels(p, X[:, self._code_column], self._code_table)
 
     def encoder(
         self,
@@ -187,25 +203,28 @@ class BundleSuccessModel:
         times: np.ndarray,
         *,
         failures: int,
-        gap_hours: float,
+        gap_hours: float | np.ndarray,
     ) -> np.ndarray:
         """``(failures, rows)`` calibrated P(success) after 1 .. ``failures`` planned failures.
 
         The rows are encoded once and advanced by
         :func:`features.advance.advance_after_failures` (retry number, attempt counts, hours
-        since the previous attempt = ``gap_hours``, the likely next decline code).
+        since the previous attempt = ``gap_hours``, one or one per row, the likely next
+        decline code).
         """
         bundle: Any = self.bundle
         out = np.empty((failures, int(dec.size)), dtype=np.float64)
         step = CHUNK_ROWS * 4
+        gaps = np.asarray(gap_hours, dtype=np.float64)
         for k in range(0, int(dec.size), step):
             X = encoder.matrix(dec[k : k + step], times[k : k + step], order="C")
+            gap = gaps if gaps.ndim == 0 else gaps[k : k + step]
             for s in range(1, failures + 1):
                 Xs = advance_after_failures(
                     X,
                     bundle.feature_spec,
                     failures=s,
-                    gap_hours=gap_hours,
+                    gap_hours=gap,
                     next_code=self.next_decline_code,
                 )
                 out[s - 1, k : k + step] = self.predict_matrix(Xs)
@@ -225,11 +244,14 @@ class BundleSuccessModel:
         *,
         attempts: AttemptColumns | None = None,
         history: AttemptColumns | None = None,
+        encoder: CandidateEncoder | None = None,
     ) -> CandidateScores:
         """Score the candidate grid of every charge of ``batch``.
 
         ``attempts`` / ``history`` optionally hold the same rows as the batch's frames as
-        :class:`features.AttemptColumns` (read instead of the frames on the fast path).
+        :class:`features.AttemptColumns` (read instead of the frames on the fast path);
+        ``encoder``, the batch's :class:`features.CandidateEncoder` when the caller already
+        built one (the planner's later steps share it).
         """
         flat_valid = ~np.isnat(candidate_times.ravel())
         proba = np.full(candidate_times.size, np.nan)
@@ -237,7 +259,7 @@ class BundleSuccessModel:
         if self.fast_path and not self._needs_raw:
             # Only the valid (non-padding) rows are encoded and scored.
             dec, times = CandidateEncoder.grid_rows(candidate_times, n_charges)
-            enc = self.encoder(batch, attempts=attempts, history=history)
+            enc = encoder or self.encoder(batch, attempts=attempts, history=history)
             assert enc is not None
             valid_idx = np.flatnonzero(flat_valid)
             proba[valid_idx] = self.score_rows(enc, dec[valid_idx], times[valid_idx])

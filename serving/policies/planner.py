@@ -27,7 +27,13 @@ and interpolated linearly in between (later steps are replanned before they are 
 4-hour resolution is enough for their value; carrying the fine curve's ratio instead invented
 peaks where the state's effect changes within hours). A success model that cannot score a
 shifted state (not a bundle on the fast path) falls back to
-``p_k(j) = p_R(j) * later_attempt_decay ** (R - k)``. With a guardrail ladder (:mod:`.guardrail`)
+``p_k(j) = p_R(j) * later_attempt_decay ** (R - k)``. Later planned retries also respect what the
+rules will demand after the planned failures: the gap ``g`` is at least the Mastercard advice
+wait (24-30) of the last decline, and a retry after ``s`` planned failures is allowed only where
+the networks' caps leave room for the ``s`` planned attempts (:func:`_later_allowed`). With a
+bundle's timing shrinkage every charge's logits are pulled toward their mean by the fitted slope
+first (:meth:`PlannerPolicy._shrink`, :mod:`retryopt.model.adjust`: the optimiser's curse). With
+a guardrail ladder (:mod:`.guardrail`)
 the next retry is chosen among times no later than the ladder's next step. The plan is
 recomputed at every call, so only its first step is ever executed.
 """
@@ -39,10 +45,12 @@ import math
 
 import numpy as np
 
+from retryopt.features.advance import planned_within
 from retryopt.features.columns import AttemptColumns
 from retryopt.features.decisions import Constraints, DecisionBatch
 from retryopt.features.encoder import CandidateEncoder
-from retryopt.features.localtime import NS_PER_DAY
+from retryopt.features.localtime import NS_PER_DAY, NS_PER_HOUR
+from retryopt.model.adjust import shrink_timing
 from retryopt.serving.policies.base import (
     Alternative,
     Decision,
@@ -116,8 +124,8 @@ class PlannerPolicy(_RulesPolicy):
             first_ns = _first_failures(batch, rules)
             days = (grid.astype(np.int64) - first_ns[:, None]) / NS_PER_DAY
             discount = objective.discount(days)
-        gap_hours = max(cons.min_gap_hours, self.config.planning_gap_hours)
-        gap_steps = max(1, int(np.ceil(gap_hours / self.config.grid_hours)))
+        gaps = self._gap_hours(batch, rules)
+        gap_steps = np.maximum(1, np.ceil(gaps / self.config.grid_hours)).astype(np.int64)
         return plan_values(
             proba,
             allowed,
@@ -128,11 +136,17 @@ class PlannerPolicy(_RulesPolicy):
             gap_steps=gap_steps,
             decay=self.config.later_attempt_decay,
             later_proba=later,
+            later_allowed=_later_allowed(allowed, rules, gaps),
         )
 
-    def _gap_hours(self, batch: DecisionBatch) -> float:
-        """Hours the plan assumes between two planned retries."""
-        return max(batch.constraints.min_gap_hours, self.config.planning_gap_hours)
+    def _gap_hours(self, batch: DecisionBatch, rules: list[RuleResult]) -> np.ndarray:
+        """``(n,)`` hours the plan assumes between two planned retries of each charge.
+
+        The larger of the minimum gap, the planning gap and the Mastercard advice wait (24-30:
+        1 h ... 10 days) that the likely next decline keeps (:attr:`RuleResult.advice_wait_hours`).
+        """
+        base = max(batch.constraints.min_gap_hours, self.config.planning_gap_hours)
+        return np.array([max(base, r.advice_wait_hours) for r in rules], dtype=np.float64)
 
     def _state_encoder(
         self,
@@ -174,13 +188,14 @@ class PlannerPolicy(_RulesPolicy):
         m = grid.shape[1]
         sub = allowed & ~np.isnan(proba) & (np.arange(m) % self.config.coarse_step == 0)[None, :]
         rows, cols = np.nonzero(sub)
-        gap = self._gap_hours(batch)
+        gaps = self._gap_hours(batch, rules)
+        gaps = np.where(gaps > 0, gaps, float(self.config.grid_hours))
         scored = self.model.score_rows_after_failures(
             encoder,
             rows,
             grid[rows, cols].view(np.int64),
             failures=depth,
-            gap_hours=gap if gap > 0 else float(self.config.grid_hours),
+            gap_hours=float(gaps[0]) if bool((gaps == gaps[0]).all()) else gaps[rows],
         )
         points = np.zeros((depth, *grid.shape))
         points[:, rows, cols] = scored
@@ -210,15 +225,42 @@ class PlannerPolicy(_RulesPolicy):
         v_hi = np.take_along_axis(values, np.broadcast_to(hi, shape), axis=2)
         return np.asarray(v_lo + w[None] * (v_hi - v_lo))
 
+    def _shrink(
+        self, proba: np.ndarray, later: np.ndarray | None, allowed: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """The model's timing shrinkage (:func:`retryopt.model.adjust.shrink_timing`).
+
+        Each charge's logits (next retry and every later step) are pulled toward their mean
+        over the allowed points of the coarse sub-grid (the same points in both searches) by
+        the slope fitted at training time against the optimiser's curse; unchanged for a model
+        without one.
+        """
+        beta = float(getattr(self.model, "timing_shrinkage", 1.0))
+        if beta >= 1.0:
+            return proba, later
+        m = proba.shape[1]
+        center = allowed & (np.arange(m) % self.config.coarse_step == 0)[None, :]
+        return (
+            shrink_timing(proba, center, beta),
+            None if later is None else shrink_timing(later, center, beta),
+        )
+
     def _score(
         self,
         batch: DecisionBatch,
         grid: np.ndarray,
         columns: tuple[AttemptColumns, AttemptColumns | None] | None,
+        *,
+        encoder: CandidateEncoder | None = None,
     ) -> CandidateScores:
-        if columns is not None and isinstance(self.model, BundleSuccessModel):
+        """Score the whole grid (``encoder``: the batch's encoder when already built)."""
+        if isinstance(self.model, BundleSuccessModel):
             return self.model.predict_candidates(
-                batch, grid, attempts=columns[0], history=columns[1]
+                batch,
+                grid,
+                attempts=None if columns is None else columns[0],
+                history=None if columns is None else columns[1],
+                encoder=encoder,
             )
         return self.model.predict_candidates(batch, grid)
 
@@ -282,8 +324,8 @@ class PlannerPolicy(_RulesPolicy):
         if state_encoder is None:
             state_encoder = self._state_encoder(batch, rules, columns)
         later_points = self._later_points(grid, coarse, proba, batch, rules, state_encoder)
-        later = self._later_proba(later_points)
-        values = self._values(proba, coarse, grid, batch, rules, later=later)
+        shrunk, later = self._shrink(proba, self._later_proba(later_points), allowed)
+        values = self._values(shrunk, coarse, grid, batch, rules, later=later)
         p_rank = np.where(coarse, np.nan_to_num(proba, nan=-1.0), -np.inf)
         k = min(cfg.refine_top, m)
         tops = [np.argsort(-values, axis=1)[:, :k], np.argsort(-p_rank, axis=1)[:, :k]]
@@ -320,12 +362,11 @@ class PlannerPolicy(_RulesPolicy):
             scores = CandidateScores(proba=proba)
             allowed = allowed & scored
         else:
-            scores = self._score(batch, grid, columns)
+            state_encoder = self._state_encoder(batch, rules, columns)
+            scores = self._score(batch, grid, columns, encoder=state_encoder)
             proba = scores.proba
-            later_points = self._later_points(
-                grid, allowed, proba, batch, rules, self._state_encoder(batch, rules, columns)
-            )
-        later = self._later_proba(later_points)
+            later_points = self._later_points(grid, allowed, proba, batch, rules, state_encoder)
+        proba, later = self._shrink(proba, self._later_proba(later_points), rule_allowed)
         values = self._values(proba, allowed, grid, batch, rules, later=later)
         spacing = max(1, round(self.config.alternative_spacing_hours / self.config.grid_hours))
         cost = batch.constraints.objective.cost_per_attempt
@@ -469,6 +510,34 @@ def _first_failures(batch: DecisionBatch, rules: list[RuleResult]) -> np.ndarray
         ],
         dtype=np.int64,
     )
+
+
+def _later_allowed(
+    allowed: np.ndarray, rules: list[RuleResult], gaps: np.ndarray
+) -> np.ndarray | None:
+    """``(S, n, m)``: where a retry after ``s = 1 .. S`` failed planned retries stays allowed.
+
+    The networks' caps count the plan's own earlier retries as failed attempts on the card
+    (each a Visa reattempt and a Mastercard decline): Visa at most 20 reattempts in 30 days,
+    Mastercard at most 10 declines in 24 hours and 35 in 30 days (VISA_SOURCE /
+    MASTERCARD_SOURCE, counted by :func:`.caps._charge_room`). The planned attempts are placed
+    ``gaps`` apart before the retry (:func:`features.advance.planned_within`; a real plan is at
+    least that far apart, so the count is an upper bound). None when no charge's caps can bind.
+    """
+    depth = max((r.retries_left for r in rules), default=0) - 1
+    bound = [i for i, r in enumerate(rules) if r.cap_room_30d is not None]
+    if depth < 1 or not bound:
+        return None
+    out = np.broadcast_to(allowed, (depth, *allowed.shape)).copy()
+    for i in bound:
+        r = rules[i]
+        assert r.cap_room_24h is not None and r.cap_room_30d is not None
+        size = r.cap_room_30d.size
+        for s in range(1, depth + 1):
+            in_24h = int(planned_within(s, gaps[i], NS_PER_DAY / NS_PER_HOUR))
+            in_30d = int(planned_within(s, gaps[i], 30 * NS_PER_DAY / NS_PER_HOUR))
+            out[s - 1, i, :size] &= (r.cap_room_24h > in_24h) & (r.cap_room_30d > in_30d)
+    return out
 
 
 class GreedyPolicy(PlannerPolicy):

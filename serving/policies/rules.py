@@ -153,6 +153,13 @@ class RuleResult:
     excluded: dict[str, int] = field(default_factory=dict)
     decline_code: str | None = None
     decline_family: str = "unknown"
+    # What later *planned* retries must respect (:mod:`.planner`): the Mastercard advice wait
+    # (24-30) of the last decline on an unchanged card, which the likely next decline keeps
+    # (the shifted state the model scores keeps the advice code, features.advance), and the
+    # networks' cap room at each grid time (None: the card cannot reach a cap in this plan).
+    advice_wait_hours: float = 0.0
+    cap_room_24h: np.ndarray | None = None
+    cap_room_30d: np.ndarray | None = None
 
 
 def _stop(
@@ -283,6 +290,19 @@ def _decline(code: str | None, advice: str | None) -> _Decline:
         _DECLINES.clear()
     _DECLINES[key] = out
     return out
+
+
+def _advice_wait_hours(o: _Open) -> float:
+    """Mastercard advice 24-30 wait (hours) of the last decline when the card is unchanged.
+
+    Mastercard merchant advice codes 24-30: retry after 1 h / 24 h / 2 / 4 / 6 / 8 / 10 days
+    (MASTERCARD_SOURCE); 0 without such a code or after a card change.
+    """
+    state = o.state
+    if not state.current_card.same_as(state.cards[-1]):
+        return 0.0
+    wait = _decline(state.decline_codes[-1], state.advice_codes[-1]).wait
+    return 0.0 if wait is None else wait[0] / NS_PER_HOUR
 
 
 _NS = np.dtype("datetime64[ns]")

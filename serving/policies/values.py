@@ -9,7 +9,9 @@ amount ``A``, cost per attempt ``c``, discount ``d(t)`` and planning gap ``g`` g
 
 where ``p_k(j)`` is the model's probability at ``t_j`` in the state after the ``R - k`` earlier
 planned retries failed (``later_proba``, see :mod:`.planner`), or, for a success model that
-cannot score such a state, ``p_R(j) * decay ** (R - k)``.
+cannot score such a state, ``p_R(j) * decay ** (R - k)``. A later planned retry must also be
+allowed in that state (``later_allowed``: the networks' caps counting the earlier planned
+attempts as failed ones) and the gap ``g`` may differ per charge (a Mastercard advice wait).
 """
 
 from __future__ import annotations
@@ -25,9 +27,10 @@ def plan_values(
     amount: np.ndarray,
     discount: np.ndarray,
     cost: float,
-    gap_steps: int,
+    gap_steps: int | np.ndarray,
     decay: float,
     later_proba: np.ndarray | None = None,
+    later_allowed: np.ndarray | None = None,
 ) -> np.ndarray:
     """Expected value of retrying first at each candidate, planning the remaining budget.
 
@@ -46,12 +49,16 @@ def plan_values(
     cost
         Cost of one attempt (minor units).
     gap_steps
-        Minimum number of grid steps between two attempts (>= 1).
+        Minimum number of grid steps between two planned attempts (>= 1), one for all charges
+        or ``(n,)`` per charge.
     decay
         Success of each later retry relative to the next one (used without ``later_proba``).
     later_proba
         Optional ``(S, n, m)``: ``later_proba[s - 1]`` is the success probability at each
         candidate after ``s`` failed planned retries (``S >= max(retries_left) - 1``).
+    later_allowed
+        Optional ``(S, n, m)`` bool: ``later_allowed[s - 1]`` marks the candidates a retry
+        after ``s`` failed planned retries may take, within ``allowed`` (default: ``allowed``).
 
     Returns
     -------
@@ -71,11 +78,16 @@ def plan_values(
                     amount=amount[k : k + _PLAN_BLOCK_ROWS],
                     discount=discount[k : k + _PLAN_BLOCK_ROWS],
                     cost=cost,
-                    gap_steps=gap_steps,
+                    gap_steps=gap_steps
+                    if isinstance(gap_steps, int)
+                    else np.asarray(gap_steps)[k : k + _PLAN_BLOCK_ROWS],
                     decay=decay,
                     later_proba=None
                     if later_proba is None
                     else later_proba[:, k : k + _PLAN_BLOCK_ROWS],
+                    later_allowed=None
+                    if later_allowed is None
+                    else later_allowed[:, k : k + _PLAN_BLOCK_ROWS],
                 )
                 for k in range(0, n, _PLAN_BLOCK_ROWS)
             ]
@@ -101,6 +113,12 @@ def plan_values(
         np.copyto(later, 0.0, where=np.isnan(later))
         stacked = np.concatenate([p[None], later])
     rows = np.arange(n)
+    masks = None
+    if later_allowed is not None and r_max > 1:
+        masks = np.concatenate([blocked[None], ~later_allowed[: r_max - 1]])
+    gaps = np.asarray(gap_steps, dtype=np.int64)
+    uniform_gap = gaps.ndim == 0 or n == 0 or bool((gaps == gaps.flat[0]).all())
+    gap = int(gaps.flat[0]) if n or gaps.ndim == 0 else 1
     for k in range(1, r_max + 1):
         exponent = np.maximum(retries_left - k, 0)[:, None]
         if stacked is None:
@@ -112,7 +130,7 @@ def plan_values(
         np.subtract(1.0, pk, out=tmp)
         np.multiply(tmp, w, out=tmp)
         np.add(val, tmp, out=val)
-        val[blocked] = -np.inf
+        val[blocked if masks is None else masks[exponent[:, 0], rows]] = -np.inf
         at_level = retries_left == k
         if at_level.any():
             out[at_level] = val[at_level]
@@ -121,8 +139,14 @@ def plan_values(
         # W_k(j) = max(0, max_{j' >= j + gap} val_k(j')): a suffix maximum, shifted by the gap.
         suffix = np.maximum.accumulate(val[:, ::-1], axis=1)[:, ::-1]
         w.fill(0.0)
-        if gap_steps < m:
-            np.maximum(suffix[:, gap_steps:], 0.0, out=w[:, : m - gap_steps])
+        if uniform_gap:
+            if gap < m:
+                np.maximum(suffix[:, gap:], 0.0, out=w[:, : m - gap])
+        else:
+            ahead = np.arange(m)[None, :] + gaps[:, None]
+            inside = ahead < m
+            gathered = np.take_along_axis(suffix, np.minimum(ahead, m - 1), axis=1)
+            np.maximum(np.where(inside, gathered, 0.0), 0.0, out=w)
     return out
 
 

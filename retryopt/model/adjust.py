@@ -1,0 +1,216 @@
+"""Adjustments of the calibrated success probability, learned at training time (issue 14).
+
+Both are stored in the bundle's ``metrics.json`` under ``planning`` (verified with the rest of the
+bundle by its manifest) and read once at load (:func:`model.bundle.load_bundle`):
+
+- **Rare-code bounds** (``planning.rare_code_bounds``): LightGBM lumps a small decline code with
+  its family, so a code whose retries never succeed still gets its family's odds. A code with no
+  success in its ``n`` logged retries gets the exact one-sided upper confidence bound of a
+  binomial proportion with zero successes, ``1 - (1 - confidence) ** (1 / n)`` (Clopper-Pearson;
+  about ``3 / n`` at 95 %, the "rule of three": Hanley and Lippman-Hand, "If nothing goes wrong,
+  is everything all right?", JAMA 249(13), 1983), and every prediction after that code is capped
+  at it (:meth:`Adjustment.bound_levels`). Fitted only for codes that are levels of the feature
+  spec (seen often enough in the training months), so the pandas path and the numpy fast path
+  see the same codes.
+- **Timing shrinkage** (``planning.timing_shrinkage``, ``beta`` in ``[0, 1]``): the planner picks
+  the time with the highest prediction, so noise in the model's timing component biases the
+  prediction at the chosen time upward (the optimiser's curse; Smith and Winkler, "The
+  Optimizer's Curse", Management Science 52(3), 2006). Their remedy is to replace each estimate
+  by its regression on the truth, which selection on the estimate cannot bias. Per decision, the
+  logit of each candidate time ``l(t)`` is shrunk toward the decision's mean logit ``l_bar``:
+  ``p'(t) = sigmoid(l_bar + beta * (l(t) - l_bar))`` (:func:`shrink_timing`), with ``beta`` the
+  maximum-likelihood slope of the validation outcomes on the timing component
+  (``training.planning_fit``).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import numpy as np
+
+__all__ = [
+    "Adjustment",
+    "fit_code_bounds",
+    "logit",
+    "shrink_timing",
+    "zero_success_upper_bound",
+]
+
+CODE_FEATURE: Final = "last_decline_code"
+"""The feature whose levels the rare-code bounds are keyed by."""
+_EPS: Final = 1e-6
+_SAFE_CODE = re.compile(r"^[A-Za-z0-9_.\- ]{1,64}$")
+
+
+def zero_success_upper_bound(n: int, confidence: float) -> float:
+    """Exact one-sided upper confidence bound of a proportion with 0 successes in ``n`` trials."""
+    if n < 1 or not 0 < confidence < 1:
+        raise ValueError(f"need n >= 1 and confidence in (0, 1), got {n}, {confidence}")
+    return float(1.0 - (1.0 - confidence) ** (1.0 / n))
+
+
+def fit_code_bounds(
+    codes: Sequence[object] | np.ndarray,
+    labels: np.ndarray,
+    *,
+    levels: Sequence[str],
+    confidence: float,
+) -> dict[str, dict[str, float]]:
+    """Upper bounds of the codes (levels of the spec) whose logged retries never succeeded.
+
+    Parameters
+    ----------
+    codes
+        The decline code before each logged retry (``last_decline_code``; missing allowed).
+    labels
+        1 = the retry succeeded.
+    levels
+        The spec's levels of ``last_decline_code`` (``"other"`` and ``"missing"`` are skipped).
+    confidence
+        One-sided confidence of the bound (0.95: the rule of three).
+
+    Returns
+    -------
+    dict
+        ``code -> {"retries": n, "upper_bound": u}``, sorted by code.
+    """
+    y = np.asarray(labels, dtype=np.int64)
+    values = np.asarray(codes, dtype=object)
+    wanted = {str(lv) for lv in levels} - {"other", "missing"}
+    out: dict[str, dict[str, float]] = {}
+    if values.size == 0:
+        return out
+    present = np.array([isinstance(v, str) and v in wanted for v in values.tolist()], dtype=bool)
+    if not present.any():
+        return out
+    keys, inverse = np.unique(values[present].astype(str), return_inverse=True)
+    retries = np.bincount(inverse, minlength=keys.size)
+    successes = np.bincount(inverse, weights=y[present], minlength=keys.size)
+    for code, n, k in zip(keys.tolist(), retries.tolist(), successes.tolist(), strict=True):
+        if k == 0 and n >= 1 and _SAFE_CODE.match(code):
+            out[code] = {
+                "retries": float(n),
+                "upper_bound": zero_success_upper_bound(n, confidence),
+            }
+    return dict(sorted(out.items()))
+
+
+def logit(p: np.ndarray) -> np.ndarray:
+    """``log(p / (1 - p))`` with ``p`` clipped to ``[1e-6, 1 - 1e-6]`` (NaN stays NaN)."""
+    q = np.clip(np.asarray(p, dtype=np.float64), _EPS, 1.0 - _EPS)
+    return np.asarray(np.log(q) - np.log1p(-q))
+
+
+def shrink_timing(proba: np.ndarray, center_mask: np.ndarray, beta: float) -> np.ndarray:
+    """Shrink each row's logits toward the row's mean logit over ``center_mask`` by ``beta``.
+
+    Parameters
+    ----------
+    proba
+        ``(..., n, m)`` probabilities (NaN = not scored, kept NaN).
+    center_mask
+        ``(n, m)`` bool: the points whose mean logit is the row's centre (rows without any
+        point use all their scored points; rows with none are returned unchanged).
+    beta
+        Share of the timing component kept (1 = no change, 0 = the centre everywhere).
+    """
+    p = np.asarray(proba, dtype=np.float64)
+    if beta >= 1.0 or p.size == 0:
+        return p
+    # In place on one temporary (a 200-charge batch has ~400k points per call); NaN propagates,
+    # so padding stays NaN and a row without any scored point stays all NaN.
+    lg = np.clip(p, _EPS, 1.0 - _EPS)
+    np.divide(lg, 1.0 - lg, out=lg)
+    np.log(lg, out=lg)
+    scored = ~np.isnan(p)
+    use = scored & center_mask
+    empty = ~use.any(axis=-1, keepdims=True)
+    if empty.any():
+        use = np.where(empty, scored, use)
+    count = use.sum(axis=-1, keepdims=True)
+    total = np.where(use, lg, 0.0).sum(axis=-1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        center = total / count
+    # sigmoid(center + beta * (lg - center)) = 1 / (1 + exp(-(beta * lg + (1 - beta) * center)))
+    np.multiply(lg, -beta, out=lg)
+    np.subtract(lg, (1.0 - beta) * center, out=lg)
+    np.exp(lg, out=lg)
+    lg += 1.0
+    return np.asarray(np.reciprocal(lg, out=lg))
+
+
+@dataclass(frozen=True)
+class Adjustment:
+    """What a bundle's ``planning`` section adjusts (see the module docstring).
+
+    Parameters
+    ----------
+    code_bounds
+        ``code -> upper bound`` of the success probability after that code.
+    timing_shrinkage
+        ``beta`` of :func:`shrink_timing` (1 = none: bundles written before it).
+    """
+
+    code_bounds: Mapping[str, float] = field(default_factory=dict)
+    timing_shrinkage: float = 1.0
+
+    @classmethod
+    def from_planning(cls, planning: object) -> Adjustment:
+        """Parse a bundle's ``metrics["planning"]`` (absent parts: no adjustment).
+
+        Raises
+        ------
+        ValueError
+            A bound or the shrinkage that is not a probability / not in ``[0, 1]``.
+        """
+        if not isinstance(planning, Mapping):
+            return cls()
+        bounds: dict[str, float] = {}
+        raw = planning.get("rare_code_bounds", {})
+        if not isinstance(raw, Mapping):
+            raise ValueError("planning.rare_code_bounds must be an object")
+        for code, entry in raw.items():
+            value = entry.get("upper_bound") if isinstance(entry, Mapping) else None
+            if not _probability(value):
+                raise ValueError(
+                    f"planning.rare_code_bounds[{code!r}] needs an upper_bound in [0, 1]"
+                )
+            bounds[str(code)] = float(value or 0.0)
+        beta: Any = planning.get("timing_shrinkage", 1.0)
+        if isinstance(beta, Mapping):
+            beta = beta.get("beta", 1.0)
+        if not _probability(beta):
+            raise ValueError(f"planning.timing_shrinkage must be in [0, 1], got {beta!r}")
+        return cls(code_bounds=bounds, timing_shrinkage=float(beta))
+
+    def level_bounds(self, levels: Sequence[str]) -> np.ndarray | None:
+        """Bound per level index of ``levels`` plus a final 1.0 (NaN / unknown), or None."""
+        if not self.code_bounds:
+            return None
+        out = np.ones(len(levels) + 1, dtype=np.float64)
+        for i, level in enumerate(levels):
+            out[i] = self.code_bounds.get(str(level), 1.0)
+        return None if bool((out == 1.0).all()) else out
+
+    @staticmethod
+    def bound_levels(p: np.ndarray, codes: np.ndarray, table: np.ndarray | None) -> np.ndarray:
+        """``min(p, bound of each row's code)``; ``codes`` are level indices (NaN / -1 = none)."""
+        if table is None or p.size == 0:
+            return p
+        index = np.nan_to_num(np.asarray(codes, dtype=np.float64), nan=-1.0).astype(np.int64)
+        index = np.where((index < 0) | (index >= table.size - 1), table.size - 1, index)
+        return np.asarray(np.minimum(p, table[index]))
+
+
+def _probability(value: object) -> bool:
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(float(value))
+        and 0.0 <= float(value) <= 1.0
+    )
