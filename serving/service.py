@@ -20,8 +20,6 @@ from retryopt.serving.metrics import Metrics
 from retryopt.serving.model_store import ModelStore
 from retryopt.serving.policies import Decision, PlannerConfig
 from retryopt.serving.schemas import (
-    DETERMINISTIC_PROPENSITY,
-    NO_EXPLORATION,
     AlternativeOut,
     DecisionOut,
     DecisionRequest,
@@ -44,6 +42,7 @@ def model_store_for(settings: Settings) -> ModelStore:
             later_attempt_decay=settings.later_attempt_decay,
             planning_gap_hours=settings.planning_gap_hours,
             search=settings.planner_search,
+            exploration_tolerance=settings.exploration_tolerance,
         ),
         model_threads=settings.model_threads,
         engine=settings.engine,
@@ -123,8 +122,8 @@ def decision_json(d: Decision) -> dict[str, Any]:
         "attempt_cost": d.attempt_cost,
         "value_currency": d.value_currency,
         "decision_id": None,
-        "propensity": DETERMINISTIC_PROPENSITY,
-        "exploration": NO_EXPLORATION,
+        "propensity": d.propensity,
+        "exploration": d.exploration,
     }
 
 
@@ -148,6 +147,8 @@ def _decision_out(d: Decision) -> DecisionOut:
         expected_value=d.expected_value,
         attempt_cost=d.attempt_cost,
         value_currency=d.value_currency,
+        propensity=d.propensity,
+        exploration=d.exploration,
     )
 
 

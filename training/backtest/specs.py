@@ -4,7 +4,9 @@ Specs: ``logged`` (what happened), ``fixed:72,120,168,216`` (hours after the fir
 ``random`` (uniform over the allowed grid times), ``greedy:MODEL`` and ``model:MODEL`` (the
 serving policies over a bundle path or MLflow registry name), ``model:MODEL@guardrail=72,120``
 (the planner in guardrail mode: the static schedule is a floor, :mod:`serving.policies.guardrail`;
-labelled ``model+guardrail``), ``fallback`` (the rules-only fallback) and, on simulated data
+labelled ``model+guardrail``), ``model:MODEL@explore=0.02`` / ``greedy:MODEL@explore=0.02`` (with
+the service's safe exploration, :mod:`serving.policies.explore`; labelled ``model+explore``),
+``fallback`` (the rules-only fallback) and, on simulated data
 only, ``oracle``.
 
 Every policy but ``logged`` and ``oracle`` is one of :mod:`serving.policies`, so the baselines
@@ -25,6 +27,7 @@ from retryopt.serving.policies import (
     FallbackPolicy,
     FixedSchedule,
     GreedyPolicy,
+    PlannerConfig,
     PlannerPolicy,
     UniformRandom,
 )
@@ -44,6 +47,7 @@ class PolicySpec:
     hours: tuple[float, ...] = ()
     model: str | None = None
     guardrail: tuple[float, ...] | None = None
+    explore: float = 0.0
 
 
 KINDS = ("logged", "fixed", "random", "greedy", "model", "oracle", "fallback")
@@ -80,9 +84,18 @@ def parse_spec(spec: str) -> PolicySpec:
         if not option:
             return PolicySpec(kind=kind, label=f"{kind}", model=model.strip())
         name, _, value = option.partition("=")
-        if kind != "model" or name.strip().lower() != "guardrail":
+        name = name.strip().lower()
+        if name == "explore":
+            return PolicySpec(
+                kind=kind,
+                label=f"{kind}+explore",
+                model=model.strip(),
+                explore=_tolerance(spec, value),
+            )
+        if kind != "model" or name != "guardrail":
             raise SpecError(
-                f"policy spec {spec!r}: the only option is model:MODEL@guardrail=H1,H2,..."
+                f"policy spec {spec!r}: the options are model:MODEL@guardrail=H1,H2,... and "
+                "model:MODEL@explore=TOLERANCE (or greedy:MODEL@explore=TOLERANCE)"
             )
         return PolicySpec(
             kind=kind,
@@ -108,6 +121,17 @@ def _hours(spec: str, arg: str) -> tuple[float, ...]:
     ):
         raise SpecError(f"policy spec {spec!r}: hours must be positive and increasing")
     return hours
+
+
+def _tolerance(spec: str, arg: str) -> float:
+    """An exploration tolerance in ``(0, 1)`` from ``"0.02"``."""
+    try:
+        value = float(arg)
+    except ValueError as exc:
+        raise SpecError(f"policy spec {spec!r}: explore= takes a number, got {arg!r}") from exc
+    if not 0 < value < 1:
+        raise SpecError(f"policy spec {spec!r}: explore= must be in (0, 1), got {value:g}")
+    return value
 
 
 def unique_labels(specs: list[PolicySpec]) -> list[PolicySpec]:
@@ -140,9 +164,10 @@ def build_policy(
         assert spec.model is not None
         bundle = resolve_model(spec.model)
         model = BundleSuccessModel(bundle)
+        config = PlannerConfig(exploration_tolerance=spec.explore, exploration_seed=seed)
         if spec.kind == "greedy":
-            return GreedyPolicy(model)
-        return PlannerPolicy(model, guardrail_hours=spec.guardrail)
+            return GreedyPolicy(model, config=config)
+        return PlannerPolicy(model, config=config, guardrail_hours=spec.guardrail)
     if spec.kind == "oracle":
         if world is None:
             raise SpecError("policy spec 'oracle' needs simulated data (--simulate)")
