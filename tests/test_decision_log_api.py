@@ -347,3 +347,18 @@ def test_kill_9_loses_no_acknowledged_decision(store_url: str) -> None:
         proc.wait(30)
     logged = {d.decision_id for d in open_store(store_url).logged_decisions()}
     assert set(ids) <= logged
+
+
+def test_decision_ids_never_look_like_card_numbers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A billing client echoes decision ids in its outcome reports: none may be refused."""
+    import uuid
+
+    from retryopt.features.card_numbers import contains_card_number
+    from retryopt.serving import decision_log
+
+    flagged = uuid.UUID("4539578763621486" + "a" * 16)  # a Luhn-valid 16-digit run first
+    assert contains_card_number(flagged.hex)
+    draws = iter([flagged, uuid.UUID(int=0xABCDEF)])
+    monkeypatch.setattr(decision_log.uuid, "uuid4", lambda: next(draws))
+    got = decision_log.new_decision_id()
+    assert got == uuid.UUID(int=0xABCDEF).hex and not contains_card_number(got)
