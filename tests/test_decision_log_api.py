@@ -280,6 +280,18 @@ def test_retry_propensity_matched_within_the_grid_hour() -> None:
     assert pd.isna(retry_propensity(39 * hour, 9 * hour, [d]))
     assert pd.isna(retry_propensity(40 * hour, None, [d]))  # a first attempt is no retry
     assert pd.isna(retry_propensity(40 * hour, 11 * hour, [d]))  # decided before the previous
+    # A client asking the moment an attempt failed: that decision is the next retry's.
+    at_failure = LoggedDecision(
+        decision_id="e",
+        charge_id="c",
+        decided_at=40 * hour,
+        action="retry",
+        retry_at=64 * hour,
+        propensity=0.5,
+        exploration="softmax",
+    )
+    assert retry_propensity(40 * hour, 10 * hour, [d, at_failure]) == 0.25
+    assert retry_propensity(64 * hour, 40 * hour, [d, at_failure]) == 0.5
 
 
 def _serve(store_url: str, workers: int) -> tuple[subprocess.Popen[bytes], str]:

@@ -47,9 +47,7 @@ def test_outcome_reports_carry_the_charge_facts(world: object) -> None:
     out = outcome_json(row, "d1")
     assert out["charge_id"] == row[c.CHARGE_ID] and out["decision_id"] == "d1"
     assert out["attempted_at"].endswith("Z") and out["amount"] == int(row[c.AMOUNT])
-    assert {"brand", "funding", "country", "added_at", "exp_month", "exp_year"} <= set(
-        out["card"]
-    )
+    assert {"brand", "funding", "country", "added_at", "exp_month", "exp_year"} <= set(out["card"])
 
 
 def test_three_months_of_the_closed_loop(world: object, tmp_path: Path) -> None:
