@@ -45,7 +45,7 @@ from retryopt.training.backtest.config import BacktestConfig
 from retryopt.training.backtest.estimators import objective_for
 from retryopt.training.backtest.ground_truth import GroundTruth, played_contributions
 from retryopt.training.backtest.runner import run_backtest
-from retryopt.training.loop import FAST_TRAINING, month_charges, train_on
+from retryopt.training.loop import FAST_TRAINING, month_charges, month_rows, train_on
 from retryopt.training.simulate.config import WorldConfig
 from retryopt.training.simulate.play import play
 from retryopt.training.simulate.world import simulate_world
@@ -72,7 +72,7 @@ def one_world(seed: int, args: argparse.Namespace, root: Path) -> list[dict[str,
     """Cost and overlap rows of one tuning world."""
     world = simulate_world(WorldConfig(), customers=args.customers, months=args.months, seed=seed)
     ids = month_charges(world, args.months - 1)
-    history = world.attempts[world.attempts[c.ATTEMPTED_AT] < world.month_starts[args.months - 1]]
+    history = month_rows(world, 0, args.months - 1)
     bundle = load_bundle(train_on(history, root / f"models_{seed}", config=FAST_TRAINING))
     model = BundleSuccessModel(bundle)
     cons = Constraints()
@@ -145,9 +145,9 @@ def one_world(seed: int, args: argparse.Namespace, root: Path) -> list[dict[str,
                 "world": seed,
                 "tolerance": tol,
                 "policy": label,
-                "ess": ov.get("ess"),
-                "method": ov.get("method"),
-                "available": ov.get("supported"),
+                "ess": ov.get("effective_sample_size"),
+                "method": ov.get("weights"),
+                "available": ov.get("weighted_estimators") == "available",
             }
             sub = est[(est["policy"] == label) & (est["statistic"] == "recovery_rate")]
             truth_v = sub[sub["estimator"] == "truth"]["value"]

@@ -235,11 +235,11 @@ def backtest_next_model(
         truth_fn=truth,
     )
     overlap = result.overlap.get(NEXT_MODEL, {})
-    ess = overlap.get("ess")
+    ess = overlap.get("effective_sample_size")
     return (
         _estimates(result, NEXT_MODEL),
         None if ess is None else float(ess),
-        bool(overlap.get("supported", False)),
+        overlap.get("weighted_estimators") == "available",
     )
 
 
