@@ -50,22 +50,43 @@ from retryopt.training.simulate.config import WorldConfig
 from retryopt.training.simulate.play import play
 from retryopt.training.simulate.world import simulate_world
 
-TOLERANCES = (0.0, 0.005, 0.01, 0.02, 0.05, 0.1)
+# (share, tolerance): off, then the schemes compared (share 1 = always draw from the near set)
+SCHEMES = ((0.0, 0.0), (1.0, 0.02), (0.3, 0.02), (0.3, 0.05), (0.5, 0.05), (0.3, 0.1))
+BACKTESTED = ((0.0, 0.0), (1.0, 0.02), (0.3, 0.05), (0.5, 0.05))
 
 
 def _log(message: str) -> None:
     print(f"[explore {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def _value(attempts: pd.DataFrame, ids: np.ndarray, cons: Constraints) -> dict[str, float]:
+def _per_charge(attempts: pd.DataFrame, ids: np.ndarray, cons: Constraints) -> np.ndarray:
+    """``(n, 2)`` recovered amount and net discounted value (USD) per charge."""
     _, metrics = objective_for(cons, None)
     contrib = played_contributions(attempts, ids, metrics=metrics)
     names = list(metrics.names)
-    return {
-        "recovered_amount": float(contrib[:, names.index("recovered_amount")].sum()),
-        "net_value": float(contrib[:, names.index("discounted_value")].sum()),
-        "recovered": float(contrib[:, names.index("recovered")].mean()),
-    }
+    return contrib[:, [names.index("recovered_amount"), names.index("discounted_value")]]
+
+
+def _first_retry_value(world: Any, attempts: pd.DataFrame, ids: np.ndarray) -> float:
+    """Sum over charges of the true P(success) of the first retry x amount (no sampling noise)."""
+    a = attempts.sort_values([c.CHARGE_ID, c.ATTEMPTED_AT], kind="stable")
+    second = a.groupby(c.CHARGE_ID, sort=False).nth(1)
+    first = a.groupby(c.CHARGE_ID, sort=False).nth(0).set_index(c.CHARGE_ID)
+    second = second.set_index(c.CHARGE_ID)
+    cids = second.index.to_numpy(dtype=object)
+    if not len(cids):
+        return 0.0
+    prev = first.loc[cids, c.ATTEMPTED_AT].dt.tz_localize(None).to_numpy()[:, None]
+    at = second[c.ATTEMPTED_AT].dt.tz_localize(None).to_numpy()[:, None]
+    p = world.success_probability_batch(cids, prev, at)[:, 0]
+    usd = objective_for(Constraints(), None)[0].objective.amounts(
+        second[c.AMOUNT].to_numpy(dtype=np.float64), second[c.CURRENCY].tolist()
+    )
+    return float((p * usd).sum())
+
+
+def _label(share: float, tol: float) -> str:
+    return "off" if share == 0 else f"share {share:g}, tolerance {tol:g}"
 
 
 def one_world(seed: int, args: argparse.Namespace, root: Path) -> list[dict[str, Any]]:
@@ -74,51 +95,69 @@ def one_world(seed: int, args: argparse.Namespace, root: Path) -> list[dict[str,
     ids = month_charges(world, args.months - 1)
     history = month_rows(world, 0, args.months - 1)
     bundle = load_bundle(train_on(history, root / f"models_{seed}", config=FAST_TRAINING))
+    older = load_bundle(
+        train_on(month_rows(world, 0, args.months - 2), root / f"old_{seed}", config=FAST_TRAINING)
+    )
     model = BundleSuccessModel(bundle)
     cons = Constraints()
     _log(f"world {seed}: {len(ids)} failed charges in the evaluated month")
     rows: list[dict[str, Any]] = []
-    base: dict[str, float] = {}
-    played: dict[float, pd.DataFrame] = {}
-    for tol in TOLERANCES:
-        totals = {"recovered_amount": 0.0, "net_value": 0.0, "recovered": 0.0}
+    base: list[np.ndarray] = []
+    base_first = 0.0
+    played: dict[tuple[float, float], pd.DataFrame] = {}
+    for share, tol in SCHEMES:
+        per_play: list[np.ndarray] = []
         props: list[np.ndarray] = []
+        first_value = 0.0
         for r in range(args.plays):
             policy = PlannerPolicy(
-                model, config=PlannerConfig(exploration_tolerance=tol, exploration_seed=r)
+                model,
+                config=PlannerConfig(
+                    exploration_share=share, exploration_tolerance=tol, exploration_seed=r
+                ),
             )
             result = play(policy, world, ids, cons, seed=1000 + r)
             if r == 0:
-                played[tol] = result.attempts
-            v = _value(result.attempts, ids, cons)
-            totals = {k: totals[k] + v[k] / args.plays for k in totals}
+                played[(share, tol)] = result.attempts
+            per_play.append(_per_charge(result.attempts, ids, cons))
+            first_value += _first_retry_value(world, result.attempts, ids) / args.plays
             p = result.attempts[c.RETRY_PROPENSITY].to_numpy(dtype=np.float64)
             props.append(p[~np.isnan(p)])
-        if tol == 0:
-            base = totals
+        if share == 0:
+            base, base_first = per_play, first_value
+        # paired by charge and play (common random numbers): relative loss and its 95 % CI
+        diff = np.concatenate([b - x for b, x in zip(base, per_play, strict=True)])
+        total = np.concatenate(base).sum(axis=0)
+        cost = 100 * diff.sum(axis=0) / total
+        half = 100 * 1.96 * diff.std(axis=0, ddof=1) * np.sqrt(len(diff)) / total
         p_all = np.concatenate(props)
         rows.append(
             {
                 "world": seed,
-                "tolerance": tol,
+                "scheme": _label(share, tol),
                 "charges": len(ids),
-                "recovery_rate": totals["recovered"],
-                "amount_cost_pct": 100
-                * (1 - totals["recovered_amount"] / base["recovered_amount"]),
-                "net_cost_pct": 100 * (1 - totals["net_value"] / base["net_value"]),
+                "amount_cost_pct": cost[0],
+                "amount_ci_pct": half[0],
+                "net_cost_pct": cost[1],
+                "net_ci_pct": half[1],
+                "first_retry_true_cost_pct": 100 * (1 - first_value / base_first),
                 "explored_share": float((p_all < 1).mean()) if p_all.size else 0.0,
                 "median_propensity": float(np.median(p_all)) if p_all.size else 1.0,
             }
         )
-        _log(f"world {seed} tolerance {tol:g}: {rows[-1]}")
+        _log(f"world {seed} {_label(share, tol)}: {rows[-1]}")
     overlap: list[dict[str, Any]] = []
-    for tol in args.backtest_tolerances:
+    for share, tol in BACKTESTED:
         logged = pd.concat(
-            [world.attempts[~world.attempts[c.CHARGE_ID].isin(pd.Index(ids))], played[tol]],
+            [
+                world.attempts[~world.attempts[c.CHARGE_ID].isin(pd.Index(ids))],
+                played[(share, tol)],
+            ],
             ignore_index=True,
         ).sort_values([c.ATTEMPTED_AT, c.ATTEMPT_ID], kind="mergesort")
         policies: dict[str, RetryPolicy | None] = {
             "model": PlannerPolicy(model),
+            "older model": PlannerPolicy(BundleSuccessModel(older)),
             "greedy": GreedyPolicy(model),
             "fixed:72,120,168,216": FixedSchedule((72.0, 120.0, 168.0, 216.0)),
         }
@@ -143,10 +182,10 @@ def one_world(seed: int, args: argparse.Namespace, root: Path) -> list[dict[str,
             ov = res.overlap.get(label, {})
             row: dict[str, Any] = {
                 "world": seed,
-                "tolerance": tol,
+                "logged scheme": _label(share, tol),
                 "policy": label,
                 "ess": ov.get("effective_sample_size"),
-                "method": ov.get("weights"),
+                "weights": ov.get("weights"),
                 "available": ov.get("weighted_estimators") == "available",
             }
             sub = est[(est["policy"] == label) & (est["statistic"] == "recovery_rate")]
@@ -159,7 +198,7 @@ def one_world(seed: int, args: argparse.Namespace, root: Path) -> list[dict[str,
                     row[name] = float(e["value"].iloc[0])
                     row[f"{name}_covers"] = bool(lo <= row["truth"] <= hi)
             overlap.append(row)
-            _log(f"world {seed} tolerance {tol:g} {label}: {row}")
+            _log(f"world {seed} {_label(share, tol)} {label}: {row}")
     return [*rows, *({"overlap": o} for o in overlap)]
 
 
@@ -182,10 +221,9 @@ def main() -> None:
     print("## Cost of exploration (per world; cost = loss vs no exploration, %)")
     print(cost.to_string(index=False, float_format=lambda x: f"{x:.4g}"))
     print("\n## Mean over worlds")
+    cols = ["amount_cost_pct", "net_cost_pct", "first_retry_true_cost_pct", "explored_share"]
     print(
-        cost.groupby("tolerance")[
-            ["amount_cost_pct", "net_cost_pct", "explored_share", "median_propensity"]
-        ]
+        cost.groupby("scheme", sort=False)[[*cols, "median_propensity"]]
         .mean()
         .to_string(float_format=lambda x: f"{x:.3f}")
     )

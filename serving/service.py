@@ -43,6 +43,7 @@ def model_store_for(settings: Settings) -> ModelStore:
             planning_gap_hours=settings.planning_gap_hours,
             search=settings.planner_search,
             exploration_tolerance=settings.exploration_tolerance,
+            exploration_share=settings.exploration_share,
         ),
         model_threads=settings.model_threads,
         engine=settings.engine,

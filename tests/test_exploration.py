@@ -23,6 +23,7 @@ from retryopt.features.decisions import Constraints
 from retryopt.serving.app import BackgroundServer, create_app
 from retryopt.serving.policies import GreedyPolicy, PlannerConfig, PlannerPolicy
 from retryopt.serving.policies.explore import (
+    DEFAULT_EXPLORATION_SHARE,
     DEFAULT_EXPLORATION_TOLERANCE,
     near_best_draw,
     scheme,
@@ -32,7 +33,7 @@ from retryopt.serving.schemas import to_batch
 from retryopt.serving.settings import Settings
 from retryopt.serving.store import open_store
 
-EXPLORING = PlannerConfig(exploration_tolerance=0.05)
+EXPLORING = PlannerConfig(exploration_tolerance=0.05, exploration_share=1.0)
 
 
 def flat(hours: np.ndarray) -> np.ndarray:
@@ -71,17 +72,31 @@ def test_the_draw_is_uniform_over_the_near_best_times() -> None:
     assert near_best_draw(values, np.array([0.1]), 0.02)[1][0] == 0.25
 
 
+def test_a_share_keeps_the_rest_on_the_best_time() -> None:
+    """share 0.4: 60 % the best, 40 % uniform over the 4 near-best times (best included)."""
+    values = np.array([[10.0, 9.9, 5.0, 9.85, -np.inf, 9.95]])
+    u = (np.arange(4000) + 0.5) / 4000
+    draws = [near_best_draw(values, np.array([x]), 0.02, 0.4) for x in u]
+    picks = Counter(int(d[0][0]) for d in draws)
+    assert picks == {0: 2800, 1: 400, 3: 400, 5: 400}
+    props = {int(d[0][0]): float(d[1][0]) for d in draws}
+    assert props[0] == pytest.approx(0.6 + 0.1) and props[1] == pytest.approx(0.1)
+    # the empirical frequency of every time is its reported propensity
+    assert all(picks[j] / 4000 == pytest.approx(props[j]) for j in picks)
+
+
 @given(
     arrays(np.float64, (5, 12), elements=st.floats(-5, 20, allow_nan=False)),
     arrays(np.bool_, (5, 12)),
     st.floats(0.0, 0.5),
+    st.floats(0.0, 1.0),
     st.lists(st.floats(0.0, 0.999), min_size=5, max_size=5),
 )
 def test_the_draw_keeps_to_allowed_near_best_times(
-    raw: np.ndarray, allowed: np.ndarray, tolerance: float, u: list[float]
+    raw: np.ndarray, allowed: np.ndarray, tolerance: float, share: float, u: list[float]
 ) -> None:
     values = np.where(allowed, raw, -np.inf)
-    chosen, prop = near_best_draw(values, np.array(u), tolerance)
+    chosen, prop = near_best_draw(values, np.array(u), tolerance, share)
     best = values.max(axis=1)
     for i in range(5):
         v = values[i, chosen[i]]
@@ -90,7 +105,10 @@ def test_the_draw_keeps_to_allowed_near_best_times(
             continue
         assert allowed[i, chosen[i]] and v >= best[i] * (1 - tolerance)
         near = int((values[i] >= best[i] * (1 - tolerance)).sum())
-        assert prop[i] == pytest.approx(1.0 / near if tolerance > 0 else 1.0)
+        is_best = chosen[i] == int(np.argmax(values[i]))
+        expected = share / near + (1 - share) * is_best if tolerance > 0 and share > 0 else 1.0
+        expected = 1.0 if near == 1 else expected
+        assert prop[i] == pytest.approx(expected)
 
 
 def test_state_uniforms_are_reproducible_and_spread() -> None:
@@ -104,10 +122,13 @@ def test_state_uniforms_are_reproducible_and_spread() -> None:
     assert np.all(np.abs(np.histogram(a, bins=10, range=(0, 1))[0] - 200) < 70)
 
 
-def test_scheme_names_the_tolerance() -> None:
-    assert scheme(0.0) == "none" and scheme(0.02) == "near_best_uniform:0.02"
+def test_scheme_names_its_parameters() -> None:
+    assert scheme(0.0, 0.3) == "none" and scheme(0.05, 0.0) == "none"
+    assert scheme(0.05, 0.3) == "near_best:share=0.3,tolerance=0.05"
     with pytest.raises(ValueError, match="exploration tolerance"):
         PlannerConfig(exploration_tolerance=1.0)
+    with pytest.raises(ValueError, match="exploration share"):
+        PlannerConfig(exploration_share=1.5)
 
 
 # ---- the planner with exploration -------------------------------------------------------
@@ -125,7 +146,7 @@ def test_the_planner_explores_within_the_rules() -> None:
         )
         d = _decide(PlannerPolicy(model, config=EXPLORING), req, cons)
         assert d.action == "retry" and d.retry_at is not None
-        assert d.exploration == "near_best_uniform:0.05" and 0 < d.propensity < 1
+        assert d.exploration == "near_best:share=1,tolerance=0.05" and 0 < d.propensity < 1
         local = d.retry_at.tz_convert("America/New_York")
         assert 7 <= local.hour < 22  # quiet hours hold
         times.add(d.retry_at)
@@ -153,7 +174,10 @@ def test_exploration_never_retries_a_hard_decline_nor_waives_advice_waits() -> N
     waits = [
         _decide(
             PlannerPolicy(
-                model, config=PlannerConfig(exploration_tolerance=0.5, exploration_seed=s)
+                model,
+                config=PlannerConfig(
+                    exploration_tolerance=0.5, exploration_share=1.0, exploration_seed=s
+                ),
             ),
             req,
             Constraints(),
@@ -190,6 +214,7 @@ def test_the_service_explores_by_default_and_logs_the_propensity(
     trained_bundle: Path, tmp_path: Path
 ) -> None:
     assert Settings().exploration_tolerance == DEFAULT_EXPLORATION_TOLERANCE > 0
+    assert Settings().exploration_share == DEFAULT_EXPLORATION_SHARE > 0
     url = f"sqlite:///{tmp_path / 'store.db'}"
     body = {
         "charge": {
@@ -220,7 +245,9 @@ def test_the_service_explores_by_default_and_logs_the_propensity(
         ).json()
     assert all("action" in a for a in answers), answers[0]
     retries = [a for a in answers if a["action"] == "retry"]
-    assert retries and all(a["exploration"] == "near_best_uniform:0.02" for a in retries)
+    assert retries and all(
+        a["exploration"] == "near_best:share=0.3,tolerance=0.05" for a in retries
+    )
     assert all(0 < a["propensity"] <= 1 for a in retries)
     assert any(a["propensity"] < 1 for a in retries)
     assert repeat["decision_id"] == answers[0]["decision_id"]

@@ -22,7 +22,7 @@ from retryopt.serving.policies.charges import charge_states
 from retryopt.serving.policies.explore import (
     DETERMINISTIC_PROPENSITY,
     NO_EXPLORATION,
-    check_tolerance,
+    check_exploration,
 )
 from retryopt.serving.policies.grid import evaluate_rules_batch
 from retryopt.serving.policies.rules import CardRef, RuleResult
@@ -76,11 +76,12 @@ class PlannerConfig:
         probability), and plans over the scored points only (see ``docs/serving.md``).
     coarse_step, dense_steps, refine_top
         Parameters of the coarse-to-fine search (grid steps).
-    exploration_tolerance
-        Safe exploration (:mod:`.explore`): the next retry is drawn uniformly among the allowed
-        times whose planned value is within this fraction of the best; 0 = off (the argmax).
-        The service turns it on (``RETRYOPT_EXPLORATION_TOLERANCE``, default
-        :data:`.explore.DEFAULT_EXPLORATION_TOLERANCE`).
+    exploration_tolerance, exploration_share
+        Safe exploration (:mod:`.explore`): with probability ``exploration_share`` the next
+        retry is drawn uniformly among the allowed times whose planned value is within
+        ``exploration_tolerance`` of the best, else it is the best; 0 = off (the argmax). The
+        service turns it on (``RETRYOPT_EXPLORATION_SHARE`` / ``_TOLERANCE``, defaults
+        :data:`.explore.DEFAULT_EXPLORATION_SHARE` / ``DEFAULT_EXPLORATION_TOLERANCE``).
     exploration_seed
         Mixed into the draw's hash (distinct draws per deployment or simulation run).
     """
@@ -97,10 +98,11 @@ class PlannerConfig:
     dense_steps: int = 48
     refine_top: int = 4
     exploration_tolerance: float = 0.0
+    exploration_share: float = 0.0
     exploration_seed: int = 0
 
     def __post_init__(self) -> None:
-        check_tolerance(self.exploration_tolerance)
+        check_exploration(self.exploration_tolerance, self.exploration_share)
         if self.later_steps not in ("model", "decay"):
             raise ValueError(f"later_steps must be 'model' or 'decay', got {self.later_steps!r}")
         if self.search not in ("hourly", "coarse"):

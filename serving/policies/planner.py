@@ -30,8 +30,8 @@ shifted state (not a bundle on the fast path) falls back to
 ``p_k(j) = p_R(j) * later_attempt_decay ** (R - k)``. With a guardrail ladder (:mod:`.guardrail`)
 the next retry is chosen among times no later than the ladder's next step. The plan is
 recomputed at every call, so only its first step is ever executed. With
-``PlannerConfig.exploration_tolerance`` > 0 the next retry is drawn among the allowed times
-whose value is within that fraction of the best (:mod:`.explore`; never for a stop).
+``PlannerConfig.exploration_share`` > 0 the next retry is sometimes drawn among the allowed times
+whose value is within ``exploration_tolerance`` of the best (:mod:`.explore`; never a stop).
 """
 
 from __future__ import annotations
@@ -339,7 +339,7 @@ class PlannerPolicy(_RulesPolicy):
         # index, the alternatives' indices and the explanation's best probabilities.
         chosen, propensity = self._draw(values, rules)
         prop_l = propensity.tolist()
-        explored = scheme(self.config.exploration_tolerance)
+        explored = scheme(self.config.exploration_tolerance, self.config.exploration_share)
         alt_picks = _alternative_picks(
             values, chosen, k=self.config.n_alternatives, spacing_steps=spacing
         )
@@ -436,8 +436,8 @@ class PlannerPolicy(_RulesPolicy):
 
     def _draw(self, values: np.ndarray, rules: list[RuleResult]) -> tuple[np.ndarray, np.ndarray]:
         """The chosen grid index per charge and its propensity (:mod:`.explore`)."""
-        tolerance = self.config.exploration_tolerance
-        if tolerance <= 0:
+        tolerance, share = self.config.exploration_tolerance, self.config.exploration_share
+        if tolerance <= 0 or share <= 0:
             return np.argmax(values, axis=1), np.ones(len(rules))
         uniforms = state_uniforms(
             [r.charge_id for r in rules],
@@ -450,7 +450,7 @@ class PlannerPolicy(_RulesPolicy):
             ],
             seed=self.config.exploration_seed,
         )
-        return near_best_draw(values, uniforms, tolerance)
+        return near_best_draw(values, uniforms, tolerance, share)
 
     def _not_worth(self, r: RuleResult, value: float, batch: DecisionBatch) -> Decision:
         """``stop`` with ``not_worth_an_attempt``: the best expected value and the cost."""

@@ -4,10 +4,10 @@ Specs: ``logged`` (what happened), ``fixed:72,120,168,216`` (hours after the fir
 ``random`` (uniform over the allowed grid times), ``greedy:MODEL`` and ``model:MODEL`` (the
 serving policies over a bundle path or MLflow registry name), ``model:MODEL@guardrail=72,120``
 (the planner in guardrail mode: the static schedule is a floor, :mod:`serving.policies.guardrail`;
-labelled ``model+guardrail``), ``model:MODEL@explore=0.02`` / ``greedy:MODEL@explore=0.02`` (with
-the service's safe exploration, :mod:`serving.policies.explore`; labelled ``model+explore``),
-``fallback`` (the rules-only fallback) and, on simulated data
-only, ``oracle``.
+labelled ``model+guardrail``), ``model:MODEL@explore=SHARE,TOLERANCE`` (e.g.
+``@explore=0.3,0.05``, also for ``greedy``: the service's safe exploration,
+:mod:`serving.policies.explore`; labelled ``model+explore``), ``fallback`` (the rules-only
+fallback) and, on simulated data only, ``oracle``.
 
 Every policy but ``logged`` and ``oracle`` is one of :mod:`serving.policies`, so the baselines
 obey the same network rules, through the same code, as the planner they are compared with.
@@ -47,7 +47,7 @@ class PolicySpec:
     hours: tuple[float, ...] = ()
     model: str | None = None
     guardrail: tuple[float, ...] | None = None
-    explore: float = 0.0
+    explore: tuple[float, float] = (0.0, 0.0)  # (share, tolerance)
 
 
 KINDS = ("logged", "fixed", "random", "greedy", "model", "oracle", "fallback")
@@ -90,12 +90,12 @@ def parse_spec(spec: str) -> PolicySpec:
                 kind=kind,
                 label=f"{kind}+explore",
                 model=model.strip(),
-                explore=_tolerance(spec, value),
+                explore=_exploration(spec, value),
             )
         if kind != "model" or name != "guardrail":
             raise SpecError(
                 f"policy spec {spec!r}: the options are model:MODEL@guardrail=H1,H2,... and "
-                "model:MODEL@explore=TOLERANCE (or greedy:MODEL@explore=TOLERANCE)"
+                "model:MODEL@explore=SHARE,TOLERANCE (or greedy:MODEL@explore=...)"
             )
         return PolicySpec(
             kind=kind,
@@ -123,15 +123,19 @@ def _hours(spec: str, arg: str) -> tuple[float, ...]:
     return hours
 
 
-def _tolerance(spec: str, arg: str) -> float:
-    """An exploration tolerance in ``(0, 1)`` from ``"0.02"``."""
+def _exploration(spec: str, arg: str) -> tuple[float, float]:
+    """``(share, tolerance)`` from ``"0.3,0.05"``: share in (0, 1], tolerance in (0, 1)."""
     try:
-        value = float(arg)
+        share, tolerance = (float(x) for x in arg.split(","))
     except ValueError as exc:
-        raise SpecError(f"policy spec {spec!r}: explore= takes a number, got {arg!r}") from exc
-    if not 0 < value < 1:
-        raise SpecError(f"policy spec {spec!r}: explore= must be in (0, 1), got {value:g}")
-    return value
+        raise SpecError(
+            f"policy spec {spec!r}: explore= takes SHARE,TOLERANCE (e.g. 0.3,0.05), got {arg!r}"
+        ) from exc
+    if not (0 < share <= 1 and 0 < tolerance < 1):
+        raise SpecError(
+            f"policy spec {spec!r}: explore= needs 0 < share <= 1 and 0 < tolerance < 1"
+        )
+    return share, tolerance
 
 
 def unique_labels(specs: list[PolicySpec]) -> list[PolicySpec]:
@@ -164,7 +168,11 @@ def build_policy(
         assert spec.model is not None
         bundle = resolve_model(spec.model)
         model = BundleSuccessModel(bundle)
-        config = PlannerConfig(exploration_tolerance=spec.explore, exploration_seed=seed)
+        config = PlannerConfig(
+            exploration_share=spec.explore[0],
+            exploration_tolerance=spec.explore[1],
+            exploration_seed=seed,
+        )
         if spec.kind == "greedy":
             return GreedyPolicy(model, config=config)
         return PlannerPolicy(model, config=config, guardrail_hours=spec.guardrail)
