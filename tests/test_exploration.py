@@ -246,7 +246,7 @@ def test_the_service_explores_by_default_and_logs_the_propensity(
     assert all("action" in a for a in answers), answers[0]
     retries = [a for a in answers if a["action"] == "retry"]
     assert retries and all(
-        a["exploration"] == "near_best:share=0.3,tolerance=0.05" for a in retries
+        a["exploration"] == "near_best:share=0.3,tolerance=0.02" for a in retries
     )
     assert all(0 < a["propensity"] <= 1 for a in retries)
     assert any(a["propensity"] < 1 for a in retries)

@@ -73,7 +73,7 @@ def test_three_months_of_the_closed_loop(world: object, tmp_path: Path) -> None:
     decided = pd.DataFrame(client.decisions)
     retries = decided[decided["action"] == "retry"]
     assert set(retries["policy"]) == {"model"}
-    assert set(retries["exploration"]) == {"near_best:share=0.3,tolerance=0.05"}
+    assert set(retries["exploration"]) == {"near_best:share=0.3,tolerance=0.02"}
     assert (retries["propensity"] < 1).any()
     assert len(set(decided["model_version"])) == 3
     # the log: every retry the server decided carries its logged propensity
