@@ -80,7 +80,7 @@ def _first_retry_value(world: Any, attempts: pd.DataFrame, ids: np.ndarray) -> f
     at = second[c.ATTEMPTED_AT].dt.tz_localize(None).to_numpy()[:, None]
     p = world.success_probability_batch(cids, prev, at)[:, 0]
     usd = objective_for(Constraints(), None)[0].objective.amounts(
-        second[c.AMOUNT].to_numpy(dtype=np.float64), second[c.CURRENCY].tolist()
+        second[c.AMOUNT].to_numpy(dtype=np.float64).tolist(), second[c.CURRENCY].tolist()
     )
     return float((p * usd).sum())
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections import Counter
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -199,7 +200,7 @@ def test_decide_reports_the_propensities() -> None:
         reqs.append(
             r.model_copy(update={"charge": r.charge.model_copy(update={"charge_id": f"c{k}"})})
         )
-    prep = to_batch(reqs, nows=[r.now for r in reqs], constraints=Constraints())
+    prep = to_batch(reqs, nows=[r.now or T0 for r in reqs], constraints=Constraints())
     for policy in (PlannerPolicy(model, config=EXPLORING), GreedyPolicy(model, config=EXPLORING)):
         out = policy.decide(prep.batch)
         assert (out.propensity < 1).all() and (out.propensity > 0).all()
@@ -216,7 +217,7 @@ def test_the_service_explores_by_default_and_logs_the_propensity(
     assert Settings().exploration_tolerance == DEFAULT_EXPLORATION_TOLERANCE > 0
     assert Settings().exploration_share == DEFAULT_EXPLORATION_SHARE > 0
     url = f"sqlite:///{tmp_path / 'store.db'}"
-    body = {
+    body: dict[str, Any] = {
         "charge": {
             "charge_id": "ch_explore",
             "customer_id": "cus_1",
