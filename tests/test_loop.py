@@ -91,6 +91,9 @@ def test_three_months_of_the_closed_loop(world: object, tmp_path: Path) -> None:
     # the next model's off-policy estimates, set against the world's truth
     est = result.estimates()
     assert {"dm"} <= set(est["estimator"])
+    assert set(est["policy"]) == {"next model", "served model, no exploration"}
     assert est["truth"].notna().all()
+    overlap = result.overlap()
+    assert len(overlap) == 6 and overlap["ess"].notna().all()
     for m in result.months:
         assert m.logged_propensities > 0 and 0 < m.explored_share <= 1

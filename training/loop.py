@@ -13,10 +13,11 @@
    and asks the running server when to retry, over HTTP, as a billing client would.
 3. **Learning.** The store is exported again (with the logged propensities) and a model is
    retrained on it.
-4. **Checking the next model before deploying it.** A backtest of the retrained model on month
-   N's logged charges (IPS, SNIPS and DR from the logged propensities, DM from the model that
-   served month N, which never saw month N's outcomes), set against the world's truth: the
-   retrained model played on the same charges.
+4. **Checking the next model before deploying it.** A backtest on month N's logged charges
+   (IPS, SNIPS and DR from the logged propensities, DM from the model that served month N,
+   which never saw month N's outcomes) of the retrained model (whose training held month N out
+   as its test month) and of the served model without exploration, set against the world's
+   truth: each policy played on the same charges (:func:`backtest_month`).
 5. The retrained model is deployed and month N+1 is served.
 
 The world's fixed retry schedule (its logging policy's) is played on the same charges with the
@@ -63,6 +64,7 @@ folds = 3
 """A small LightGBM for the loop's monthly retraining (small worlds; tests and the demo)."""
 
 NEXT_MODEL = "next model"
+SERVED_MODEL = "served model, no exploration"
 ESTIMATED = ("recovery_rate", "discounted_value")
 
 
@@ -150,9 +152,9 @@ class MonthResult:
     fixed: dict[str, float]
     explored_share: float
     logged_propensities: int
-    estimates: pd.DataFrame  # the next model on this month's log: estimator, statistic, ...
-    ess: float | None
-    estimators_available: bool
+    estimates: pd.DataFrame  # policy, estimator, statistic, value, ci_low, ci_high, truth, covers
+    ess: dict[str, float | None]  # per evaluated policy
+    estimators_available: dict[str, bool]  # IPS, SNIPS and DR, per evaluated policy
 
 
 @dataclass(kw_only=True)
@@ -180,8 +182,23 @@ class LoopResult:
             ]
         )
 
+    def overlap(self) -> pd.DataFrame:
+        """Per month and evaluated policy: effective sample size, IPS/SNIPS/DR available."""
+        return pd.DataFrame(
+            [
+                {
+                    "month": m.month,
+                    "policy": label,
+                    "ess": m.ess[label],
+                    "weighted_estimators": m.estimators_available[label],
+                }
+                for m in self.months
+                for label in m.ess
+            ]
+        )
+
     def estimates(self) -> pd.DataFrame:
-        """The next model's estimates on each month's log, with the truth and coverage."""
+        """Each month's off-policy estimates, with the truth and coverage."""
         frames = [m.estimates.assign(month=m.month) for m in self.months]
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
@@ -198,7 +215,7 @@ def _estimates(result: Any, label: str) -> pd.DataFrame:
     return out.reset_index(drop=True)
 
 
-def backtest_next_model(
+def backtest_month(
     world: SimulatedWorld,
     logged: pd.DataFrame,
     ids: np.ndarray,
@@ -206,20 +223,28 @@ def backtest_next_model(
     next_bundle: str,
     served_bundle: str,
     config: LoopConfig,
-) -> tuple[pd.DataFrame, float | None, bool]:
-    """IPS, SNIPS, DR and DM of the retrained model on a month's log, with the world's truth.
+) -> tuple[pd.DataFrame, dict[str, float | None], dict[str, bool]]:
+    """IPS, SNIPS, DR and DM on a month's log, with the world's truth, of two policies.
 
-    The direct method uses the model that served the month (trained before it); the truth
-    plays the retrained model on the same charges in the world.
+    - the retrained model (``next model``): its training held the month out (the last month of
+      its data is its test month), so it is evaluated on charges it never saw;
+    - the model that served the month, without exploration (``served model``): what the month
+      would have earned without exploring, the deployed policy's nearest neighbour.
+
+    The direct method uses the model that served the month (trained before it); the truth plays
+    each policy on the same charges in the world. Returns the estimates (one row per policy,
+    estimator and statistic, with the truth and whether the interval covers it), and per
+    policy the effective sample size and whether IPS, SNIPS and DR are available.
     """
     policies: dict[str, RetryPolicy | None] = {
-        NEXT_MODEL: PlannerPolicy(BundleSuccessModel(load_bundle(next_bundle)))
+        NEXT_MODEL: PlannerPolicy(BundleSuccessModel(load_bundle(next_bundle))),
+        SERVED_MODEL: PlannerPolicy(BundleSuccessModel(load_bundle(served_bundle))),
     }
     truth = GroundTruth(
         world=world,
         attempts=logged,
         policies=policies,
-        kinds={NEXT_MODEL: "model"},
+        kinds=dict.fromkeys(policies, "model"),
         seed=config.seed + 500,
         replications=config.truth_replications,
         constraints=config.constraints,
@@ -234,13 +259,15 @@ def backtest_next_model(
         eval_charges=ids,
         truth_fn=truth,
     )
-    overlap = result.overlap.get(NEXT_MODEL, {})
-    ess = overlap.get("effective_sample_size")
-    return (
-        _estimates(result, NEXT_MODEL),
-        None if ess is None else float(ess),
-        overlap.get("weighted_estimators") == "available",
-    )
+    ess: dict[str, float | None] = {}
+    available: dict[str, bool] = {}
+    for label in policies:
+        overlap = result.overlap.get(label, {})
+        value = overlap.get("effective_sample_size")
+        ess[label] = None if value is None else float(value)
+        available[label] = overlap.get("weighted_estimators") == "available"
+    frames = [_estimates(result, label).assign(policy=label) for label in policies]
+    return pd.concat(frames, ignore_index=True), ess, available
 
 
 def export_log(store_url: str) -> pd.DataFrame:
@@ -304,7 +331,7 @@ def run_loop(
         prop = prop[~np.isnan(prop)]
         next_bundle = train_on(logged, models, config=cfg.training, seed=cfg.seed + k)
         progress(f"{label}: {len(ids)} failed charges served; retrained: {next_bundle}")
-        est, ess, ok = backtest_next_model(
+        est, ess, ok = backtest_month(
             world, logged, ids, next_bundle=next_bundle, served_bundle=bundle, config=cfg
         )
         months.append(

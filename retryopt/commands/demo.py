@@ -207,11 +207,13 @@ def _closed_loop(
     estimates.to_csv(loop_dir / "estimates.csv", index=False)
     typer.secho("\nRecovered value per served month (USD; fixed = the world's schedule)", bold=True)
     typer.echo(table.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
-    typer.secho("\nThe next model on each month's log vs the world's truth", bold=True)
+    typer.secho("\nOff-policy estimates on each month's log vs the world's truth", bold=True)
     typer.echo(estimates.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
-    for m in result.months:
-        typer.echo(f"{m.month}: ESS {m.ess}, IPS/SNIPS/DR available: {m.estimators_available}")
+    overlap = result.overlap()
+    overlap.to_csv(loop_dir / "overlap.csv", index=False)
+    typer.secho("\nOverlap (IPS, SNIPS and DR need an effective sample size >= 30)", bold=True)
+    typer.echo(overlap.to_string(index=False, float_format=lambda x: f"{x:.1f}"))
     typer.secho(
         f"\nStore: {store_url}  (retryopt export --store {store_url} --out FILE)", bold=True
     )
-    typer.secho(f"Tables: {loop_dir.resolve()}/months.csv, estimates.csv", bold=True)
+    typer.secho(f"Tables: {loop_dir.resolve()}/months.csv, estimates.csv, overlap.csv", bold=True)
