@@ -146,6 +146,7 @@ def _closed_loop(
 ) -> None:
     """``retryopt demo --loop``: the closed loop against a ``retryopt serve`` process."""
     import os
+    import signal
 
     import httpx
 
@@ -171,6 +172,8 @@ def _closed_loop(
     env.pop("RETRYOPT_MODEL", None)
     args = ["serve", "--port", str(port), "--store", store_url, "--workers", "1"]
     typer.secho(f"\n== serve: retryopt {' '.join(args)}", bold=True)
+    # A terminated demo still stops its server (SystemExit runs the ``finally`` below).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     server = subprocess.Popen(
         [sys.executable, "-m", "retryopt", *args, "--log-level", "warning"], env=env
     )
