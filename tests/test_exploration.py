@@ -33,6 +33,7 @@ from retryopt.serving.policies.explore import (
 from retryopt.serving.schemas import to_batch
 from retryopt.serving.settings import Settings
 from retryopt.serving.store import open_store
+from retryopt.training.backtest.specs import SpecError, parse_spec
 
 EXPLORING = PlannerConfig(exploration_tolerance=0.05, exploration_share=1.0)
 
@@ -130,6 +131,15 @@ def test_scheme_names_its_parameters() -> None:
         PlannerConfig(exploration_tolerance=1.0)
     with pytest.raises(ValueError, match="exploration share"):
         PlannerConfig(exploration_share=1.5)
+
+
+def test_the_exploring_policy_has_a_backtest_spec() -> None:
+    spec = parse_spec("model:models/v1@explore=0.3,0.02")
+    assert spec.label == "model+explore" and spec.explore == (0.3, 0.02)
+    assert parse_spec("greedy:m@explore=1,0.05").explore == (1.0, 0.05)
+    for bad in ("model:m@explore=0.3", "model:m@explore=0,0.02", "model:m@explore=0.3,1"):
+        with pytest.raises(SpecError, match="explore="):
+            parse_spec(bad)
 
 
 # ---- the planner with exploration -------------------------------------------------------

@@ -94,7 +94,7 @@ def parse_spec(spec: str) -> PolicySpec:
             )
         if kind != "model" or name != "guardrail":
             raise SpecError(
-                f"policy spec {spec!r}: the options are model:MODEL@guardrail=H1,H2,... and "
+                f"policy spec {spec!r}: the only options are model:MODEL@guardrail=H1,H2,... and "
                 "model:MODEL@explore=SHARE,TOLERANCE (or greedy:MODEL@explore=...)"
             )
         return PolicySpec(
