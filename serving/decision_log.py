@@ -20,7 +20,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from retryopt.features.card_numbers import body_may_hold_card_number, find_card_number
+from retryopt.features.card_numbers import (
+    body_may_hold_card_number,
+    contains_card_number,
+    find_card_number,
+)
 from retryopt.serving.metrics import Metrics
 from retryopt.serving.outcomes import AttemptOutcomesIn, OutcomeIn, check_outcomes
 from retryopt.serving.policies import Decision
@@ -47,6 +51,19 @@ from retryopt.serving.store import (
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 MAX_IDEMPOTENCY_KEY = 255
+
+
+def new_decision_id() -> str:
+    """A random 32-hex-digit decision id that the card-number scan cannot mistake for one.
+
+    About 1 in 500 random UUIDs holds a run of 13-19 decimal digits passing the Luhn check; a
+    billing client echoing such an id in ``/v1/attempt-outcomes`` would be refused (422
+    ``pan_rejected``), so those are drawn again.
+    """
+    while True:
+        candidate = uuid.uuid4().hex
+        if not contains_card_number(candidate):
+            return candidate
 
 
 def state_hash(request: DecisionRequest, *, model_version: str) -> str:
@@ -205,7 +222,7 @@ class DecisionLog:
         for i, item, d in zip(pending.todo, pending.items, decisions, strict=True):
             r = item.request
             response = decision_json(d, arm=item.arm)
-            response["decision_id"] = uuid.uuid4().hex
+            response["decision_id"] = new_decision_id()
             request_json = r.model_dump(mode="json", exclude_none=True)
             if body_may_hold_card_number(canonical_json(request_json)) and (
                 find_card_number(request_json) is not None

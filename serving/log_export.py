@@ -5,10 +5,11 @@ report says, completed by its charge as last decided or described). ``retry_prop
 from the decision log:
 
 - a charge's first attempt is not a retry: no propensity (NaN);
-- a retry is matched to the charge's latest decision made between the previous attempt and the
-  retry. If that decision said ``retry`` and the retry was made within the hour of the grid
-  that starts at the recommended ``retry_at`` (``retry_at <= attempted_at < retry_at + 1 h``),
-  the row carries the decision's propensity;
+- a retry is matched to the charge's latest decision made between the previous attempt
+  (included) and the retry (excluded: a decision made at the retry's time is the next one's).
+  If that decision said ``retry`` and the retry was made within the hour of the grid that
+  starts at the recommended ``retry_at`` (``retry_at <= attempted_at < retry_at + 1 h``), the
+  row carries the decision's propensity;
 - otherwise (no decision, a ``stop`` overridden, a retry made at another time) the time was
   chosen by someone else with an unknown probability: NaN. Off-policy estimators leave such
   rows out of their weights; the direct method and training still use them.
@@ -64,7 +65,9 @@ def retry_propensity(
     """
     if previous_at is None:
         return float("nan")
-    made = [d for d in decisions if previous_at <= d.decided_at <= attempted_at]
+    # Strictly before the retry: a decision made at the retry's own time already knows its
+    # outcome (a client asking the moment an attempt failed) and is the next retry's.
+    made = [d for d in decisions if previous_at <= d.decided_at < attempted_at]
     if not made:
         return float("nan")
     d = made[-1]

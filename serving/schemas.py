@@ -46,6 +46,7 @@ from retryopt.features.localtime import (
 )
 from retryopt.features.validation_report import MAX_EXP_YEAR, MIN_EXP_YEAR
 from retryopt.serving.columnar import ColumnarBatch
+from retryopt.serving.policies.explore import DETERMINISTIC_PROPENSITY, NO_EXPLORATION
 from retryopt.serving.policies.rules import CardRef
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -331,9 +332,8 @@ class BatchDecisionRequest(_In):
     requests: list[DecisionRequest] = Field(min_length=1, max_length=MAX_BATCH_ITEMS)
 
 
-# A decision made without exploration: the chosen time had probability 1 (logged as such).
-DETERMINISTIC_PROPENSITY: float = 1.0
-NO_EXPLORATION: str = "none"
+# A decision made without exploration: the chosen time had probability 1 (logged as such);
+# the constants live with the exploration scheme (serving.policies.explore).
 
 
 class AlternativeOut(BaseModel):
@@ -376,7 +376,12 @@ class DecisionOut(BaseModel):
         default=DETERMINISTIC_PROPENSITY,
         description="probability with which this retry time was chosen (1.0: deterministic)",
     )
-    exploration: str = Field(default=NO_EXPLORATION, description="exploration scheme")
+    exploration: str = Field(
+        default=NO_EXPLORATION,
+        description="exploration scheme ('none', or 'near_best:share=S,tolerance=T': with "
+        "probability S the time was drawn uniformly among the allowed times within T of the "
+        "best planned value; propensity is the chosen time's probability)",
+    )
     arm: Literal["champion", "challenger"] = Field(
         default="champion",
         description="the A/B arm that served this customer (by a hash of customer_id)",

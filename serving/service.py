@@ -21,8 +21,6 @@ from retryopt.serving.metrics import Metrics
 from retryopt.serving.model_store import ModelStore
 from retryopt.serving.policies import Decision, PlannerConfig
 from retryopt.serving.schemas import (
-    DETERMINISTIC_PROPENSITY,
-    NO_EXPLORATION,
     AlternativeOut,
     DecisionOut,
     DecisionRequest,
@@ -43,6 +41,8 @@ def planner_config(settings: Settings) -> PlannerConfig:
         later_attempt_decay=settings.later_attempt_decay,
         planning_gap_hours=settings.planning_gap_hours,
         search=settings.planner_search,
+        exploration_tolerance=settings.exploration_tolerance,
+        exploration_share=settings.exploration_share,
     )
 
 
@@ -141,8 +141,8 @@ def decision_json(d: Decision, *, arm: Arm = CHAMPION) -> dict[str, Any]:
         "attempt_cost": d.attempt_cost,
         "value_currency": d.value_currency,
         "decision_id": None,
-        "propensity": DETERMINISTIC_PROPENSITY,
-        "exploration": NO_EXPLORATION,
+        "propensity": d.propensity,
+        "exploration": d.exploration,
         "arm": arm,
     }
 
@@ -168,6 +168,8 @@ def _decision_out(d: Decision, *, arm: Arm = CHAMPION) -> DecisionOut:
         attempt_cost=d.attempt_cost,
         value_currency=d.value_currency,
         arm=arm,
+        propensity=d.propensity,
+        exploration=d.exploration,
     )
 
 

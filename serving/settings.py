@@ -16,6 +16,10 @@ from retryopt.features.objective import (
     Objective,
 )
 from retryopt.serving.arms import ArmConfig, parse_arm_spec
+from retryopt.serving.policies.explore import (
+    DEFAULT_EXPLORATION_SHARE,
+    DEFAULT_EXPLORATION_TOLERANCE,
+)
 from retryopt.serving.schemas import MAX_BATCH_ITEMS
 
 # A typical decision request is 1-2 KiB (a few attempts, no history); 16 KiB per item leaves
@@ -89,6 +93,21 @@ class Settings(BaseSettings):
         default="hourly",
         description="'hourly' scores every allowed hour (exact); 'coarse' scores a coarse grid "
         "refined around its best points (within 2 % of the hourly optimum)",
+    )
+    exploration_share: float = Field(
+        default=DEFAULT_EXPLORATION_SHARE,
+        ge=0,
+        le=1,
+        description="safe exploration: share of decisions whose retry time is drawn uniformly "
+        "among the allowed times within exploration_tolerance of the best planned value, the "
+        "rest take the best; the propensity is returned and logged (0 = off; docs/serving.md, "
+        "'Safe exploration')",
+    )
+    exploration_tolerance: float = Field(
+        default=DEFAULT_EXPLORATION_TOLERANCE,
+        ge=0,
+        lt=1,
+        description="relative planned-value tolerance of the near-best times (0 = off)",
     )
     # Dynamic micro-batching of the single-decision route (see docs/serving.md).
     microbatch_max_size: int = Field(

@@ -313,6 +313,18 @@ def test_retry_propensity_matched_within_the_grid_hour() -> None:
     assert pd.isna(retry_propensity(39 * hour, 9 * hour, [d]))
     assert pd.isna(retry_propensity(40 * hour, None, [d]))  # a first attempt is no retry
     assert pd.isna(retry_propensity(40 * hour, 11 * hour, [d]))  # decided before the previous
+    # A client asking the moment an attempt failed: that decision is the next retry's.
+    at_failure = LoggedDecision(
+        decision_id="e",
+        charge_id="c",
+        decided_at=40 * hour,
+        action="retry",
+        retry_at=64 * hour,
+        propensity=0.5,
+        exploration="softmax",
+    )
+    assert retry_propensity(40 * hour, 10 * hour, [d, at_failure]) == 0.25
+    assert retry_propensity(64 * hour, 40 * hour, [d, at_failure]) == 0.5
 
 
 def _serve(store_url: str, workers: int) -> tuple[subprocess.Popen[bytes], str]:
@@ -380,3 +392,18 @@ def test_kill_9_loses_no_acknowledged_decision(store_url: str) -> None:
         proc.wait(30)
     logged = {d.decision_id for d in open_store(store_url).logged_decisions()}
     assert set(ids) <= logged
+
+
+def test_decision_ids_never_look_like_card_numbers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A billing client echoes decision ids in its outcome reports: none may be refused."""
+    import uuid
+
+    from retryopt.features.card_numbers import contains_card_number
+    from retryopt.serving import decision_log
+
+    flagged = uuid.UUID("4539578763621486" + "a" * 16)  # a Luhn-valid 16-digit run first
+    assert contains_card_number(flagged.hex)
+    draws = iter([flagged, uuid.UUID(int=0xABCDEF)])
+    monkeypatch.setattr(decision_log.uuid, "uuid4", lambda: next(draws))
+    got = decision_log.new_decision_id()
+    assert got == uuid.UUID(int=0xABCDEF).hex and not contains_card_number(got)

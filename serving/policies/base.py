@@ -19,6 +19,11 @@ from retryopt.features.columns import AttemptColumns
 from retryopt.features.decisions import DecisionBatch, PolicyDecisions, RetryPolicy
 from retryopt.serving.columnar import ColumnarBatch
 from retryopt.serving.policies.charges import charge_states
+from retryopt.serving.policies.explore import (
+    DETERMINISTIC_PROPENSITY,
+    NO_EXPLORATION,
+    check_exploration,
+)
 from retryopt.serving.policies.grid import evaluate_rules_batch
 from retryopt.serving.policies.rules import CardRef, RuleResult
 
@@ -71,6 +76,14 @@ class PlannerConfig:
         probability), and plans over the scored points only (see ``docs/serving.md``).
     coarse_step, dense_steps, refine_top
         Parameters of the coarse-to-fine search (grid steps).
+    exploration_tolerance, exploration_share
+        Safe exploration (:mod:`.explore`): with probability ``exploration_share`` the next
+        retry is drawn uniformly among the allowed times whose planned value is within
+        ``exploration_tolerance`` of the best, else it is the best; 0 = off (the argmax). The
+        service turns it on (``RETRYOPT_EXPLORATION_SHARE`` / ``_TOLERANCE``, defaults
+        :data:`.explore.DEFAULT_EXPLORATION_SHARE` / ``DEFAULT_EXPLORATION_TOLERANCE``).
+    exploration_seed
+        Mixed into the draw's hash (distinct draws per deployment or simulation run).
     """
 
     later_steps: str = "model"
@@ -84,8 +97,12 @@ class PlannerConfig:
     coarse_step: int = 4
     dense_steps: int = 48
     refine_top: int = 4
+    exploration_tolerance: float = 0.0
+    exploration_share: float = 0.0
+    exploration_seed: int = 0
 
     def __post_init__(self) -> None:
+        check_exploration(self.exploration_tolerance, self.exploration_share)
         if self.later_steps not in ("model", "decay"):
             raise ValueError(f"later_steps must be 'model' or 'decay', got {self.later_steps!r}")
         if self.search not in ("hourly", "coarse"):
@@ -134,6 +151,8 @@ class Decision:
     factors: tuple[str, ...] = field(default_factory=tuple)
     attempt_cost: float | None = None
     value_currency: str | None = None
+    propensity: float = DETERMINISTIC_PROPENSITY
+    exploration: str = NO_EXPLORATION
 
 
 def _stop_decision(rule: RuleResult, *, policy: str, model_version: str | None) -> Decision:
@@ -294,7 +313,7 @@ class _RulesPolicy:
         )
         return PolicyDecisions(
             retry_at=retry_at,
-            propensity=np.ones(len(decisions)),
+            propensity=np.array([d.propensity for d in decisions], dtype=np.float64),
             reason=np.array([d.reason for d in decisions], dtype=object),
         )
 

@@ -35,7 +35,9 @@ bundle's timing shrinkage every charge's logits are pulled toward their mean by 
 first (:meth:`PlannerPolicy._shrink`, :mod:`retryopt.model.adjust`: the optimiser's curse). With
 a guardrail ladder (:mod:`.guardrail`)
 the next retry is chosen among times no later than the ladder's next step. The plan is
-recomputed at every call, so only its first step is ever executed.
+recomputed at every call, so only its first step is ever executed. With
+``PlannerConfig.exploration_share`` > 0 the next retry is sometimes drawn among the allowed times
+whose value is within ``exploration_tolerance`` of the best (:mod:`.explore`; never a stop).
 """
 
 from __future__ import annotations
@@ -68,6 +70,7 @@ from retryopt.serving.policies.explain import (
     _timestamp,
     explanation_factors,
 )
+from retryopt.serving.policies.explore import near_best_draw, scheme, state_uniforms
 from retryopt.serving.policies.guardrail import apply_guardrail, guardrail_deadlines
 from retryopt.serving.policies.model import BundleSuccessModel, CandidateScores, SuccessModel
 from retryopt.serving.policies.rules import Reason, RuleResult
@@ -375,7 +378,9 @@ class PlannerPolicy(_RulesPolicy):
         m = grid.shape[1]
         # Whole-batch work (one numpy call per step instead of one per charge): the chosen
         # index, the alternatives' indices and the explanation's best probabilities.
-        chosen = np.argmax(values, axis=1)
+        chosen, propensity = self._draw(values, rules)
+        prop_l = propensity.tolist()
+        explored = scheme(self.config.exploration_tolerance, self.config.exploration_share)
         alt_picks = _alternative_picks(
             values, chosen, k=self.config.n_alternatives, spacing_steps=spacing
         )
@@ -464,9 +469,29 @@ class PlannerPolicy(_RulesPolicy):
                     factors=tuple(factors),
                     attempt_cost=cost,
                     value_currency=currency,
+                    propensity=prop_l[i],
+                    exploration=explored,
                 )
             )
         return out
+
+    def _draw(self, values: np.ndarray, rules: list[RuleResult]) -> tuple[np.ndarray, np.ndarray]:
+        """The chosen grid index per charge and its propensity (:mod:`.explore`)."""
+        tolerance, share = self.config.exploration_tolerance, self.config.exploration_share
+        if tolerance <= 0 or share <= 0:
+            return np.argmax(values, axis=1), np.ones(len(rules))
+        uniforms = state_uniforms(
+            [r.charge_id for r in rules],
+            [r.retries_used for r in rules],
+            [
+                0
+                if r.last_attempt is None
+                else int(r.last_attempt.astype("datetime64[ns]").view(np.int64))
+                for r in rules
+            ],
+            seed=self.config.exploration_seed,
+        )
+        return near_best_draw(values, uniforms, tolerance, share)
 
     def _not_worth(self, r: RuleResult, value: float, batch: DecisionBatch) -> Decision:
         """``stop`` with ``not_worth_an_attempt``: the best expected value and the cost."""

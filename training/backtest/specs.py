@@ -4,8 +4,10 @@ Specs: ``logged`` (what happened), ``fixed:72,120,168,216`` (hours after the fir
 ``random`` (uniform over the allowed grid times), ``greedy:MODEL`` and ``model:MODEL`` (the
 serving policies over a bundle path or MLflow registry name), ``model:MODEL@guardrail=72,120``
 (the planner in guardrail mode: the static schedule is a floor, :mod:`serving.policies.guardrail`;
-labelled ``model+guardrail``), ``fallback`` (the rules-only fallback) and, on simulated data
-only, ``oracle``.
+labelled ``model+guardrail``), ``model:MODEL@explore=SHARE,TOLERANCE`` (e.g.
+``@explore=0.3,0.05``, also for ``greedy``: the service's safe exploration,
+:mod:`serving.policies.explore`; labelled ``model+explore``), ``fallback`` (the rules-only
+fallback) and, on simulated data only, ``oracle``.
 
 Every policy but ``logged`` and ``oracle`` is one of :mod:`serving.policies`, so the baselines
 obey the same network rules, through the same code, as the planner they are compared with.
@@ -24,6 +26,7 @@ from retryopt.serving.policies import (
     FallbackPolicy,
     FixedSchedule,
     GreedyPolicy,
+    PlannerConfig,
     PlannerPolicy,
     UniformRandom,
 )
@@ -43,6 +46,7 @@ class PolicySpec:
     hours: tuple[float, ...] = ()
     model: str | None = None
     guardrail: tuple[float, ...] | None = None
+    explore: tuple[float, float] = (0.0, 0.0)  # (share, tolerance)
 
 
 KINDS = ("logged", "fixed", "random", "greedy", "model", "oracle", "fallback")
@@ -79,9 +83,18 @@ def parse_spec(spec: str) -> PolicySpec:
         if not option:
             return PolicySpec(kind=kind, label=f"{kind}", model=model.strip())
         name, _, value = option.partition("=")
-        if kind != "model" or name.strip().lower() != "guardrail":
+        name = name.strip().lower()
+        if name == "explore":
+            return PolicySpec(
+                kind=kind,
+                label=f"{kind}+explore",
+                model=model.strip(),
+                explore=_exploration(spec, value),
+            )
+        if kind != "model" or name != "guardrail":
             raise SpecError(
-                f"policy spec {spec!r}: the only option is model:MODEL@guardrail=H1,H2,..."
+                f"policy spec {spec!r}: the only options are model:MODEL@guardrail=H1,H2,... and "
+                "model:MODEL@explore=SHARE,TOLERANCE (or greedy:MODEL@explore=...)"
             )
         return PolicySpec(
             kind=kind,
@@ -100,6 +113,21 @@ def _hours(spec: str, arg: str) -> tuple[float, ...]:
         return parse_schedule_hours(arg)
     except ValueError as exc:
         raise SpecError(f"policy spec {spec!r}: {exc}") from None
+
+
+def _exploration(spec: str, arg: str) -> tuple[float, float]:
+    """``(share, tolerance)`` from ``"0.3,0.05"``: share in (0, 1], tolerance in (0, 1)."""
+    try:
+        share, tolerance = (float(x) for x in arg.split(","))
+    except ValueError as exc:
+        raise SpecError(
+            f"policy spec {spec!r}: explore= takes SHARE,TOLERANCE (e.g. 0.3,0.05), got {arg!r}"
+        ) from exc
+    if not (0 < share <= 1 and 0 < tolerance < 1):
+        raise SpecError(
+            f"policy spec {spec!r}: explore= needs 0 < share <= 1 and 0 < tolerance < 1"
+        )
+    return share, tolerance
 
 
 def unique_labels(specs: list[PolicySpec]) -> list[PolicySpec]:
@@ -132,9 +160,14 @@ def build_policy(
         assert spec.model is not None
         bundle = resolve_model(spec.model)
         model = BundleSuccessModel(bundle)
+        config = PlannerConfig(
+            exploration_share=spec.explore[0],
+            exploration_tolerance=spec.explore[1],
+            exploration_seed=seed,
+        )
         if spec.kind == "greedy":
-            return GreedyPolicy(model)
-        return PlannerPolicy(model, guardrail_hours=spec.guardrail)
+            return GreedyPolicy(model, config=config)
+        return PlannerPolicy(model, config=config, guardrail_hours=spec.guardrail)
     if spec.kind == "oracle":
         if world is None:
             raise SpecError("policy spec 'oracle' needs simulated data (--simulate)")
