@@ -24,22 +24,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pandas as pd
-from pydantic import ValidationError
 
 from retryopt.features.validation import load_attempts as _load_attempts
 from retryopt.model.bundle import ModelBundle
 from retryopt.model.registry import resolve_model
-from retryopt.serving.metrics import Metrics
-from retryopt.serving.model_store import ModelStore
 from retryopt.serving.policies import BundleSuccessModel
-from retryopt.serving.schemas import DecisionRequest, FieldIssue, RequestError
-from retryopt.serving.service import (
-    DecisionService,
-    decision_json,
-    field_issues,
-    model_store_for,
-)
-from retryopt.serving.settings import Settings, load_settings
+from retryopt.serving.service import decide_requests, service_for
+from retryopt.serving.settings import Settings
 from retryopt.training.backtest.config import BacktestConfig
 from retryopt.training.backtest.result import BacktestResult
 from retryopt.training.backtest.runner import run_backtest
@@ -199,32 +190,12 @@ def decide(
         (a ``ValueError``) When a request is invalid; ``issues`` names every bad field, as the
         API's 422 answer does.
     """
-    base = (settings or load_settings()).model_copy(update={"policy": policy})
-    store = model_store_for(base)
-    if isinstance(model, ModelBundle):
-        loaded = model
-        store = ModelStore(
-            location=str(model.path),
-            config=store.config,
-            loader=lambda _location: loaded,
-            engine=base.engine,
-        )
-        store.load()
-    elif model is not None:
-        store.load(str(model))
-    service = DecisionService(settings=base, store=store, metrics=Metrics())
-    prefixes = [f"requests[{i}]." for i in range(len(requests))]
-    parsed: list[DecisionRequest] = []
-    issues: list[FieldIssue] = []
-    for prefix, raw in zip(prefixes, requests, strict=True):
-        try:
-            parsed.append(DecisionRequest.model_validate(raw))
-        except ValidationError as exc:
-            issues += [replace(i, field=prefix + i.field) for i in field_issues(exc.errors())]
-    if issues:
-        raise RequestError(issues)
-    prepared = service.prepare(parsed, prefixes=prefixes, server_now=now)
-    return [decision_json(d) for d in service.decide_prepared(prepared)]
+    service = service_for(
+        model if isinstance(model, ModelBundle | None) else str(model),
+        policy=policy,
+        settings=settings,
+    )
+    return decide_requests(service, requests, now=now)
 
 
 def backtest(

@@ -21,6 +21,7 @@ COMMANDS: tuple[tuple[str, str], ...] = (
     ("demo", "demo"),
     ("simulate", "simulate"),
     ("backtest", "backtest"),
+    ("decide", "decide"),
     ("export", "export"),
     ("store", "store"),
 )

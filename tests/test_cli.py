@@ -21,6 +21,7 @@ EXPECTED = {
     "demo",
     "export",
     "store",
+    "decide",
 }
 
 
