@@ -35,6 +35,8 @@ from retryopt.training.backtest.config import BacktestConfig
 from retryopt.training.backtest.result import BacktestResult
 from retryopt.training.backtest.runner import run_backtest
 from retryopt.training.backtest.specs import build_policies
+from retryopt.training.cluster import connect
+from retryopt.training.cluster_train import run_training_on_cluster
 from retryopt.training.mlflow_tracking import DEFAULT_EXPERIMENT, DEFAULT_REGISTERED_NAME
 from retryopt.training.progress import Progress, quiet
 from retryopt.training.simulate import SimulatedWorld, WorldConfig, simulate_world
@@ -108,6 +110,7 @@ def train(
     registered_name: str | None = DEFAULT_REGISTERED_NAME,
     mlflow: bool = True,
     progress: Progress | None = None,
+    dask: str | None = None,
 ) -> TrainingRun:
     """Train, calibrate and evaluate the retry-success model and write a verified bundle.
 
@@ -128,6 +131,9 @@ def train(
         Log the run (and register the model) in MLflow.
     progress
         Called with one line per long step.
+    dask
+        Train on a Dask cluster (``pip install 'retryopt[cluster]'``): a scheduler address or
+        ``local[:N]``; ``data`` may then be a partitioned Parquet folder, glob or fsspec URL.
 
     Returns
     -------
@@ -138,6 +144,18 @@ def train(
         cfg = config if seed is None else replace(config, seed=seed)
     else:
         cfg = load_config(config, seed=seed)
+    if dask is not None:
+        with connect(dask) as client:
+            return run_training_on_cluster(
+                client,
+                data,
+                out,
+                config=cfg,
+                experiment=experiment,
+                registered_name=registered_name if mlflow else None,
+                track=mlflow,
+                progress=progress,
+            )
     return run_training(
         data,
         out,
