@@ -1,4 +1,4 @@
-"""Benchmark: training on a local Dask cluster whose workers have less memory than one process needs.
+"""Benchmark: training on a local Dask cluster whose workers have less memory than one run.
 
 The history comes from the synthetic world (cached as by ``bench_train.py``) and is also written
 as a partitioned Parquet dataset (``--files`` files, customers spread over every file). Two runs,
@@ -137,17 +137,18 @@ def main() -> None:
     )
     print("  " + json.dumps(cluster), flush=True)
     print()
-    print(f"{'mode':<28}{'attempts':>11}{'total':>8}{'peak RSS (GiB)':>26}{'AUC':>8}{'ECE':>8}")
+    print(f"{'mode':<24}{'attempts':>11}{'total':>8}{'AUC':>8}{'ECE':>8}  peak RSS (GiB)")
     if single is not None:
         print(
-            f"{'one process (2 threads)':<28}{single['attempts']:>11,}{single['total_s']:>7.0f}s"
-            f"{single['peak_rss_gib']:>26.2f}{single['test_auc']:>8.4f}{single['test_ece']:>8.4f}"
+            f"{'one process (2 threads)':<24}{single['attempts']:>11,}{single['total_s']:>7.0f}s"
+            f"{single['test_auc']:>8.4f}{single['test_ece']:>8.4f}  {single['peak_rss_gib']:.2f}"
         )
     peaks = ", ".join(f"{p:.2f}" for p in cluster["worker_peak_rss_gib"])  # type: ignore[attr-defined]
+    label = f"2 workers x {args.worker_memory} GiB"
     print(
-        f"{'2 workers x ' + str(args.worker_memory) + ' GiB':<28}{cluster['attempts']:>11,}"
-        f"{cluster['total_s']:>7.0f}s{'workers ' + peaks + '; client ' + format(cluster['client_peak_rss_gib'], '.2f'):>26}"
-        f"{cluster['test_auc']:>8.4f}{cluster['test_ece']:>8.4f}"
+        f"{label:<24}{cluster['attempts']:>11,}{cluster['total_s']:>7.0f}s"
+        f"{cluster['test_auc']:>8.4f}{cluster['test_ece']:>8.4f}  workers {peaks}; "
+        f"client {cluster['client_peak_rss_gib']:.2f}"
     )
 
 

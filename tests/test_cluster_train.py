@@ -21,8 +21,13 @@ from retryopt.features.examples import build_training_examples
 from retryopt.features.spec import feature_spec_from_counts, fit_feature_spec, level_counts
 from retryopt.features.validation import validate_attempts
 from retryopt.model.bundle import load_bundle
-from retryopt.training.cluster import ClusterError, parse_address
-from retryopt.training.cluster_train import _EarlyStopping, _fingerprint_part, cluster_fingerprint
+from retryopt.training.cluster import ClusterError, connect, parse_address
+from retryopt.training.cluster_train import (
+    _EarlyStopping,
+    _fingerprint_part,
+    cluster_fingerprint,
+    train_on_cluster,
+)
 from retryopt.training.simulate.config import WorldConfig
 from retryopt.training.simulate.world import simulate_world
 from retryopt.training.train import (
@@ -206,3 +211,31 @@ def test_a_cluster_trains_a_model_as_good_as_one_process(
         )
     )
     assert test_rows.all()
+
+
+def test_boosting_continues_across_chunks_until_early_stopping(
+    history: tuple[pd.DataFrame, Path],
+) -> None:
+    """Chunks of 10 rounds: the booster grows past several chunks (``init_model``) and stops
+    with LightGBM's rule, keeping its best round."""
+    pytest.importorskip(
+        "distributed", reason="Dask is not installed: pip install 'retryopt[cluster]'"
+    )
+    root = history[1]
+    config = load_config(root / "train.toml", seed=3)
+    lines: list[str] = []
+    with connect("local:2") as client:
+        outcome, _ = train_on_cluster(
+            client,
+            str(root / "attempts"),
+            config=config,
+            rounds_per_chunk=10,
+            progress=lines.append,
+        )
+    best = outcome.metrics["best_iteration"]
+    checks = [line for line in lines if "boosting round" in line]
+    assert best > 20 and len(checks) >= 3
+    last_round = int(checks[-1].split("boosting round ")[1].split(":")[0])
+    # Stopped by the rule (patience 20 after the best round), not by the round limit.
+    assert last_round == best + config.early_stopping_rounds < config.num_boost_round
+    assert outcome.metrics["cluster"]["rounds_per_chunk"] == 10

@@ -258,6 +258,7 @@ def _fit_lightgbm(
     y_validation: np.ndarray,
     config: TrainConfig,
     say: Progress,
+    rounds_per_chunk: int,
 ) -> tuple[str, int]:
     """Data-parallel LightGBM with early stopping checked between chunks of rounds."""
     import dask
@@ -278,13 +279,14 @@ def _fit_lightgbm(
     margin = np.zeros(len(validation), dtype=np.float64)
     booster: lgb.Booster | None = None
     while stopping.rounds < config.num_boost_round:
-        chunk = min(ROUNDS_PER_CHUNK, config.num_boost_round - stopping.rounds)
+        chunk = min(rounds_per_chunk, config.num_boost_round - stopping.rounds)
         model = DaskLGBMClassifier(client=client, n_estimators=chunk, **params)
         model.fit(X, y, init_model=booster)
         booster = model.booster_
         grown = booster.current_iteration()
+        before = stopping.rounds
         stop = False
-        for k in range(stopping.rounds, grown):
+        for k in range(before, grown):
             margin += np.asarray(
                 booster.predict(validation, raw_score=True, start_iteration=k, num_iteration=1),
                 dtype=np.float64,
@@ -296,8 +298,8 @@ def _fit_lightgbm(
             f"  boosting round {stopping.rounds}: validation binary_logloss "
             f"{stopping.best_loss:.5f} (best round {stopping.best_round})"
         )
-        if stop or grown < stopping.rounds + chunk:
-            break
+        if stop or grown < before + chunk:
+            break  # stopped early, or LightGBM could not grow more trees
     assert booster is not None
     best = max(1, stopping.best_round)
     return booster.model_to_string(num_iteration=best), best
@@ -309,9 +311,13 @@ def train_on_cluster(
     *,
     config: TrainConfig,
     partitions: int | None = None,
+    rounds_per_chunk: int = ROUNDS_PER_CHUNK,
     progress: Progress | None = None,
 ) -> tuple[TrainingOutcome, dict[str, Any]]:
     """Train on the cluster's workers; the outcome and data fingerprint as one process has them.
+
+    ``partitions`` is the number of customer partitions (default: the input's);
+    ``rounds_per_chunk`` the boosting rounds between two early-stopping checks.
 
     Raises
     ------
@@ -415,6 +421,7 @@ def train_on_cluster(
         validation.label.astype(np.float64),
         config,
         say,
+        rounds_per_chunk,
     )
     fit_seconds = time.perf_counter() - started
     say(f"LightGBM stopped at round {best_iteration} ({fit_seconds:.1f} s)")
@@ -445,7 +452,7 @@ def train_on_cluster(
         "partitions": len(summaries),
         "baseline_sample_rows": len(sample.label),
         "baseline_sample_customer_share": share,
-        "rounds_per_chunk": ROUNDS_PER_CHUNK,
+        "rounds_per_chunk": rounds_per_chunk,
     }
     return outcome, fingerprint
 
