@@ -204,3 +204,15 @@ def test_a_cluster_decides_as_one_process(
     )
     assert len(single) > 30
     pd.testing.assert_frame_equal(clustered, single, check_dtype=False)
+
+
+@pytest.mark.parametrize("data", ["/no/such/folder", "/no/such/*.parquet"])
+def test_unreadable_cluster_data_is_named(tmp_path: Path, data: str) -> None:
+    pytest.importorskip(
+        "distributed", reason="Dask is not installed: pip install 'retryopt[cluster]'"
+    )
+    out = tmp_path / "decisions.parquet"
+    result = RUNNER.invoke(app, ["decide", "--data", data, "--out", str(out), "--dask", "local:1"])
+    assert result.exit_code == 2, result.output
+    assert f"--data {data}" in result.output and "Traceback" not in result.output
+    assert not out.exists()

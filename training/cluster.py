@@ -134,9 +134,20 @@ def read_attempts(path: str | os.PathLike[str]) -> dd.DataFrame:
 
     text = os.fspath(path)
     lowered = text.lower()
-    if lowered.endswith((".csv", ".csv.gz")):
-        return dd.read_csv(text, dtype=str, keep_default_na=False, na_values=[""])
-    return dd.read_parquet(text)
+    try:
+        if lowered.endswith((".csv", ".csv.gz")):
+            frame = dd.read_csv(text, dtype=str, keep_default_na=False, na_values=[""])
+        else:
+            frame = dd.read_parquet(text)
+    except Exception as exc:  # dask wraps the reader's error; name the path and its cause
+        lines = str(exc).strip().splitlines() or [type(exc).__name__]
+        cause = lines[-1].removeprefix("Original Message: ")
+        raise ClusterError(
+            f"--data {text}: cannot read it ({type(exc).__name__}: {cause})"
+        ) from None
+    if frame.npartitions == 0 or len(frame.columns) == 0:
+        raise ClusterError(f"--data {text}: no data found there")
+    return frame
 
 
 def partition_by_customer(frame: dd.DataFrame, *, partitions: int | None = None) -> dd.DataFrame:
