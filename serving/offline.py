@@ -385,10 +385,13 @@ def decisions_frame(
         columns=list(DECISION_COLUMNS),
     )
     frame["retry_at"] = pd.to_datetime(frame["retry_at"], utc=True, format="ISO8601")
+    for name in ("now", "retry_at"):
+        frame[name] = frame[name].astype("datetime64[us, UTC]")
     for name in ("success_probability", "expected_value", "attempt_cost", "propensity"):
         frame[name] = frame[name].astype("float64")
     for name in (
         "action",
+        "alternatives",
         "reason",
         "action_required",
         "explanation",

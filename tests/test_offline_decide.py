@@ -216,3 +216,21 @@ def test_unreadable_cluster_data_is_named(tmp_path: Path, data: str) -> None:
     assert result.exit_code == 2, result.output
     assert f"--data {data}" in result.output and "Traceback" not in result.output
     assert not out.exists()
+
+
+def test_a_table_without_failed_charges_gives_an_empty_table(
+    dunning: tuple[Path, datetime], tmp_path: Path
+) -> None:
+    path, now = dunning
+    raw = read_table(path).sort_values("attempted_at", kind="stable").reset_index(drop=True)
+    paid = raw.groupby("charge_id")["outcome"].transform("last") == "succeeded"
+    data = tmp_path / "paid.parquet"
+    write_table_atomic(raw[paid.to_numpy()].reset_index(drop=True), data)
+    out = tmp_path / "decisions.parquet"
+    result = RUNNER.invoke(
+        app, ["decide", "--data", str(data), "--out", str(out), "--now", now.isoformat()]
+    )
+    assert result.exit_code == 0, result.output
+    assert "0 charges decided" in result.output
+    empty = pd.read_parquet(out)
+    assert list(empty.columns) == list(DECISION_COLUMNS) and empty.empty

@@ -27,9 +27,9 @@ import pandas as pd
 from retryopt.features import contract as c
 from retryopt.features.validation import ContractError, validate_attempts
 from retryopt.serving.offline import (
-    DECISION_COLUMNS,
     OfflineInputError,
     decide_attempts,
+    decisions_frame,
     split_now_column,
 )
 from retryopt.serving.service import DecisionService, service_for
@@ -201,21 +201,7 @@ def _decide_partition(
 
 def decide_attempts_meta() -> pd.DataFrame:
     """An empty decisions table with the output's dtypes (Dask's ``meta``)."""
-    floats = {"success_probability", "expected_value", "attempt_cost", "propensity"}
-    times = {"now", "retry_at"}
-    return pd.DataFrame(
-        {
-            name: pd.Series(
-                [],
-                dtype="float64"
-                if name in floats
-                else "datetime64[us, UTC]"
-                if name in times
-                else "str",
-            )
-            for name in DECISION_COLUMNS
-        }
-    )
+    return decisions_frame([], [])
 
 
 def decide_on_cluster(
