@@ -46,6 +46,7 @@ __all__ = [
     "parse_address",
     "partition_by_customer",
     "read_attempts",
+    "worker_count",
 ]
 
 LOCAL: str = "local"
@@ -150,12 +151,23 @@ def read_attempts(path: str | os.PathLike[str]) -> dd.DataFrame:
     return frame
 
 
-def partition_by_customer(frame: dd.DataFrame, *, partitions: int | None = None) -> dd.DataFrame:
-    """``frame`` shuffled so that each customer's rows are in exactly one partition."""
+def partition_by_customer(
+    frame: dd.DataFrame, *, partitions: int | None = None, workers: int = 1
+) -> dd.DataFrame:
+    """``frame`` shuffled so that each customer's rows are in exactly one partition.
+
+    ``partitions`` defaults to the input's number of partitions, and at least two per worker
+    (a single input file still spreads over the workers).
+    """
     if c.CUSTOMER_ID not in frame.columns:
         raise OfflineInputError(f"missing required column {c.CUSTOMER_ID!r}")
-    count = partitions or max(1, frame.npartitions)
+    count = partitions or max(1, frame.npartitions, 2 * workers)
     return frame.shuffle(on=c.CUSTOMER_ID, npartitions=count)
+
+
+def worker_count(client: Client) -> int:
+    """The number of workers connected to the scheduler."""
+    return len(client.scheduler_info().get("workers", {}))
 
 
 def validated_partition(raw: pd.DataFrame) -> pd.DataFrame:
@@ -221,7 +233,7 @@ def decide_on_cluster(
     read, or a registry name). The decisions (one row per charge) are gathered on the client,
     ordered by customer then charge, as one process orders them.
     """
-    frame = partition_by_customer(read_attempts(data))
+    frame = partition_by_customer(read_attempts(data), workers=worker_count(client))
     decided = frame.map_partitions(
         _decide_partition,
         model=model,

@@ -44,7 +44,12 @@ from retryopt.features.spec import (
     feature_spec_from_counts,
     level_counts,
 )
-from retryopt.training.cluster import partition_by_customer, read_attempts, validated_partition
+from retryopt.training.cluster import (
+    partition_by_customer,
+    read_attempts,
+    validated_partition,
+    worker_count,
+)
 from retryopt.training.progress import Progress
 from retryopt.training.train import (
     EvaluationData,
@@ -332,7 +337,9 @@ def train_on_cluster(
         raise TrainingDataError("training.timing_weights is not supported with --dask")
     source = os.fspath(data)
     say(f"reading {source} and partitioning it by customer")
-    frame = partition_by_customer(read_attempts(source), partitions=partitions)
+    frame = partition_by_customer(
+        read_attempts(source), partitions=partitions, workers=worker_count(client)
+    )
     raw_parts = client.compute(frame.to_delayed())
     attempts = client.map(validated_partition, raw_parts, pure=False)
     say(f"validating and building retry examples on {len(attempts)} customer partitions")
@@ -448,7 +455,7 @@ def train_on_cluster(
         progress=say,
     )
     outcome.metrics["cluster"] = {
-        "workers": len(client.scheduler_info().get("workers", {})),
+        "workers": worker_count(client),
         "partitions": len(summaries),
         "baseline_sample_rows": len(sample.label),
         "baseline_sample_customer_share": share,
