@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Final
@@ -25,7 +26,9 @@ __all__ = [
     "OTHER_LEVEL",
     "FeatureSpec",
     "encode_features",
+    "feature_spec_from_counts",
     "fit_feature_spec",
+    "level_counts",
 ]
 
 FEATURES_VERSION: Final = "retryopt-features-1"
@@ -140,24 +143,57 @@ def fit_feature_spec(features: pd.DataFrame, *, min_level_count: int = 20) -> Fe
         Numeric and categorical names in column order; levels per categorical sorted by
         decreasing frequency (ties by name), followed by ``"other"`` and ``"missing"``.
     """
+    return feature_spec_from_counts(
+        list(map(str, features.columns)), level_counts(features), min_level_count=min_level_count
+    )
+
+
+def level_counts(features: pd.DataFrame) -> dict[str, pd.Series]:
+    """Occurrences of each level of every categorical feature (missing values not counted).
+
+    Counts of parts of the training rows add up (``a.add(b, fill_value=0)``) to the counts of
+    the whole: :func:`feature_spec_from_counts` of the sum equals :func:`fit_feature_spec` of
+    the rows (training on a cluster, one customer partition at a time).
+
+    Raises
+    ------
+    ValueError
+        For a column that is neither numeric, boolean nor text.
+    """
+    counts: dict[str, pd.Series] = {}
+    for name in features.columns:
+        col = features[name]
+        if _is_categorical_column(col):
+            counts[str(name)] = col.dropna().astype(str).value_counts()
+        elif not (
+            pd.api.types.is_numeric_dtype(col.dtype) or pd.api.types.is_bool_dtype(col.dtype)
+        ):
+            raise ValueError(f"feature {name!r}: unsupported dtype {col.dtype}")
+    return counts
+
+
+def feature_spec_from_counts(
+    names: Sequence[str], counts: Mapping[str, pd.Series], *, min_level_count: int = 20
+) -> FeatureSpec:
+    """The :class:`FeatureSpec` of features ``names`` whose categoricals have level ``counts``.
+
+    Names without counts are numeric; see :func:`fit_feature_spec` for the levels kept.
+    """
     if min_level_count < 1:
         raise ValueError(f"min_level_count must be >= 1, got {min_level_count}")
     numeric: list[str] = []
     categorical: list[str] = []
     levels: dict[str, tuple[str, ...]] = {}
-    for name in features.columns:
-        col = features[name]
-        if _is_categorical_column(col):
-            categorical.append(str(name))
-            counts = col.dropna().astype(str).value_counts()
-            kept = counts[counts >= min_level_count]
+    for name in names:
+        if name in counts:
+            categorical.append(name)
+            level = counts[name]
+            kept = level[level >= min_level_count]
             kept = kept[~kept.index.isin([OTHER_LEVEL, MISSING_LEVEL])]
             ordered = sorted(kept.items(), key=lambda kv: (-int(kv[1]), str(kv[0])))
-            levels[str(name)] = (*(str(k) for k, _ in ordered), OTHER_LEVEL, MISSING_LEVEL)
-        elif pd.api.types.is_numeric_dtype(col.dtype) or pd.api.types.is_bool_dtype(col.dtype):
-            numeric.append(str(name))
+            levels[name] = (*(str(k) for k, _ in ordered), OTHER_LEVEL, MISSING_LEVEL)
         else:
-            raise ValueError(f"feature {name!r}: unsupported dtype {col.dtype}")
+            numeric.append(name)
     return FeatureSpec(
         numeric=tuple(numeric),
         categorical=tuple(categorical),

@@ -24,26 +24,19 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pandas as pd
-from pydantic import ValidationError
 
 from retryopt.features.validation import load_attempts as _load_attempts
 from retryopt.model.bundle import ModelBundle
 from retryopt.model.registry import resolve_model
-from retryopt.serving.metrics import Metrics
-from retryopt.serving.model_store import ModelStore
 from retryopt.serving.policies import BundleSuccessModel
-from retryopt.serving.schemas import DecisionRequest, FieldIssue, RequestError
-from retryopt.serving.service import (
-    DecisionService,
-    decision_json,
-    field_issues,
-    model_store_for,
-)
-from retryopt.serving.settings import Settings, load_settings
+from retryopt.serving.service import decide_requests, service_for
+from retryopt.serving.settings import Settings
 from retryopt.training.backtest.config import BacktestConfig
 from retryopt.training.backtest.result import BacktestResult
 from retryopt.training.backtest.runner import run_backtest
 from retryopt.training.backtest.specs import build_policies
+from retryopt.training.cluster import connect
+from retryopt.training.cluster_train import run_training_on_cluster
 from retryopt.training.mlflow_tracking import DEFAULT_EXPERIMENT, DEFAULT_REGISTERED_NAME
 from retryopt.training.progress import Progress, quiet
 from retryopt.training.simulate import SimulatedWorld, WorldConfig, simulate_world
@@ -117,6 +110,7 @@ def train(
     registered_name: str | None = DEFAULT_REGISTERED_NAME,
     mlflow: bool = True,
     progress: Progress | None = None,
+    dask: str | None = None,
 ) -> TrainingRun:
     """Train, calibrate and evaluate the retry-success model and write a verified bundle.
 
@@ -137,6 +131,9 @@ def train(
         Log the run (and register the model) in MLflow.
     progress
         Called with one line per long step.
+    dask
+        Train on a Dask cluster (``pip install 'retryopt[cluster]'``): a scheduler address or
+        ``local[:N]``; ``data`` may then be a partitioned Parquet folder, glob or fsspec URL.
 
     Returns
     -------
@@ -147,6 +144,18 @@ def train(
         cfg = config if seed is None else replace(config, seed=seed)
     else:
         cfg = load_config(config, seed=seed)
+    if dask is not None:
+        with connect(dask) as client:
+            return run_training_on_cluster(
+                client,
+                data,
+                out,
+                config=cfg,
+                experiment=experiment,
+                registered_name=registered_name if mlflow else None,
+                track=mlflow,
+                progress=progress,
+            )
     return run_training(
         data,
         out,
@@ -199,33 +208,12 @@ def decide(
         (a ``ValueError``) When a request is invalid; ``issues`` names every bad field, as the
         API's 422 answer does.
     """
-    base = (settings or load_settings()).model_copy(update={"policy": policy})
-    store = model_store_for(base)
-    if isinstance(model, ModelBundle):
-        loaded = model
-        store = ModelStore(
-            location=str(model.path),
-            config=store.config,
-            loader=lambda _location: loaded,
-            engine=base.engine,
-        )
-        store.load()
-    elif model is not None:
-        store.load(str(model))
-    service = DecisionService(settings=base, store=store, metrics=Metrics())
-    prefixes = [f"requests[{i}]." for i in range(len(requests))]
-    parsed: list[DecisionRequest] = []
-    issues: list[FieldIssue] = []
-    for prefix, raw in zip(prefixes, requests, strict=True):
-        try:
-            parsed.append(DecisionRequest.model_validate(raw))
-        except ValidationError as exc:
-            issues += [replace(i, field=prefix + i.field) for i in field_issues(exc.errors())]
-    if issues:
-        raise RequestError(issues)
-    prepared = service.prepare(parsed, prefixes=prefixes, server_now=now)
-    decisions = service.decide_prepared(prepared)
-    return [decision_json(d, arm=i.arm) for i, d in zip(prepared, decisions, strict=True)]
+    service = service_for(
+        model if isinstance(model, ModelBundle | None) else str(model),
+        policy=policy,
+        settings=settings,
+    )
+    return decide_requests(service, requests, now=now)
 
 
 def backtest(

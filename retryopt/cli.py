@@ -23,6 +23,7 @@ COMMANDS: tuple[tuple[str, str], ...] = (
     ("backtest", "backtest"),
     ("ab-report", "ab_report"),
     ("suite", "suite"),
+    ("decide", "decide"),
     ("export", "export"),
     ("store", "store"),
 )

@@ -11,11 +11,14 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import ValidationError
 
 from retryopt.features.card_numbers import safe_key
 from retryopt.features.decisions import Constraints
 from retryopt.features.localtime import TIMESTAMP_RANGE_TEXT, in_valid_range
+from retryopt.model.bundle import ModelBundle
 from retryopt.serving.arms import CHALLENGER, CHAMPION, Arm, Arms
 from retryopt.serving.metrics import Metrics
 from retryopt.serving.model_store import ModelStore
@@ -30,7 +33,7 @@ from retryopt.serving.schemas import (
     check_request,
     to_batch,
 )
-from retryopt.serving.settings import Settings
+from retryopt.serving.settings import Settings, load_settings
 
 log = logging.getLogger("retryopt.serving")
 
@@ -351,3 +354,64 @@ class PreparedRequest:
         for h in r.customer_history or ():
             keys.append(("charge", h.charge_id))
         return keys
+
+
+def service_for(
+    model: ModelBundle | str | None,
+    *,
+    policy: Literal["model", "greedy"] = "model",
+    settings: Settings | None = None,
+) -> DecisionService:
+    """A decision service outside HTTP (:func:`retryopt.decide`, offline batch decisions).
+
+    Parameters
+    ----------
+    model
+        A loaded bundle, a bundle folder or registry name, or None for the rules-only fallback.
+    policy
+        ``"model"`` (the planner) or ``"greedy"``.
+    settings
+        Server settings (default: the environment's, as ``retryopt serve`` reads them).
+    """
+    base = (settings or load_settings()).model_copy(update={"policy": policy})
+    store = model_store_for(base)
+    if isinstance(model, ModelBundle):
+        loaded = model
+        store = ModelStore(
+            location=str(model.path),
+            config=store.config,
+            loader=lambda _location: loaded,
+            engine=base.engine,
+        )
+        store.load()
+    elif model is not None:
+        store.load(str(model))
+    return DecisionService(settings=base, store=store, metrics=Metrics())
+
+
+def decide_requests(
+    service: DecisionService,
+    requests: Sequence[Mapping[str, Any]],
+    *,
+    now: datetime | None = None,
+) -> list[dict[str, Any]]:
+    """Decisions for requests in the API's JSON shape, exactly as the batch route answers.
+
+    Raises
+    ------
+    RequestError
+        When a request is invalid; ``issues`` names every bad field (``requests[i].<field>``).
+    """
+    prefixes = [f"requests[{i}]." for i in range(len(requests))]
+    parsed: list[DecisionRequest] = []
+    issues: list[FieldIssue] = []
+    for prefix, raw in zip(prefixes, requests, strict=True):
+        try:
+            parsed.append(DecisionRequest.model_validate(raw))
+        except ValidationError as exc:
+            issues += [replace(i, field=prefix + i.field) for i in field_issues(exc.errors())]
+    if issues:
+        raise RequestError(issues)
+    prepared = service.prepare(parsed, prefixes=prefixes, server_now=now)
+    decisions = service.decide_prepared(prepared)
+    return [decision_json(d, arm=i.arm) for i, d in zip(prepared, decisions, strict=True)]

@@ -23,6 +23,7 @@ EXPECTED = {
     "export",
     "store",
     "ab-report",
+    "decide",
 }
 
 

@@ -36,7 +36,7 @@ import pandas as pd
 
 from retryopt.features.advance import fit_next_decline_codes
 from retryopt.features.examples import build_training_examples
-from retryopt.features.spec import encode_features, fit_feature_spec
+from retryopt.features.spec import FeatureSpec, encode_features, fit_feature_spec
 from retryopt.features.validation import load_attempts
 from retryopt.model.adjust import CODE_FEATURE, Adjustment
 from retryopt.model.bundle import write_bundle
@@ -338,22 +338,114 @@ class TimeSplit:
         }
 
 
-def _merge_partial_last_months(
-    months: pd.PeriodIndex, share: float
-) -> tuple[pd.PeriodIndex, tuple[str, ...]]:
-    """Fold trailing months with fewer than ``share`` x the median monthly count into the month
-    before (a history exported mid-month, or a few charges spilling past the last billing run),
-    so the test set is never a sliver of a month."""
-    counts = pd.Series(months).value_counts().sort_index()
-    merged: list[str] = []
+@dataclass(frozen=True)
+class SplitMonths:
+    """The months of each split (and trailing partial months folded into the test months)."""
+
+    train: tuple[pd.Period, ...]
+    validation: tuple[pd.Period, ...]
+    test: tuple[pd.Period, ...]
+    merged: tuple[pd.Period, ...] = ()
+
+
+def example_months(meta: pd.DataFrame) -> pd.PeriodIndex:
+    """The calendar month (UTC) in which each example's charge first failed.
+
+    A charge's billing cycle starts at its first failure (its earliest decision time); it
+    depends on the charge's own rows only, so parts holding whole charges (customer
+    partitions) give the months of the whole.
+    """
+    decision = pd.Series(_naive_utc(meta["decision_time"]).to_numpy())
+    if "charge_id" in meta.columns:
+        decision = decision.groupby(meta["charge_id"].to_numpy()).transform("min")
+    return pd.DatetimeIndex(decision).to_period("M")
+
+
+def _partial_last_months(counts: pd.Series, share: float) -> tuple[pd.Period, ...]:
+    """Trailing months with fewer than ``share`` x the median monthly number of examples (a
+    history exported mid-month, a few charges spilling past the last billing run), folded one
+    by one into the month before, so the test set is never a sliver of a month."""
+    counts = counts.sort_index().astype(np.int64)
+    merged: list[pd.Period] = []
     median = float(counts.median()) if len(counts) else 0.0
     while len(counts) > 1 and counts.iloc[-1] < share * median:
-        last, previous = counts.index[-1], counts.index[-2]
-        merged.append(str(last))
-        months = pd.PeriodIndex(np.where(months == last, previous, months), freq="M")
+        merged.append(counts.index[-1])
         counts.iloc[-2] += counts.iloc[-1]
         counts = counts.iloc[:-1]
-    return months, tuple(merged)
+    return tuple(merged)
+
+
+def split_months(counts: pd.Series, config: TrainConfig) -> SplitMonths:
+    """Choose the months of each split from the number of examples per month.
+
+    ``counts`` (examples per :func:`example_months` value) of parts of the data add up to the
+    counts of the whole, so a cluster chooses the same months as one process.
+
+    Raises
+    ------
+    TrainingDataError
+        Fewer distinct months than ``min_train_months + validation_months + test_months`` (and
+        at least 3).
+    """
+    counts = counts[counts > 0]
+    merged = _partial_last_months(counts, config.partial_month_share)
+    distinct = sorted(m for m in counts.index if m not in merged)
+    needed = max(3, config.min_train_months + config.validation_months + config.test_months)
+    if len(distinct) < needed:
+        found = ", ".join(str(m) for m in distinct) or "none"
+        raise TrainingDataError(
+            f"need retries in at least {needed} distinct months (training, "
+            f"{config.validation_months} validation, {config.test_months} test) for a time split; "
+            f"found {len(distinct)}: {found}"
+        )
+    return SplitMonths(
+        train=tuple(distinct[: -(config.test_months + config.validation_months)]),
+        validation=tuple(
+            distinct[-(config.test_months + config.validation_months) : -config.test_months]
+        ),
+        test=tuple(distinct[-config.test_months :]),
+        merged=merged,
+    )
+
+
+def split_masks(
+    meta: pd.DataFrame, months: pd.PeriodIndex, chosen: SplitMonths, config: TrainConfig
+) -> TimeSplit:
+    """Row masks of the chosen months for examples ``meta`` (row by row: any part of the data).
+
+    With ``embargo``, training examples whose retry happened at or after the start of the
+    validation months, and validation examples whose retry happened at or after the start of
+    the test months, are dropped: their outcome was not known yet at the cut.
+    """
+    month_values = np.asarray(months.astype(str))
+    if chosen.merged:
+        # Folded trailing months belong to the last remaining month.
+        month_values = np.where(
+            np.isin(month_values, [str(m) for m in chosen.merged]),
+            str(chosen.test[-1]),
+            month_values,
+        )
+    test = np.isin(month_values, [str(m) for m in chosen.test])
+    validation = np.isin(month_values, [str(m) for m in chosen.validation])
+    train = ~(test | validation)
+    embargoed = 0
+    if config.embargo and "retry_time" in meta.columns:
+        retry = _naive_utc(meta["retry_time"])
+        late_train = train & np.asarray(retry >= chosen.validation[0].start_time)
+        late_val = validation & np.asarray(retry >= chosen.test[0].start_time)
+        embargoed = int(late_train.sum() + late_val.sum())
+        train &= ~late_train
+        validation &= ~late_val
+    return TimeSplit(
+        train=train,
+        validation=validation,
+        test=test,
+        train_months=tuple(str(m) for m in chosen.train),
+        validation_months=tuple(str(m) for m in chosen.validation),
+        test_months=tuple(str(m) for m in chosen.test),
+        embargoed=embargoed,
+        merged_months=tuple(str(m) for m in chosen.merged),
+    )
 
 
 def time_split(meta: pd.DataFrame, config: TrainConfig) -> TimeSplit:
@@ -374,48 +466,9 @@ def time_split(meta: pd.DataFrame, config: TrainConfig) -> TimeSplit:
         Fewer distinct months than ``min_train_months + validation_months + test_months`` (and
         at least 3).
     """
-    decision = pd.Series(_naive_utc(meta["decision_time"]).to_numpy())
-    if "charge_id" in meta.columns:
-        # A charge's billing cycle starts at its first failure (its earliest decision time).
-        decision = decision.groupby(meta["charge_id"].to_numpy()).transform("min")
-    months = pd.DatetimeIndex(decision).to_period("M")
-    months, merged = _merge_partial_last_months(months, config.partial_month_share)
-    distinct = sorted(set(months))
-    needed = max(3, config.min_train_months + config.validation_months + config.test_months)
-    if len(distinct) < needed:
-        found = ", ".join(str(m) for m in distinct) or "none"
-        raise TrainingDataError(
-            f"need retries in at least {needed} distinct months (training, "
-            f"{config.validation_months} validation, {config.test_months} test) for a time split; "
-            f"found {len(distinct)}: {found}"
-        )
-    test_m = distinct[-config.test_months :]
-    val_m = distinct[-(config.test_months + config.validation_months) : -config.test_months]
-    train_m = distinct[: -(config.test_months + config.validation_months)]
-    month_values = np.asarray(months.astype(str))
-    test = np.isin(month_values, [str(m) for m in test_m])
-    validation = np.isin(month_values, [str(m) for m in val_m])
-    train = ~(test | validation)
-    embargoed = 0
-    if config.embargo and "retry_time" in meta.columns:
-        retry = _naive_utc(meta["retry_time"])
-        val_start = val_m[0].start_time
-        test_start = test_m[0].start_time
-        late_train = train & np.asarray(retry >= val_start)
-        late_val = validation & np.asarray(retry >= test_start)
-        embargoed = int(late_train.sum() + late_val.sum())
-        train &= ~late_train
-        validation &= ~late_val
-    return TimeSplit(
-        train=train,
-        validation=validation,
-        test=test,
-        train_months=tuple(str(m) for m in train_m),
-        validation_months=tuple(str(m) for m in val_m),
-        test_months=tuple(str(m) for m in test_m),
-        embargoed=embargoed,
-        merged_months=merged,
-    )
+    months = example_months(meta)
+    chosen = split_months(pd.Series(months).value_counts(), config)
+    return split_masks(meta, months, chosen, config)
 
 
 # --------------------------------------------------------------------------- training core
@@ -502,7 +555,6 @@ def train_from_attempts(
     spec = fit_feature_spec(features[split.train], min_level_count=config.min_level_count)
     X_tr = encode_features(features[split.train], spec)
     X_va = encode_features(features[split.validation], spec)
-    X_te = encode_features(features[split.test], spec)
     say(f"fitting LightGBM on {len(X_tr):,} rows x {X_tr.shape[1]} features")
     started = time.perf_counter()
     weights = timing_weights(examples.propensity[split.train]) if config.timing_weights else None
@@ -521,10 +573,90 @@ def train_from_attempts(
     )
     best_iteration = int(trained.best_iteration or trained.current_iteration())
     model_text = trained.model_to_string(num_iteration=best_iteration)
-    # Predict with the booster parsed back from the text, exactly as the bundle will.
-    booster = lgb.Booster(model_str=model_text)
     fit_seconds = time.perf_counter() - started
     say(f"LightGBM stopped at round {best_iteration} ({fit_seconds:.1f} s)")
+    data = EvaluationData(
+        spec=spec,
+        validation=ExampleRows(features[split.validation], meta.loc[split.validation], y_va),
+        test=ExampleRows(features[split.test], meta.loc[split.test], y_te),
+        train=ExampleRows(features[split.train], meta.loc[split.train], y_tr),
+        encoded_train=X_tr,
+        encoded_validation=X_va,
+    )
+    return finish_training(
+        model_text,
+        data,
+        best_iteration=best_iteration,
+        fit_seconds=fit_seconds,
+        split=split.describe(),
+        n_examples=n,
+        timing=_weight_summary(weights, examples.propensity[split.train]),
+        config=config,
+        progress=say,
+        shrinkage_inputs=(attempts, examples.propensity[split.validation]),
+    )
+
+
+@dataclass(frozen=True)
+class ExampleRows:
+    """Raw features, meta columns and labels of some examples (aligned row by row)."""
+
+    features: pd.DataFrame
+    meta: pd.DataFrame
+    label: np.ndarray
+
+
+@dataclass(frozen=True)
+class EvaluationData:
+    """What the steps after the fit read: the spec, the validation and test examples in full
+    and the training rows the baselines are fitted on (all of them in one process; a sample of
+    customers on a cluster), with their encodings when already built."""
+
+    spec: FeatureSpec
+    validation: ExampleRows
+    test: ExampleRows
+    train: ExampleRows
+    encoded_train: pd.DataFrame | None = None
+    encoded_validation: pd.DataFrame | None = None
+
+
+def finish_training(
+    model_text: str,
+    data: EvaluationData,
+    *,
+    best_iteration: int,
+    fit_seconds: float,
+    split: Mapping[str, Any],
+    n_examples: int,
+    timing: Mapping[str, float],
+    config: TrainConfig,
+    progress: Progress | None = None,
+    shrinkage_inputs: tuple[pd.DataFrame, np.ndarray] | None = None,
+) -> TrainingOutcome:
+    """Calibrate, fit the baselines, evaluate and explain a fitted booster (``model_text``).
+
+    Shared by one-process training and training on a cluster (``training.cluster_train``).
+    ``shrinkage_inputs`` (the attempts and the validation rows' ``retry_propensity``) enable the
+    timing shrinkage fit; without them (on a cluster) only the rare-code bounds are fitted.
+    """
+    import lightgbm as lgb
+
+    say = progress or (lambda _msg: None)
+    spec = data.spec
+    # Predict with the booster parsed back from the text, exactly as the bundle will.
+    booster = lgb.Booster(model_str=model_text)
+    y_tr, y_va, y_te = data.train.label, data.validation.label, data.test.label
+    X_tr = (
+        data.encoded_train
+        if data.encoded_train is not None
+        else encode_features(data.train.features, spec)
+    )
+    X_va = (
+        data.encoded_validation
+        if data.encoded_validation is not None
+        else encode_features(data.validation.features, spec)
+    )
+    X_te = encode_features(data.test.features, spec)
 
     threads = config.num_threads
     raw_va = np.asarray(booster.predict(X_va, num_threads=threads), dtype=np.float64)
@@ -533,17 +665,15 @@ def train_from_attempts(
     choice = choose_calibrator(
         raw_va,
         y_va,
-        meta.loc[split.validation, "customer_id"].astype(str).to_numpy(),
+        data.validation.meta["customer_id"].astype(str).to_numpy(),
         methods=config.calibration_methods,  # type: ignore[arg-type]
         n_folds=config.calibration_folds,
         seed=config.seed,
     )
     calibrator = choice.calibrator
     planning = _fit_adjustments(
-        attempts,
-        examples,
-        split,
-        spec,
+        data,
+        shrinkage_inputs,
         (booster, calibrator),
         (raw_va, X_va[CODE_FEATURE].cat.codes.to_numpy()),
         config,
@@ -554,7 +684,7 @@ def train_from_attempts(
 
     say("fitting baselines (historical success rate, logistic regression)")
     historical = HistoricalRateBaseline(prior_strength=config.historical_prior_strength)
-    historical.fit(meta.loc[split.train], y_tr)
+    historical.fit(data.train.meta, y_tr)
     rng = np.random.default_rng(config.seed)
     base_rows = np.flatnonzero(np.ones(len(X_tr), dtype=bool))
     if base_rows.size > config.baseline_max_rows:
@@ -562,6 +692,7 @@ def train_from_attempts(
     logistic = LogisticBaseline(C=config.logistic_c).fit(X_tr.iloc[base_rows], y_tr[base_rows])
 
     say(f"evaluating on {len(y_te):,} test examples")
+    test_meta = data.test.meta
     test_predictions = {
         # As served: calibrated, then capped by the rare-code bounds.
         "model": Adjustment.bound_levels(
@@ -569,7 +700,7 @@ def train_from_attempts(
         ),
         "model_uncalibrated": raw_te,
         "logistic": logistic.predict_proba(X_te),
-        "historical_rate": historical.predict_proba(meta.loc[split.test]),
+        "historical_rate": historical.predict_proba(test_meta),
     }
     bins = config.ece_bins
     test_metrics = {
@@ -579,7 +710,6 @@ def train_from_attempts(
         "model_uncalibrated": classification_metrics(y_va, raw_va, n_bins=bins),
         "model": classification_metrics(y_va, calibrator.apply(raw_va), n_bins=bins),
     }
-    test_meta = meta.loc[split.test]
     by_family = grouped_metrics(
         y_te,
         test_predictions,
@@ -598,20 +728,20 @@ def train_from_attempts(
     importance = feature_importance(booster, X_te.iloc[sample_rows])
 
     next_codes = fit_next_decline_codes(
-        meta.loc[split.train, "charge_id"].to_numpy(dtype=object),
-        meta.loc[split.train, "retry_number"].to_numpy(dtype=np.float64),
-        features.loc[split.train, "last_decline_code"].to_numpy(dtype=object),
+        data.train.meta["charge_id"].to_numpy(dtype=object),
+        data.train.meta["retry_number"].to_numpy(dtype=np.float64),
+        data.train.features["last_decline_code"].to_numpy(dtype=object),
         min_count=config.min_level_count,
     )
     metrics: dict[str, Any] = {
-        "split": split.describe(),
+        "split": dict(split),
         "planning": {
             "next_decline_code": next_codes,
             "next_decline_codes_changed": sum(a != b for a, b in next_codes.items()),
             **planning,
         },
-        "timing_weights": _weight_summary(weights, examples.propensity[split.train]),
-        "examples": n,
+        "timing_weights": dict(timing),
+        "examples": n_examples,
         "best_iteration": best_iteration,
         "fit_seconds": round(fit_seconds, 3),
         "calibration": {"method": calibrator.method, "oof_log_loss": choice.oof_log_loss},
@@ -624,7 +754,7 @@ def train_from_attempts(
         "feature_importance": importance.to_dict(orient="records"),
         "config": config.to_dict(),
     }
-    example = features[split.test].head(5).reset_index(drop=True)
+    example = data.test.features.head(5).reset_index(drop=True)
     return TrainingOutcome(
         model_text=model_text,
         calibrator=calibrator,
@@ -640,10 +770,8 @@ def train_from_attempts(
 
 
 def _fit_adjustments(
-    attempts: pd.DataFrame,
-    examples: Any,
-    split: TimeSplit,
-    spec: Any,
+    data: EvaluationData,
+    shrinkage_inputs: tuple[pd.DataFrame, np.ndarray] | None,
     model: tuple[Any, Calibrator],
     validation: tuple[np.ndarray, np.ndarray],
     config: TrainConfig,
@@ -651,17 +779,22 @@ def _fit_adjustments(
 ) -> dict[str, Any]:
     """The planner's adjustments (:mod:`retryopt.model.adjust`), never fitted on the test months.
 
-    Rare-code bounds from the training and validation months; the timing shrinkage on a seeded
-    sample of at most ``shrinkage_decisions`` validation decisions (:mod:`.planning_fit`).
-    ``model`` is the booster and calibrator, ``validation`` the validation rows' raw predictions
-    and ``last_decline_code`` level indices.
+    Rare-code bounds from the training (on a cluster: sampled) and validation rows; the timing
+    shrinkage on a seeded sample of at most ``shrinkage_decisions`` validation decisions
+    (:mod:`.planning_fit`), when ``shrinkage_inputs`` (attempts, validation propensities) are
+    given. ``model`` is the booster and calibrator, ``validation`` the validation rows' raw
+    predictions and ``last_decline_code`` level indices.
     """
     booster, calibrator = model
-    fit_rows = split.train | split.validation
-    labels = np.asarray(examples.label, dtype=np.int8)
+    spec = data.spec
+    codes: Any = pd.concat(  # a Series (pandas-stubs cannot type na_value=None)
+        [data.train.features[CODE_FEATURE], data.validation.features[CODE_FEATURE]],
+        ignore_index=True,
+    )
+    labels = np.concatenate([data.train.label, data.validation.label]).astype(np.int8)
     bounds = fit_code_bounds(
-        examples.features.loc[fit_rows, CODE_FEATURE].to_numpy(dtype=object, na_value=None),
-        labels[fit_rows],
+        codes.to_numpy(dtype=object, na_value=None),
+        labels,
         levels=spec.levels.get(CODE_FEATURE, ()),
         confidence=config.rare_code_confidence,
     )
@@ -671,22 +804,22 @@ def _fit_adjustments(
     }
     if bounds:
         say(f"rare decline codes bounded (never succeeded when retried): {', '.join(bounds)}")
-    if not config.timing_shrinkage:
+    if not config.timing_shrinkage or shrinkage_inputs is None:
         return out
-    rows = np.flatnonzero(split.validation)
+    attempts, propensity = shrinkage_inputs
+    n_validation = len(data.validation.label)
     rng = np.random.default_rng(config.seed)
     pick = np.sort(
-        rng.choice(rows.size, size=min(rows.size, config.shrinkage_decisions), replace=False)
+        rng.choice(n_validation, size=min(n_validation, config.shrinkage_decisions), replace=False)
     )
-    sample = rows[pick]
-    say(f"fitting the timing shrinkage on {sample.size:,} validation decisions")
+    say(f"fitting the timing shrinkage on {pick.size:,} validation decisions")
     adjustment = Adjustment.from_planning(out)
     predict = served_predictor(booster, calibrator, spec, adjustment, config.num_threads)
-    meta = examples.meta.iloc[sample].reset_index(drop=True)
+    meta = data.validation.meta.iloc[pick].reset_index(drop=True)
     centers = decision_centers(
         attempts,
         meta,
-        examples.features["hours_since_first_failure"].to_numpy(dtype=np.float64)[sample],
+        data.validation.features["hours_since_first_failure"].to_numpy(dtype=np.float64)[pick],
         spec=spec,
         predict=predict,
     )
@@ -697,10 +830,10 @@ def _fit_adjustments(
         adjustment.level_bounds(spec.levels.get(CODE_FEATURE, ())),
     )
     shrink = fit_timing_shrinkage(
-        labels[sample],
+        np.asarray(data.validation.label, dtype=np.int8)[pick],
         p_logged,
         centers,
-        propensity=examples.propensity[sample],
+        propensity=propensity[pick],
         groups=meta["customer_id"].astype(str).to_numpy(),
         n_folds=config.calibration_folds,
         seed=config.seed,
@@ -858,7 +991,33 @@ def run_training(
     fingerprint = data_fingerprint(attempts, source=source)
     outcome = train_from_attempts(attempts, config=config, progress=say)
     del attempts
+    return write_training_run(
+        outcome,
+        fingerprint,
+        out_dir,
+        config=config,
+        experiment=experiment,
+        registered_name=registered_name,
+        track=track,
+        tracking_uri=tracking_uri,
+        progress=say,
+    )
 
+
+def write_training_run(
+    outcome: TrainingOutcome,
+    fingerprint: Mapping[str, Any],
+    out_dir: str | Path,
+    *,
+    config: TrainConfig,
+    experiment: str,
+    registered_name: str | None,
+    track: bool = True,
+    tracking_uri: str | None = None,
+    progress: Progress | None = None,
+) -> TrainingRun:
+    """Write the bundle of a training outcome under ``out_dir`` and log the run to MLflow."""
+    say = progress or (lambda _msg: None)
     with tempfile.TemporaryDirectory(prefix="retryopt-train-") as tmp:
         plot = plot_reliability(
             {
@@ -888,7 +1047,7 @@ def run_training(
             calibrator=outcome.calibrator,
             feature_spec=outcome.feature_spec,
             metrics=outcome.metrics,
-            data_fingerprint=fingerprint,
+            data_fingerprint=dict(fingerprint),
             extra_files=reports,
         )
         say(f"bundle written to {bundle_path}")
@@ -900,7 +1059,7 @@ def run_training(
                 run_name=bundle_path.name,
                 params=config.to_dict(),
                 metrics=flat_metrics(outcome.metrics),
-                data_fingerprint=fingerprint,
+                data_fingerprint=dict(fingerprint),
                 bundle_path=bundle_path,
                 report_files={"plots": plot},
                 registered_name=registered_name,

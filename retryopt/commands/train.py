@@ -42,8 +42,11 @@ def store_or_data(data: Path | None, store: str | None) -> Iterator[Path]:
 
 
 def command(
-    data: Path | None = typer.Option(
-        None, "--data", help="Attempt history (CSV or Parquet, data contract)."
+    data: str | None = typer.Option(
+        None,
+        "--data",
+        help="Attempt history (CSV or Parquet, data contract); with --dask also a partitioned "
+        "Parquet folder, a glob or an fsspec URL the workers can read.",
     ),
     store: str | None = typer.Option(
         None,
@@ -67,17 +70,28 @@ def command(
     mlflow: bool = typer.Option(
         True, "--mlflow/--no-mlflow", help="Log the run and register the model in MLflow."
     ),
+    dask: str | None = typer.Option(
+        None,
+        "--dask",
+        help="Train on a Dask cluster: scheduler address (tcp://host:8786) or local[:N] "
+        "(see README, 'Running on a cluster').",
+    ),
 ) -> None:
     """Train the calibrated retry-success model on a history and write a verified bundle."""
     # Passive OpenMP waiting: spinning threads slow LightGBM badly on a shared machine.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     started = time.perf_counter()
-    with store_or_data(data, store) as path:
-        _train(path, out, config, experiment, seed, registered_name, mlflow, started)
+    if dask is not None:
+        if data is None or store is not None:
+            raise typer.BadParameter("--dask trains on --data only", param_hint="--dask")
+        _train(data, out, config, experiment, seed, registered_name, mlflow, started, dask)
+        return
+    with store_or_data(None if data is None else Path(data), store) as path:
+        _train(path, out, config, experiment, seed, registered_name, mlflow, started, None)
 
 
 def _train(
-    data: Path,
+    data: Path | str,
     out: Path,
     config: Path | None,
     experiment: str,
@@ -85,10 +99,13 @@ def _train(
     registered_name: str,
     mlflow: bool,
     started: float,
+    dask: str | None,
 ) -> None:
     from retryopt import api
     from retryopt.features.validation import ContractError
     from retryopt.model.bundle import BundleError
+    from retryopt.serving.offline import OfflineInputError
+    from retryopt.training.cluster import ClusterError
     from retryopt.training.train import TrainingDataError, summary_table
 
     def progress(message: str) -> None:
@@ -104,12 +121,20 @@ def _train(
             registered_name=registered_name,
             mlflow=mlflow,
             progress=progress,
+            dask=dask,
         )
     except ContractError as exc:
         report = exc.report.format() if getattr(exc, "report", None) is not None else str(exc)
         typer.secho(f"error: {data} breaks the data contract:\n{report}", fg="red", err=True)
         raise typer.Exit(2) from None
-    except (TrainingDataError, BundleError, FileNotFoundError, ValueError) as exc:
+    except (
+        TrainingDataError,
+        BundleError,
+        ClusterError,
+        OfflineInputError,
+        FileNotFoundError,
+        ValueError,
+    ) as exc:
         typer.secho(f"error: {exc}", fg="red", err=True)
         raise typer.Exit(2) from None
 

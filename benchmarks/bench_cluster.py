@@ -1,0 +1,156 @@
+"""Benchmark: training on a local Dask cluster whose workers have less memory than one run.
+
+The history comes from the synthetic world (cached as by ``bench_train.py``) and is also written
+as a partitioned Parquet dataset (``--files`` files, customers spread over every file). Two runs,
+each in a fresh child process:
+
+- **one process**: ``bench_train.py``'s worker (load + validate, examples, LightGBM, calibration,
+  evaluation, bundle write), with its peak RSS;
+- **cluster**: ``training.cluster_train.train_on_cluster`` on a ``distributed.LocalCluster`` of
+  2 worker processes x 1 thread, each limited to ``--worker-memory`` GiB (Dask pauses a worker
+  at 80 % and restarts it at 95 % of its limit), with every worker's peak RSS (``ru_maxrss``
+  read on the worker) and the client's.
+
+Run (2 shared cores; a few minutes)::
+
+    .venv/bin/python benchmarks/bench_cluster.py --attempts 1000000 --worker-memory 1.0
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from bench_train import CACHE, ROOT, _dataset
+
+HERE = Path(__file__).resolve().parent
+
+
+def _partitioned(data: Path, files: int) -> Path:
+    """``data`` as a folder of ``files`` Parquet files, customers split across files (cached)."""
+    import pandas as pd
+
+    folder = CACHE / f"{data.stem}_{files}parts"
+    if folder.exists():
+        return folder
+    attempts = pd.read_parquet(data)
+    tmp = folder.with_name(folder.name + ".tmp")
+    tmp.mkdir(parents=True, exist_ok=True)
+    for part in range(files):
+        attempts.iloc[part::files].to_parquet(tmp / f"part-{part:03d}.parquet", index=False)
+    tmp.rename(folder)
+    return folder
+
+
+def _peak_rss_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def _cluster_worker(folder: Path, memory_gib: float) -> None:
+    """Child process: train on a 2-worker local cluster; one JSON line with times and peaks."""
+    from retryopt.training.cluster import connect
+    from retryopt.training.cluster_train import train_on_cluster
+    from retryopt.training.train import load_config
+
+    started = time.perf_counter()
+    marks: list[tuple[float, str]] = []
+    with connect("local:2", memory_limit=f"{memory_gib}GiB") as client:
+        ready = time.perf_counter()
+        outcome, fingerprint = train_on_cluster(
+            client,
+            str(folder),
+            config=load_config(),
+            progress=lambda m: marks.append((time.perf_counter(), m)),
+        )
+        trained = time.perf_counter()
+        peaks = client.run(_peak_rss_gib)
+    test = outcome.metrics["test"]["model"]
+    fit_start = next(t for t, m in marks if m.startswith("fitting LightGBM"))
+    print(
+        json.dumps(
+            {
+                "attempts": fingerprint["rows"],
+                "examples": outcome.metrics["examples"],
+                "cluster_start_s": ready - started,
+                "features_s": fit_start - ready,
+                "fit_calibrate_evaluate_s": trained - fit_start,
+                "total_s": trained - started,
+                "best_iteration": outcome.metrics["best_iteration"],
+                "lightgbm_fit_s": outcome.metrics["fit_seconds"],
+                "test_auc": test["roc_auc"],
+                "test_log_loss": test["log_loss"],
+                "test_ece": test["ece"],
+                "worker_peak_rss_gib": sorted(peaks.values()),
+                "client_peak_rss_gib": _peak_rss_gib(),
+                "partitions": outcome.metrics["cluster"]["partitions"],
+            }
+        ),
+        flush=True,
+    )
+
+
+def _run(args: list[str]) -> dict[str, object]:
+    child = subprocess.run(
+        [sys.executable, *args], capture_output=True, text=True, check=False, cwd=ROOT
+    )
+    if child.returncode != 0:
+        print(child.stderr[-4000:], file=sys.stderr)
+        raise SystemExit(child.returncode)
+    result: dict[str, object] = json.loads(child.stdout.strip().splitlines()[-1])
+    return result
+
+
+def main() -> None:
+    """Generate or reuse the data, run one process and the cluster, print the comparison."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--attempts", type=int, default=1_000_000)
+    parser.add_argument("--worker-memory", type=float, default=1.0, help="GiB per worker")
+    parser.add_argument("--files", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=11)
+    parser.add_argument("--skip-single", action="store_true", help="cluster run only")
+    parser.add_argument("--cluster-worker", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.cluster_worker is not None:
+        _cluster_worker(args.cluster_worker, args.worker_memory)
+        return
+    data = _dataset(args.attempts, seed=args.seed)
+    folder = _partitioned(data, args.files)
+    single = None
+    if not args.skip_single:
+        print(f"== one process, {args.attempts:,} attempts", flush=True)
+        single = _run([str(HERE / "bench_train.py"), "--worker", str(data), "--threads", "2"])
+        print("  " + json.dumps(single), flush=True)
+    print(f"== 2 workers x {args.worker_memory} GiB, {args.files} files", flush=True)
+    cluster = _run(
+        [
+            str(Path(__file__).resolve()),
+            "--cluster-worker",
+            str(folder),
+            "--worker-memory",
+            str(args.worker_memory),
+        ]
+    )
+    print("  " + json.dumps(cluster), flush=True)
+    print()
+    print(f"{'mode':<24}{'attempts':>11}{'total':>8}{'AUC':>8}{'ECE':>8}  peak RSS (GiB)")
+    if single is not None:
+        print(
+            f"{'one process (2 threads)':<24}{single['attempts']:>11,}{single['total_s']:>7.0f}s"
+            f"{single['test_auc']:>8.4f}{single['test_ece']:>8.4f}  {single['peak_rss_gib']:.2f}"
+        )
+    peaks = ", ".join(f"{p:.2f}" for p in cluster["worker_peak_rss_gib"])  # type: ignore[attr-defined]
+    label = f"2 workers x {args.worker_memory} GiB"
+    print(
+        f"{label:<24}{cluster['attempts']:>11,}{cluster['total_s']:>7.0f}s"
+        f"{cluster['test_auc']:>8.4f}{cluster['test_ece']:>8.4f}  workers {peaks}; "
+        f"client {cluster['client_peak_rss_gib']:.2f}"
+    )
+
+
+if __name__ == "__main__":
+    main()
