@@ -30,7 +30,8 @@ from retryopt.serving.policies import BundleSuccessModel, PlannerPolicy
 from retryopt.serving.policies.baselines import FixedSchedule
 from retryopt.training.decision_metrics import first_decision_metrics
 from retryopt.training.simulate import OraclePolicy, WorldConfig, play, simulate_world
-from retryopt.training.train import TrainConfig, load_config, run_training
+from retryopt.training.train import run_training
+from retryopt.training.train_config import TrainConfig, load_config
 
 MONTHS = 6
 PLAY_SEED = 7

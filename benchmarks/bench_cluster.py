@@ -55,7 +55,7 @@ def _cluster_worker(folder: Path, memory_gib: float) -> None:
     """Child process: train on a 2-worker local cluster; one JSON line with times and peaks."""
     from retryopt.training.cluster import connect
     from retryopt.training.cluster_train import train_on_cluster
-    from retryopt.training.train import load_config
+    from retryopt.training.train_config import load_config
 
     started = time.perf_counter()
     marks: list[tuple[float, str]] = []

@@ -27,7 +27,8 @@ from retryopt.serving.policies import BundleSuccessModel, PlannerConfig, Planner
 from retryopt.serving.policies.baselines import FixedSchedule
 from retryopt.training.decision_metrics import first_decision_metrics
 from retryopt.training.simulate import OraclePolicy, WorldConfig, play, simulate_world
-from retryopt.training.train import TrainConfig, load_config, run_training
+from retryopt.training.train import run_training
+from retryopt.training.train_config import TrainConfig, load_config
 
 WORLD_SEEDS = (302, 303)  # 301 is the tuning world (it chose timing_weights = false)
 MONTHS = 6

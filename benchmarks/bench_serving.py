@@ -109,7 +109,8 @@ def train_small_bundle(out: Path) -> Path:
     from retryopt.features.io import write_table_atomic
     from retryopt.training.simulate.config import WorldConfig
     from retryopt.training.simulate.world import simulate_world
-    from retryopt.training.train import load_config, run_training
+    from retryopt.training.train import run_training
+    from retryopt.training.train_config import load_config
 
     world = simulate_world(WorldConfig(), customers=3000, months=6, seed=5)
     attempts = world.attempts.assign(currency=world.attempts["currency"].str.lower())

@@ -63,7 +63,8 @@ def _worker(data: Path, threads: int) -> None:
     """Child process: time each phase and report peak RSS as one JSON line."""
     from retryopt.features.validation import load_attempts
     from retryopt.model.bundle import write_bundle
-    from retryopt.training.train import load_config, train_from_attempts
+    from retryopt.training.train import train_from_attempts
+    from retryopt.training.train_config import load_config
 
     marks: list[tuple[float, str]] = []
     t0 = time.perf_counter()

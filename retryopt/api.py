@@ -40,7 +40,8 @@ from retryopt.training.cluster_train import run_training_on_cluster
 from retryopt.training.mlflow_tracking import DEFAULT_EXPERIMENT, DEFAULT_REGISTERED_NAME
 from retryopt.training.progress import Progress, quiet
 from retryopt.training.simulate import SimulatedWorld, WorldConfig, simulate_world
-from retryopt.training.train import TrainConfig, TrainingRun, load_config, run_training
+from retryopt.training.train import TrainingRun, run_training
+from retryopt.training.train_config import TrainConfig, load_config
 
 __all__ = [
     "backtest",
@@ -121,7 +122,7 @@ def train(
     out
         The models folder; the bundle goes to ``<out>/<version>/``.
     config
-        A :class:`~retryopt.training.train.TrainConfig`, a TOML file overriding the packaged
+        A :class:`~retryopt.training.train_config.TrainConfig`, a TOML file overriding the packaged
         defaults, or None for the defaults.
     seed
         Overrides the configuration's seed.

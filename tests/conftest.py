@@ -51,7 +51,8 @@ def trained_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
         from retryopt.features.online import build_candidate_features  # noqa: F401
         from retryopt.training.simulate.config import WorldConfig
         from retryopt.training.simulate.world import simulate_world
-        from retryopt.training.train import load_config, run_training
+        from retryopt.training.train import run_training
+        from retryopt.training.train_config import load_config
     except ImportError as exc:  # pragma: no cover - all modules are part of the project
         pytest.skip(f"training stack not available yet: {exc}")
     root = tmp_path_factory.mktemp("bundle")

@@ -62,7 +62,8 @@ WORLDS: dict[str, dict[str, Any]] = {
 
 
 def _run_world(name: str, tmp: Path) -> dict[str, Any]:
-    from retryopt.training.train import load_config, run_training
+    from retryopt.training.train import run_training
+    from retryopt.training.train_config import load_config
 
     spec = WORLDS[name]
     runner = CliRunner()

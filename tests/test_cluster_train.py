@@ -32,12 +32,12 @@ from retryopt.training.simulate.config import WorldConfig
 from retryopt.training.simulate.world import simulate_world
 from retryopt.training.train import (
     example_months,
-    load_config,
     run_training,
     split_masks,
     split_months,
     time_split,
 )
+from retryopt.training.train_config import load_config
 
 RUNNER = CliRunner()
 TRAIN_TOML = """

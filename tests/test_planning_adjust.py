@@ -39,7 +39,8 @@ from retryopt.serving.policies import BundleSuccessModel, PlannerPolicy
 from retryopt.training.planning_fit import fit_shrinkage_beta, fit_timing_shrinkage
 from retryopt.training.simulate.config import WorldConfig
 from retryopt.training.simulate.world import simulate_world
-from retryopt.training.train import flat_metrics, load_config, run_training, summary_table
+from retryopt.training.train import flat_metrics, run_training, summary_table
+from retryopt.training.train_config import load_config
 
 HOPELESS = "restricted_card"
 

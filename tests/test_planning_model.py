@@ -141,7 +141,8 @@ def test_rank_correlation_rows() -> None:
 def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     from retryopt.features.io import write_table_atomic
     from retryopt.training.simulate import WorldConfig, simulate_world
-    from retryopt.training.train import TrainConfig, load_config, run_training
+    from retryopt.training.train import run_training
+    from retryopt.training.train_config import TrainConfig, load_config
 
     world = simulate_world(WorldConfig(), customers=4_000, months=5, seed=41)
     attempts = world.attempts.copy()

@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 from retryopt.cli import app
 from retryopt.features.io import write_table_atomic
 from retryopt.model.bundle import load_bundle
-from retryopt.training.train import TrainConfig, load_config, run_training, time_split
+from retryopt.training.train import run_training, time_split
+from retryopt.training.train_config import TrainConfig, load_config
 
 FAST_CONFIG = """
 [training]

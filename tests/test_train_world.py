@@ -20,7 +20,8 @@ from retryopt.features.io import write_table_atomic
 from retryopt.features.online import build_candidate_features
 from retryopt.model.bundle import ModelBundle, load_bundle
 from retryopt.model.registry import resolve_model
-from retryopt.training.train import TrainConfig, load_config, run_training
+from retryopt.training.train import run_training
+from retryopt.training.train_config import TrainConfig, load_config
 
 pytestmark = pytest.mark.slow
 

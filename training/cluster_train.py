@@ -56,17 +56,16 @@ from retryopt.training.train import (
     ExampleRows,
     SplitMonths,
     TimeSplit,
-    TrainConfig,
     TrainingDataError,
     TrainingOutcome,
     TrainingRun,
     example_months,
     finish_training,
-    lightgbm_params,
     split_masks,
     split_months,
     write_training_run,
 )
+from retryopt.training.train_config import TrainConfig, lightgbm_params
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from distributed import Client, Future

@@ -48,7 +48,8 @@ from retryopt.training.backtest.runner import run_backtest
 from retryopt.training.billing_client import HttpBillingClient
 from retryopt.training.progress import Progress, quiet
 from retryopt.training.simulate import SimulatedWorld, play
-from retryopt.training.train import load_config, run_training
+from retryopt.training.train import run_training
+from retryopt.training.train_config import load_config
 
 FAST_TRAINING = """
 [lightgbm]

@@ -45,7 +45,8 @@ from retryopt.training.progress import Progress, quiet
 from retryopt.training.simulate import OraclePolicy, SimulatedWorld, play, simulate_world
 from retryopt.training.simulate.policies import charge_progress
 from retryopt.training.simulate.suite import SuiteWorld
-from retryopt.training.train import TrainConfig, load_config, run_training
+from retryopt.training.train import run_training
+from retryopt.training.train_config import TrainConfig, load_config
 
 __all__ = [
     "CRITERIA",
