@@ -311,17 +311,22 @@ def server_cpu_seconds(proc: subprocess.Popen[bytes] | None) -> float:
         return float("nan")
 
 
-def decision_bodies(n: int = 64) -> list[bytes]:
-    """``n`` pre-encoded single-decision requests (distinct charges)."""
-    return [json.dumps(request_body(i)).encode() for i in range(n)]
+def decision_bodies(n: int = 64, *, start: int = 0) -> list[bytes]:
+    """``n`` pre-encoded single-decision requests (distinct charges from ``start``)."""
+    return [json.dumps(request_body(start + i)).encode() for i in range(n)]
 
 
-def batch_bodies(size: int, n: int = 4) -> list[bytes]:
-    """``n`` pre-encoded batch requests of ``size`` charges."""
+def batch_bodies(size: int, n: int = 4, *, start: int = 0) -> list[bytes]:
+    """``n`` pre-encoded batch requests of ``size`` charges (distinct charges from ``start``)."""
     return [
-        json.dumps({"requests": [request_body(k * size + j) for j in range(size)]}).encode()
+        json.dumps({"requests": [request_body(start + k * size + j) for j in range(size)]}).encode()
         for k in range(n)
     ]
+
+
+# With a decision log a repeated charge state is answered from the log, so with --distinct each
+# phase sends its own charges: phase k uses charge numbers from k * PHASE_STRIDE.
+PHASE_STRIDE = 10_000_000
 
 
 def send_decision(http: httpx.Client, i: int) -> int:
@@ -508,7 +513,7 @@ def batch_phase(
     return load_raw(
         url,
         "/v1/retry-decisions/batch",
-        batch_bodies(200),
+        batch_bodies(200, n=max(4, args.distinct // 200), start=9 * PHASE_STRIDE),
         clients=args.batch_clients,
         seconds=args.seconds,
         max_requests=500,
@@ -527,6 +532,13 @@ def main() -> None:
         nargs="+",
         default=[8, 16],
         help="concurrent clients of the sustained phases (one phase per value)",
+    )
+    ap.add_argument(
+        "--distinct",
+        type=int,
+        default=64,
+        help="distinct charges per phase, sent round-robin (with RETRYOPT_STORE_URL set, use "
+        "more than a phase sends, so no request repeats and every decision is logged)",
     )
     ap.add_argument("--mlflow", action="store_true", help="also measure `mlflow models serve`")
     ap.add_argument("--engine", choices=("lightgbm", "lleaves"), default=None)
@@ -580,27 +592,26 @@ def main() -> None:
         _print_batch(bat, args.batch_clients)
         print(f"load average at the end: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
         return
-    single = decision_bodies()
     proc, url = start_api(model, workers=1)
     try:
 
-        def one_client() -> dict[str, float]:
+        def one_client(phase: int) -> dict[str, float]:
             return load_raw(
                 url,
                 "/v1/retry-decisions",
-                single,
+                decision_bodies(args.distinct, start=phase * PHASE_STRIDE),
                 clients=1,
                 seconds=args.seconds,
                 max_requests=5000,
                 proc=proc,
             )
 
-        one = one_client()
+        one = one_client(0)
         phases = [("1 client", one)]
         undo = pin_to_one_core(proc)
         if undo is not None:
             try:
-                phases.append(("1 client, client and server pinned to one core", one_client()))
+                phases.append(("1 client, client and server pinned to one core", one_client(1)))
             finally:
                 undo()
     finally:
@@ -618,13 +629,13 @@ def main() -> None:
             n: load_raw(
                 url,
                 "/v1/retry-decisions",
-                single,
+                decision_bodies(args.distinct, start=(2 + k) * PHASE_STRIDE),
                 clients=n,
                 seconds=args.seconds,
                 max_requests=50_000,
                 proc=proc,
             )
-            for n in args.clients
+            for k, n in enumerate(args.clients)
         }
         bat = batch_phase(url, proc, args)
     finally:

@@ -28,7 +28,15 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "benchmarks"), str(ROOT / "tests")]
 
-from bench_serving import request_body, start_api, train_small_bundle  # noqa: E402
+from bench_serving import (  # noqa: E402
+    PHASE_STRIDE,
+    batch_bodies,
+    decision_bodies,
+    load_raw,
+    request_body,
+    start_api,
+    train_small_bundle,
+)
 from postgres_server import PostgresServer, postgres_bin_dir  # noqa: E402
 
 
@@ -77,10 +85,62 @@ def measure(
     return out
 
 
+def sustained(
+    model: Path, configs: list[tuple[str, str | None]], *, seconds: float, clients: int
+) -> dict[str, dict[str, float]]:
+    """The serving targets' load with the log off and on: ``retryopt serve --workers 2``, then
+    ``clients`` closed-loop clients of single decisions, then of 200-charge batches.
+
+    Every request holds charges no other request holds (so every decision is decided and
+    logged, none answered from the log). Configurations run one after the other.
+    """
+    out = {}
+    for k, (name, url) in enumerate(configs):
+        proc, base = start_api(model, workers=2, store=url or "off")
+        try:
+            single = load_raw(
+                base,
+                "/v1/retry-decisions",
+                decision_bodies(40_000, start=(20 + 2 * k) * PHASE_STRIDE),
+                clients=clients,
+                seconds=seconds,
+                max_requests=40_000,
+                proc=proc,
+            )
+            batch = load_raw(
+                base,
+                "/v1/retry-decisions/batch",
+                batch_bodies(200, n=200, start=(21 + 2 * k) * PHASE_STRIDE),
+                clients=clients,
+                seconds=seconds,
+                max_requests=200,
+                items_per_request=200,
+                proc=proc,
+            )
+        finally:
+            proc.terminate()
+            proc.wait(timeout=60)
+        out[name] = {
+            "per_s": single["req_per_s"],
+            "p50_ms": single["p50_ms"],
+            "p99_ms": single["p99_ms"],
+            "errors": single["errors"] + batch["errors"],
+            "batch_per_s": batch["req_per_s"] * 200,
+        }
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", type=Path, default=None)
     parser.add_argument("--requests", type=int, default=400)
+    parser.add_argument(
+        "--sustained-seconds",
+        type=float,
+        default=0.0,
+        help="also measure sustained load on 2 workers per configuration (seconds per phase)",
+    )
+    parser.add_argument("--clients", type=int, default=8)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-store-") as tmp:
         model = args.model or train_small_bundle(Path(tmp))
@@ -97,6 +157,11 @@ def main() -> None:
             print("PostgreSQL binaries not found: PostgreSQL skipped")
         try:
             results = measure(model, configs, n=args.requests)
+            loads = (
+                sustained(model, configs, seconds=args.sustained_seconds, clients=args.clients)
+                if args.sustained_seconds > 0
+                else {}
+            )
         finally:
             if server is not None:
                 server.stop()
@@ -110,6 +175,18 @@ def main() -> None:
             f"{r['median_ms'] / base['median_ms']:.2f} | "
             f"{r['batch_per_s'] / base['batch_per_s']:.2f} |"
         )
+
+    if loads:
+        print(
+            f"sustained, 2 workers, {args.clients} clients, {args.sustained_seconds:g} s per phase"
+        )
+        print("| store | decisions/s | median ms | p99 ms | batch decisions/s | errors |")
+        print("|---|---:|---:|---:|---:|---:|")
+        for name, r in loads.items():
+            print(
+                f"| {name} | {r['per_s']:.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | "
+                f"{r['batch_per_s']:.0f} | {r['errors']:.0f} |"
+            )
 
 
 if __name__ == "__main__":
