@@ -35,7 +35,7 @@ from retryopt.features import contract as c
 from retryopt.features.card_numbers import contains_card_number, find_card_number
 from retryopt.features.validation_columns import parse_timestamps
 from retryopt.serving.microbatch import conflict_free_groups
-from retryopt.serving.schemas import FieldIssue, RequestError
+from retryopt.serving.schemas import DecisionOut, FieldIssue, RequestError
 from retryopt.serving.service import DecisionService, decide_requests
 
 __all__ = [
@@ -54,21 +54,7 @@ DECISION_COLUMNS: Final[tuple[str, ...]] = (
     "charge_id",
     "customer_id",
     "now",
-    "action",
-    "retry_at",
-    "success_probability",
-    "reason",
-    "action_required",
-    "alternatives",
-    "explanation",
-    "model_version",
-    "policy",
-    "expected_value",
-    "attempt_cost",
-    "value_currency",
-    "decision_id",
-    "propensity",
-    "exploration",
+    *(name for name in DecisionOut.model_fields if name != "charge_id"),
 )
 """Columns of the decisions table: the charge, its decision time, then the API's fields."""
 
@@ -400,6 +386,7 @@ def decisions_frame(
         "value_currency",
         "decision_id",
         "exploration",
+        "arm",
     ):
         frame[name] = frame[name].astype("str")
     return frame
