@@ -592,6 +592,7 @@ def _fit_adjustments(
     if bounds:
         say(f"rare decline codes bounded (never succeeded when retried): {', '.join(bounds)}")
     if not config.timing_shrinkage or shrinkage_inputs is None:
+        out["timing_shrinkage"] = 1.0  # none (stated, so reports and MLflow show it)
         return out
     attempts, propensity = shrinkage_inputs
     n_validation = len(data.validation.label)

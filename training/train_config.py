@@ -39,7 +39,7 @@ class TrainConfig:
     historical_prior_strength: float = 20.0
     timing_weights: bool = False
     rare_code_confidence: float = 0.95
-    timing_shrinkage: bool = True
+    timing_shrinkage: bool = False
     shrinkage_decisions: int = 20_000
 
     def __post_init__(self) -> None:
