@@ -532,12 +532,16 @@ def create_app(settings: Settings | None = None, *, store: ModelStore | None = N
         pending = await run_in_threadpool(
             functools.partial(dlog.begin, requests, prefixes=prefixes, key=key, batch=batch)
         )
-        if batcher is not None and len(pending.items) == 1:
-            decisions = [await batcher.submit(pending.items[0])]
-        else:
-            decisions = await asyncio.get_running_loop().run_in_executor(
+
+        async def decide() -> list[Decision]:
+            if batcher is not None and len(pending.items) == 1:
+                return [await batcher.submit(pending.items[0])]
+            return await asyncio.get_running_loop().run_in_executor(
                 batch_pool(), service.decide_prepared, pending.items
             )
+
+        # The lookup of repeats runs while the model decides (its round trip hides behind it).
+        _, decisions = await asyncio.gather(run_in_threadpool(dlog.lookup, pending), decide())
         return await run_in_threadpool(dlog.commit, pending, decisions)
 
     @app.exception_handler(RequestValidationError)

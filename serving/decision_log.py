@@ -3,11 +3,14 @@
 :class:`DecisionLog` sits between the routes and :class:`DecisionService`:
 
 1. :meth:`DecisionLog.begin` fills a request's omitted ``attempts`` (and ``customer_history``)
-   from the reported outcomes, checks it, and finds decisions already made for the same
-   ``Idempotency-Key`` or the same charge state (those are answered again, not re-decided);
-2. the service decides the rest;
-3. :meth:`DecisionLog.commit` logs them in one transaction and returns the answers, each with
-   its ``decision_id``. A store failure raises :class:`StoreError`: nothing is answered.
+   from the reported outcomes and checks it;
+2. the service decides while :meth:`DecisionLog.lookup` finds decisions already made for the
+   same ``Idempotency-Key`` or the same charge state (the routes run the two at once, so the
+   lookup's round trip to the store hides behind the model; a found decision is answered
+   again and the fresh one is dropped, so a repeat never re-rolls the exploration);
+3. :meth:`DecisionLog.commit` logs the new ones in one transaction and returns the answers,
+   each with its ``decision_id``. A store failure raises :class:`StoreError`: nothing is
+   answered.
 """
 
 from __future__ import annotations
@@ -138,7 +141,7 @@ class Pending:
     hashes: list[str]
     keys: list[str | None]
     answers: list[dict[str, Any] | None]  # stored answers (idempotent repeats)
-    todo: list[int]  # indices still to decide
+    todo: list[int]  # indices decided (a stored answer, once looked up, wins)
     items: list[PreparedRequest]  # prepared requests of ``todo``, same order
 
 
@@ -189,8 +192,12 @@ class DecisionLog:
         batch: bool = False,
         server_now: datetime | None = None,
     ) -> Pending:
-        """Fill, find the already-decided, check the rest (:class:`RequestError` naming the
-        fields). A batch's ``key`` covers the batch: item ``i`` is stored under ``key#i``."""
+        """Fill and check the requests (:class:`RequestError` naming the fields). A batch's
+        ``key`` covers the batch: item ``i`` is stored under ``key#i``.
+
+        A request that fails its checks now but was decided before (a repeat after the
+        charge's window closed, say) is answered from the log rather than refused.
+        """
         server_now = server_now or datetime.now(UTC)
         filled = [self.fill(r, server_now=server_now) for r in requests]
         keys = [
@@ -199,27 +206,48 @@ class DecisionLog:
         current = self.service.store.current
         version = current.version if current is not None else "fallback"
         hashes = [state_hash(r, model_version=version) for r in filled]
-        answers: list[dict[str, Any] | None] = [None] * len(filled)
-        by_state = self.store.find_by_state(
-            [(r.charge.charge_id, h) for r, h in zip(filled, hashes, strict=True)]
+        pending = Pending(filled, hashes, keys, [None] * len(filled), list(range(len(filled))), [])
+        try:
+            pending.items = self._prepare(pending, prefixes, server_now)
+        except RequestError:
+            self.lookup(pending)
+            pending.todo = [i for i in pending.todo if pending.answers[i] is None]
+            pending.items = self._prepare(pending, prefixes, server_now)
+        return pending
+
+    def _prepare(
+        self, pending: Pending, prefixes: Sequence[str], server_now: datetime
+    ) -> list[PreparedRequest]:
+        return self.service.prepare(
+            [pending.requests[i] for i in pending.todo],
+            prefixes=[prefixes[i] for i in pending.todo],
+            server_now=server_now,
         )
-        for i, r in enumerate(filled):
-            k = keys[i]
-            answers[i] = self.store.find_by_key(k) if k is not None else None
-            if answers[i] is None:
-                answers[i] = by_state.get((r.charge.charge_id, hashes[i]))
-        todo = [i for i, a in enumerate(answers) if a is None]
-        items = self.service.prepare(
-            [filled[i] for i in todo], prefixes=[prefixes[i] for i in todo], server_now=server_now
+
+    def lookup(self, pending: Pending) -> None:
+        """Set ``pending.answers`` of the requests already decided (idempotent repeats)."""
+        found = self.store.find_decisions(
+            [
+                (pending.keys[i], pending.requests[i].charge.charge_id, pending.hashes[i])
+                for i in pending.todo
+            ]
         )
-        return Pending(filled, hashes, keys, answers, todo, items)
+        for i, answer in zip(pending.todo, found, strict=True):
+            pending.answers[i] = answer
 
     def commit(self, pending: Pending, decisions: Sequence[Decision]) -> list[dict[str, Any]]:
-        """Log the new decisions in one transaction; every answer, in request order."""
+        """Log the new decisions in one transaction; every answer, in request order.
+
+        Call after :meth:`lookup`: a request answered from the log drops its fresh decision.
+        """
         started = time.perf_counter()
         records = []
         logged_at = to_us(datetime.now(UTC))
+        new = []
         for i, item, d in zip(pending.todo, pending.items, decisions, strict=True):
+            if pending.answers[i] is not None:
+                continue
+            new.append(i)
             r = item.request
             response = decision_json(d, arm=item.arm)
             response["decision_id"] = new_decision_id()
@@ -257,7 +285,7 @@ class DecisionLog:
         if records:
             stored = self.store.record_decisions(records)
             self.metrics.observe_log_write(len(records), time.perf_counter() - started)
-            for i, answer in zip(pending.todo, stored, strict=True):
+            for i, answer in zip(new, stored, strict=True):
                 answers[i] = answer
         return [a for a in answers if a is not None]
 
@@ -271,6 +299,7 @@ class DecisionLog:
     ) -> list[dict[str, Any]]:
         """Fill, decide and log ``requests`` in the calling thread (one log transaction)."""
         pending = self.begin(requests, prefixes=prefixes, key=key, batch=batch)
+        self.lookup(pending)
         return self.commit(pending, self.service.decide_prepared(pending.items))
 
     # ---- outcomes ------------------------------------------------------------------------

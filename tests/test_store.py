@@ -17,6 +17,7 @@ from retryopt.serving.store import (
     redact_url,
     to_us,
 )
+from retryopt.serving.store.base import LOOKUP_CHUNK
 from retryopt.serving.store.migrations import load_migrations, split_statements
 
 T0 = to_us(datetime(2026, 3, 1, 12, tzinfo=UTC))
@@ -104,11 +105,36 @@ def test_decisions_logged_and_found_by_key_and_state(store_url: str) -> None:
     assert [o["decision_id"] for o in out] == ["d1", "d2"]
     assert store.find_by_key("k1") == out[0]
     assert store.find_by_key("nope") is None
-    assert store.find_by_state([("ch_1", "a"), ("ch_1", "zzz")]) == {("ch_1", "a"): out[0]}
+    found = store.find_decisions(
+        [("k1", "ch_9", "x"), (None, "ch_1", "a"), (None, "ch_1", "zzz"), ("nope", "ch_2", "s")]
+    )
+    assert found == [out[0], out[0], None, out[1]]  # by key, by state, neither, state after key
     # a twin (same key, or same charge state) is not written; the stored answer comes back
     twin = store.record_decisions([_decision(3, key="k1", state="b"), _decision(4, state="a")])
     assert [o["decision_id"] for o in twin] == ["d1", "d1"]
     assert store.count("decisions") == 2
+    store.close()
+
+
+def test_lookups_beyond_one_query_keep_their_order(store_url: str) -> None:
+    store = open_store(store_url)
+    n = 2 * LOOKUP_CHUNK + 7
+    store.record_decisions([_decision(i, charge=f"ch_{i}") for i in range(0, n, 3)])
+    found = store.find_decisions([(None, f"ch_{i}", "s") for i in range(n)])
+    assert [f is not None and f["decision_id"] for f in found] == [
+        i % 3 == 0 and f"d{i}" for i in range(n)
+    ]
+    store.close()
+
+
+def test_a_single_decision_is_logged_with_its_charge_and_twins_are_not(store_url: str) -> None:
+    store = open_store(store_url)  # one record: one statement on PostgreSQL
+    assert store.record_decisions([_decision(1, key="k1")])[0]["decision_id"] == "d1"
+    charge, _, _ = store.charge_attempts("ch_1", until=T0, history_limit=0)
+    assert charge is not None and charge["charge_id"] == "ch_1"
+    assert store.record_decisions([_decision(2, key="k1")])[0]["decision_id"] == "d1"
+    assert store.record_decisions([_decision(3)])[0]["decision_id"] == "d1"  # same state
+    assert (store.count("decisions"), store.count("charges")) == (1, 1)
     store.close()
 
 

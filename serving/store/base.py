@@ -38,6 +38,41 @@ def from_us(us: int) -> datetime:
     return _EPOCH + timedelta(microseconds=int(us))
 
 
+LOOKUP_CHUNK = 250
+"""Decision lookups per query (two parameters each, far below SQLite's 32,766)."""
+
+DECISION_COLUMNS: tuple[str, ...] = (
+    "decision_id",
+    "charge_id",
+    "customer_id",
+    "decided_at",
+    "logged_at",
+    "state_hash",
+    "idempotency_key",
+    "request",
+    "action",
+    "retry_at",
+    "success_probability",
+    "alternatives",
+    "policy",
+    "model_version",
+    "exploration",
+    "propensity",
+    "response",
+    "arm",
+)
+INSERT_DECISION = (
+    f"INSERT INTO decisions ({', '.join(DECISION_COLUMNS)}) "
+    f"VALUES ({', '.join('?' * len(DECISION_COLUMNS))}) ON CONFLICT DO NOTHING"
+)
+"""A decision, unless its idempotency key or charge state is already stored."""
+UPSERT_CHARGE = (
+    "ON CONFLICT (charge_id) DO UPDATE SET customer_id = excluded.customer_id, "
+    "charge = excluded.charge, updated_at = excluded.updated_at"
+)
+"""The conflict clause that keeps the latest facts of a charge."""
+
+
 class Cursor(Protocol):
     """The part of a DB-API cursor the store uses."""
 
@@ -123,9 +158,33 @@ class LoggedDecision:
     model_version: str | None = None
 
 
-def _dumps(obj: object) -> str:
+def dumps_json(obj: object) -> str:
     """Canonical JSON text (sorted keys), as :func:`canonical_json`."""
     return canonical_json(obj).decode("utf-8")
+
+
+def decision_params(r: DecisionRecord) -> tuple[Any, ...]:
+    """The values of :data:`DECISION_COLUMNS` for ``r``, JSON fields serialised."""
+    return (
+        r.decision_id,
+        r.charge_id,
+        r.customer_id,
+        r.decided_at,
+        r.logged_at,
+        r.state_hash,
+        r.idempotency_key,
+        dumps_json(r.request),
+        r.action,
+        r.retry_at,
+        r.success_probability,
+        dumps_json(r.alternatives),
+        r.policy,
+        r.model_version,
+        r.exploration,
+        r.propensity,
+        dumps_json(r.response),
+        r.arm,
+    )
 
 
 def canonical_json(obj: object) -> bytes:
@@ -149,9 +208,18 @@ class SqlStore(ABC):
         self.url = url
 
     # ---- backend hooks -------------------------------------------------------------------
+    one_statement_insert: bool = False
+    """Whether :meth:`_insert_decision` is one SQL statement (atomic by itself)."""
+
     @abstractmethod
-    def transaction(self, *, write: bool) -> AbstractContextManager[Cursor]:
-        """A cursor inside one transaction, committed on exit, rolled back on an error."""
+    def transaction(
+        self, *, write: bool, one_statement: bool = False
+    ) -> AbstractContextManager[Cursor]:
+        """A cursor inside one transaction, committed on exit, rolled back on an error.
+
+        ``one_statement``: the block writes with at most one statement, which is atomic by
+        itself, so a backend may run it without ``BEGIN``/``COMMIT`` round trips.
+        """
 
     @abstractmethod
     def _lock_migrations(self, cur: Cursor) -> None:
@@ -218,22 +286,39 @@ class SqlStore(ABC):
             )
         return json.loads(rows[0][0]) if rows else None
 
-    def find_by_state(
-        self, states: Sequence[tuple[str, str]]
-    ) -> dict[tuple[str, str], dict[str, Any]]:
-        """Stored responses by ``(charge_id, state_hash)`` (only those found)."""
-        out: dict[tuple[str, str], dict[str, Any]] = {}
-        if not states:
+    def find_decisions(
+        self, lookups: Sequence[tuple[str | None, str, str]]
+    ) -> list[dict[str, Any] | None]:
+        """The stored response for each ``(idempotency_key, charge_id, state_hash)``.
+
+        The decision stored under the key comes first, else the one stored for the charge
+        state, else None. One query per :data:`LOOKUP_CHUNK` lookups (one for a single
+        decision), so a repeat costs the request a single round trip to the store.
+        """
+        out: list[dict[str, Any] | None] = [None] * len(lookups)
+        if not lookups:
             return out
         with self.transaction(write=False) as cur:
-            for charge_id, state in states:
+            for start in range(0, len(lookups), LOOKUP_CHUNK):
+                part = lookups[start : start + LOOKUP_CHUNK]
+                keys = [k for k, _, _ in part if k is not None]
+                where = " OR ".join(["(charge_id = ? AND state_hash = ?)"] * len(part))
+                params: list[Any] = [x for _, charge_id, h in part for x in (charge_id, h)]
+                if keys:
+                    where += " OR idempotency_key IN (" + ", ".join("?" * len(keys)) + ")"
+                    params += keys
                 rows = self._run(
                     cur,
-                    "SELECT response FROM decisions WHERE charge_id = ? AND state_hash = ?",
-                    (charge_id, state),
+                    "SELECT idempotency_key, charge_id, state_hash, response FROM decisions "
+                    "WHERE " + where,
+                    params,
                 )
-                if rows:
-                    out[(charge_id, state)] = json.loads(rows[0][0])
+                by_key = {r[0]: r[3] for r in rows if r[0] is not None}
+                by_state = {(r[1], r[2]): r[3] for r in rows}
+                for i, (k, charge_id, h) in enumerate(part):
+                    raw = by_key.get(k) if k is not None else None
+                    raw = raw if raw is not None else by_state.get((charge_id, h))
+                    out[start + i] = None if raw is None else json.loads(raw)
         return out
 
     def record_decisions(self, records: Sequence[DecisionRecord]) -> list[dict[str, Any]]:
@@ -243,58 +328,37 @@ class SqlStore(ABC):
         concurrent twin) is not written; the stored response is returned in its place.
         """
         out: list[dict[str, Any]] = []
-        with self.transaction(write=True) as cur:
+        one = len(records) == 1 and self.one_statement_insert
+        with self.transaction(write=True, one_statement=one) as cur:
             for r in records:
-                inserted = self._run(
-                    cur,
-                    "INSERT INTO decisions (decision_id, charge_id, customer_id, decided_at, "
-                    "logged_at, state_hash, idempotency_key, request, action, retry_at, "
-                    "success_probability, alternatives, policy, model_version, exploration, "
-                    "propensity, response, arm) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
-                    "?, ?, ?, ?) ON CONFLICT DO NOTHING RETURNING decision_id",
-                    (
-                        r.decision_id,
-                        r.charge_id,
-                        r.customer_id,
-                        r.decided_at,
-                        r.logged_at,
-                        r.state_hash,
-                        r.idempotency_key,
-                        _dumps(r.request),
-                        r.action,
-                        r.retry_at,
-                        r.success_probability,
-                        _dumps(r.alternatives),
-                        r.policy,
-                        r.model_version,
-                        r.exploration,
-                        r.propensity,
-                        _dumps(r.response),
-                        r.arm,
-                    ),
-                )
-                if inserted:
-                    self._upsert_charge(cur, r.charge_id, r.customer_id, r.charge, r.logged_at)
+                if self._insert_decision(cur, r):
                     out.append(dict(r.response))
                     continue
-                rows = self._run(
+                rows = self._run(  # the twin under the key first, as find_decisions
                     cur,
                     "SELECT response FROM decisions WHERE idempotency_key = ? "
-                    "OR (charge_id = ? AND state_hash = ?)",
-                    (r.idempotency_key, r.charge_id, r.state_hash),
+                    "OR (charge_id = ? AND state_hash = ?) "
+                    "ORDER BY CASE WHEN idempotency_key = ? THEN 0 ELSE 1 END LIMIT 1",
+                    (r.idempotency_key, r.charge_id, r.state_hash, r.idempotency_key),
                 )
                 out.append(json.loads(rows[0][0]))
         return out
+
+    def _insert_decision(self, cur: Cursor, r: DecisionRecord) -> bool:
+        """Insert ``r`` and upsert its charge; False when a twin is already stored."""
+        inserted = self._run(cur, INSERT_DECISION + " RETURNING decision_id", decision_params(r))
+        if inserted:
+            self._upsert_charge(cur, r.charge_id, r.customer_id, r.charge, r.logged_at)
+        return bool(inserted)
 
     def _upsert_charge(
         self, cur: Cursor, charge_id: str, customer_id: str, charge: Mapping[str, Any], now: int
     ) -> None:
         self._run(
             cur,
-            "INSERT INTO charges (charge_id, customer_id, charge, updated_at) VALUES (?, ?, ?, ?) "
-            "ON CONFLICT (charge_id) DO UPDATE SET customer_id = excluded.customer_id, "
-            "charge = excluded.charge, updated_at = excluded.updated_at",
-            (charge_id, customer_id, _dumps(charge), now),
+            "INSERT INTO charges (charge_id, customer_id, charge, updated_at) "
+            "VALUES (?, ?, ?, ?) " + UPSERT_CHARGE,
+            (charge_id, customer_id, dumps_json(charge), now),
         )
 
     def logged_decisions(self) -> list[LoggedDecision]:
@@ -359,7 +423,7 @@ class SqlStore(ABC):
                         r.outcome,
                         matched,
                         1 if known else 0,
-                        _dumps(r.report),
+                        dumps_json(r.report),
                         r.received_at,
                     ),
                 )

@@ -2,6 +2,13 @@
 
 The pool opens on first use in each process (after uvicorn forks its workers). Migrations of
 concurrent processes are serialised with a transaction-level advisory lock.
+
+Round trips are the cost of a logged decision here, so the connections run in autocommit:
+reads and single-statement writes go without ``BEGIN``/``COMMIT`` (at PostgreSQL's default
+READ COMMITTED isolation, every statement sees its own snapshot inside a transaction too, so
+a read-only transaction would add round trips and no consistency), and a single decision is
+logged with one statement (:data:`INSERT_DECISION_WITH_CHARGE`), durable at its commit.
+Writes of several statements run in one explicit transaction.
 """
 
 from __future__ import annotations
@@ -12,11 +19,29 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from retryopt.serving.store.base import Cursor, SqlStore, StoreError
+from retryopt.serving.store.base import (
+    INSERT_DECISION,
+    UPSERT_CHARGE,
+    Cursor,
+    DecisionRecord,
+    SqlStore,
+    StoreError,
+    decision_params,
+    dumps_json,
+)
 
 POOL_MAX_SIZE = 8
 CONNECT_TIMEOUT_S = 10.0
 _MIGRATION_LOCK = 7_246_001  # advisory lock id of retryopt's migrations
+
+INSERT_DECISION_WITH_CHARGE = (
+    f"WITH inserted AS ({INSERT_DECISION} RETURNING decision_id), "
+    "charge AS (INSERT INTO charges (charge_id, customer_id, charge, updated_at) "
+    f"SELECT ?, ?, ?, ? FROM inserted {UPSERT_CHARGE}) "
+    "SELECT decision_id FROM inserted"
+)
+"""A decision and, when it is new, its charge's facts: one atomic statement (data-modifying
+``WITH``, which SQLite lacks)."""
 
 
 class PostgresStore(SqlStore):
@@ -24,6 +49,7 @@ class PostgresStore(SqlStore):
 
     backend = "postgresql"
     placeholder = "%s"
+    one_statement_insert = True
 
     def __init__(self, url: str, *, max_size: int = POOL_MAX_SIZE) -> None:
         super().__init__(url)
@@ -48,6 +74,7 @@ class PostgresStore(SqlStore):
                     open=False,
                     timeout=CONNECT_TIMEOUT_S,
                     name="retryopt-store",
+                    kwargs={"autocommit": True},
                 )
                 try:
                     pool.open(wait=True, timeout=CONNECT_TIMEOUT_S)
@@ -58,20 +85,31 @@ class PostgresStore(SqlStore):
             return self._pool
 
     @contextmanager
-    def transaction(self, *, write: bool) -> Iterator[Cursor]:
-        """A pooled connection's cursor in one transaction."""
+    def transaction(self, *, write: bool, one_statement: bool = False) -> Iterator[Cursor]:
+        """A pooled connection's cursor: in one explicit transaction for a write of several
+        statements, else in autocommit (each statement atomic by itself)."""
         import psycopg
 
         pool = self._get_pool()
         try:
-            with pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
-                yield cur
+            with pool.connection() as conn:
+                if write and not one_statement:
+                    with conn.transaction(), conn.cursor() as cur:
+                        yield cur
+                else:
+                    with conn.cursor() as cur:
+                        yield cur
         except psycopg.Error as exc:
             raise StoreError(f"PostgreSQL store error: {type(exc).__name__}: {exc}") from exc
         except Exception as exc:
             if type(exc).__module__.startswith("psycopg_pool"):
                 raise StoreError(f"PostgreSQL store unavailable: {exc}") from exc
             raise
+
+    def _insert_decision(self, cur: Cursor, r: DecisionRecord) -> bool:
+        """Insert ``r`` and upsert its charge in one statement; False for a stored twin."""
+        charge = (r.charge_id, r.customer_id, dumps_json(r.charge), r.logged_at)
+        return bool(self._run(cur, INSERT_DECISION_WITH_CHARGE, decision_params(r) + charge))
 
     def _lock_migrations(self, cur: Cursor) -> None:
         cur.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))

@@ -74,8 +74,9 @@ class SqliteStore(SqlStore):
         return self._conn
 
     @contextmanager
-    def transaction(self, *, write: bool) -> Iterator[Cursor]:
-        """A cursor in one transaction (``BEGIN IMMEDIATE`` for writes)."""
+    def transaction(self, *, write: bool, one_statement: bool = False) -> Iterator[Cursor]:
+        """A cursor in one transaction (``BEGIN IMMEDIATE`` for writes; ``one_statement`` is
+        ignored: the file is local, so ``BEGIN``/``COMMIT`` cost no round trip)."""
         with self._lock:
             conn = self._connection()
             try:
