@@ -132,7 +132,8 @@ def rollout(
     next-decline distribution given the previous decline code, fitted on the DM's training
     data) with a uniform keyed by (``seed``, charge id, retry number), so a charge's draws do
     not depend on the other charges played with it, and a hard decline after a soft one stops
-    the policy as it would in reality; models without ``transitions`` keep the charge's last decline code. The charge's value accumulates
+    the policy as it would in reality; models without ``transitions`` keep the charge's last
+    decline code. The charge's value accumulates
     ``survival * (retry cost + q * success reward)``.
     """
     n_states = len(charges)
