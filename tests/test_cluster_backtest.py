@@ -174,6 +174,23 @@ def test_cluster_backtest_equals_one_process(
     assert (many / "report.html").exists()
 
 
+def test_the_api_backtests_on_a_cluster_as_one_process(history: tuple[Path, Path]) -> None:
+    pytest.importorskip(
+        "distributed", reason="Dask is not installed: pip install 'retryopt[cluster]'"
+    )
+    import retryopt
+
+    data, dataset = history
+    config = BacktestConfig(n_boot=20, seed=9, dm_refits=0, min_ess=2.0)
+    single = retryopt.backtest(str(data), policies=POLICIES, config=config)
+    clustered = retryopt.backtest(
+        str(dataset / "*.parquet"), policies=POLICIES, config=config, dask="local:2"
+    )
+    _assert_same(clustered, single)
+    with pytest.raises(ValueError, match="path"):
+        retryopt.backtest(load_attempts(data), policies=POLICIES, dask="local:2")
+
+
 @pytest.mark.parametrize(
     ("options", "message"),
     [
@@ -196,10 +213,11 @@ def test_bad_cluster_options_end_with_a_message(
     assert not out.exists()
 
 
-def test_dask_needs_data_not_a_store() -> None:
+def test_dask_needs_data_not_a_store(tmp_path: Path) -> None:
+    out = ["--out", str(tmp_path / "bt")]
     result = RUNNER.invoke(
         app,
-        ["backtest", "--store", "sqlite:///x.db", "--dask", "local", "--policy", "logged"],
+        ["backtest", "--store", "sqlite:///x.db", "--dask", "local", "--policy", "logged", *out],
     )
     assert result.exit_code == 2
     assert "--data only" in result.output

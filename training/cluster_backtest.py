@@ -26,12 +26,14 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from retryopt.features.currency import FxRates
 from retryopt.model.registry import resolve_model
-from retryopt.serving.policies import BundleSuccessModel
+from retryopt.serving.policies import BundleSuccessModel, SuccessModel
 from retryopt.training.backtest.charges import charges_in_months
 from retryopt.training.backtest.config import BacktestConfig
 from retryopt.training.backtest.files import BacktestRun, holdout_months, load_fx
 from retryopt.training.backtest.report import write_outputs
+from retryopt.training.backtest.result import BacktestResult
 from retryopt.training.backtest.runner import run_backtest_parts
 from retryopt.training.backtest.specs import build_policies, parse_spec, unique_labels
 from retryopt.training.cluster import (
@@ -48,6 +50,7 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 
 __all__ = [
     "DaskExecutor",
+    "backtest_on_cluster",
     "backtest_partitions",
     "check_cluster_options",
     "run_files_on_cluster",
@@ -109,22 +112,24 @@ def _count_in_months(attempts: pd.DataFrame, months: Sequence[str]) -> int:
     return len(charges_in_months(attempts, months))
 
 
-def run_files_on_cluster(
+def backtest_on_cluster(
     client: Client,
     data: str | os.PathLike[str],
     specs: Sequence[str],
-    out: str | Path,
     *,
     config: BacktestConfig | None = None,
-    dm_model: str | None = None,
-    fx_rates: str | Path | None = None,
+    dm_model: SuccessModel | None = None,
+    fx: FxRates | None = None,
     partitions: int | None = None,
     progress: Progress = quiet,
-) -> BacktestRun:
-    """:func:`.backtest.files.run_files` on the cluster's workers (the same result and outputs).
+) -> tuple[BacktestResult, int | None]:
+    """The backtest of ``data`` on the cluster's workers, and the held-out charges' count.
 
     ``data``: a file, a partitioned Parquet folder or glob, or an fsspec URL every worker can
-    read; ``partitions``: customer partitions (default: the input's, at least two per worker).
+    read; ``specs``: ``--policy`` specs; ``dm_model``: a given direct-method model (default: fit
+    one on customers kept apart); ``partitions``: customer partitions (default: the input's, at
+    least two per worker). With ``config.holdout`` and model specs, only the bundles' held-out
+    months are evaluated (their failed charges are counted on the workers).
 
     Raises
     ------
@@ -135,7 +140,6 @@ def run_files_on_cluster(
     """
     cfg = config or BacktestConfig()
     check_cluster_options(specs, cfg)
-    fx = load_fx(fx_rates, cfg.reporting_currency)
     source = os.fspath(data)
     progress(f"reading {source} and partitioning it by customer")
     parts = backtest_partitions(client, source, partitions=partitions)
@@ -152,15 +156,48 @@ def run_files_on_cluster(
             f"evaluating the {holdout_charges} failed charges of the models' held-out "
             f"months {', '.join(months)}"
         )
-    dm = None if dm_model is None else BundleSuccessModel(resolve_model(dm_model))
     result = run_backtest_parts(
         DaskExecutor(client),
         parts,
         policies,
         config=cfg,
-        dm_model=dm,
+        dm_model=dm_model,
         eval_months=months or None,
         fx=fx,
+        progress=progress,
+    )
+    return result, holdout_charges
+
+
+def run_files_on_cluster(
+    client: Client,
+    data: str | os.PathLike[str],
+    specs: Sequence[str],
+    out: str | Path,
+    *,
+    config: BacktestConfig | None = None,
+    dm_model: str | None = None,
+    fx_rates: str | Path | None = None,
+    partitions: int | None = None,
+    progress: Progress = quiet,
+) -> BacktestRun:
+    """:func:`.backtest.files.run_files` on the cluster's workers (the same result and outputs).
+
+    :func:`backtest_on_cluster` with the file edge: ``dm_model`` a bundle path or registry name,
+    ``fx_rates`` a JSON file of exchange rates; the report is written to ``out``.
+    """
+    cfg = config or BacktestConfig()
+    check_cluster_options(specs, cfg)
+    fx = load_fx(fx_rates, cfg.reporting_currency)
+    dm = None if dm_model is None else BundleSuccessModel(resolve_model(dm_model))
+    result, holdout_charges = backtest_on_cluster(
+        client,
+        data,
+        specs,
+        config=cfg,
+        dm_model=dm,
+        fx=fx,
+        partitions=partitions,
         progress=progress,
     )
     result.truth = {}
