@@ -36,6 +36,7 @@ from retryopt.training.backtest.result import BacktestResult
 from retryopt.training.backtest.runner import run_backtest
 from retryopt.training.backtest.specs import build_policies
 from retryopt.training.cluster import connect
+from retryopt.training.cluster_backtest import backtest_on_cluster
 from retryopt.training.cluster_train import run_training_on_cluster
 from retryopt.training.mlflow_tracking import DEFAULT_EXPERIMENT, DEFAULT_REGISTERED_NAME
 from retryopt.training.progress import Progress, quiet
@@ -225,6 +226,7 @@ def backtest(
     dm_model: ModelBundle | str | Path | None = None,
     world: SimulatedWorld | None = None,
     progress: Progress | None = None,
+    dask: str | None = None,
 ) -> BacktestResult:
     """Compare retry policies on logged history with DM, IPS, SNIPS and DR and 95 % intervals.
 
@@ -246,6 +248,11 @@ def backtest(
         The simulated world of ``attempts`` (for the ``oracle`` policy).
     progress
         Called with one line per long step.
+    dask
+        Run on a Dask cluster (``pip install 'retryopt[cluster]'``): a scheduler address or
+        ``local[:N]``; ``attempts`` is then a path every worker reads (a file, a partitioned
+        Parquet folder, a glob or an fsspec URL). The result equals the one-process result for
+        the same seed (every month evaluated, as without ``dask``; no ``world``).
 
     Returns
     -------
@@ -254,9 +261,24 @@ def backtest(
         ``retryopt.training.backtest.report.write_outputs`` writes the HTML report.
     """
     cfg = config or BacktestConfig()
+    bundle = load_model(dm_model) if isinstance(dm_model, str | Path) else dm_model
+    if dask is not None:
+        if isinstance(attempts, pd.DataFrame) or world is not None:
+            raise ValueError(
+                "dask: give the history's path (the workers read it), not a frame or a world"
+            )
+        with connect(dask) as client:
+            result, _ = backtest_on_cluster(
+                client,
+                attempts,
+                policies,
+                config=replace(cfg, holdout=False),
+                dm_model=None if bundle is None else BundleSuccessModel(bundle),
+                progress=progress or quiet,
+            )
+            return result
     frame = attempts if isinstance(attempts, pd.DataFrame) else load_attempts(attempts)
     _, built = build_policies(policies, seed=cfg.seed, world=world)
-    bundle = load_model(dm_model) if isinstance(dm_model, str | Path) else dm_model
     return run_backtest(
         frame,
         built,

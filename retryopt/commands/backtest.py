@@ -18,8 +18,11 @@ def _progress(message: str) -> None:
 
 
 def command(
-    data: Path | None = typer.Option(
-        None, "--data", help="Attempts (CSV or Parquet, the data contract)."
+    data: str | None = typer.Option(
+        None,
+        "--data",
+        help="Attempts (CSV or Parquet, the data contract); with --dask also a partitioned "
+        "Parquet folder, a glob or an fsspec URL the workers can read.",
     ),
     store: str | None = typer.Option(
         None,
@@ -110,6 +113,12 @@ def command(
         max=1.0,
         help="Annual time value of cash (discounting; default 0.045).",
     ),
+    dask: str | None = typer.Option(
+        None,
+        "--dask",
+        help="Backtest on a Dask cluster: scheduler address (tcp://host:8786) or local[:N] "
+        "(same result as one process for the same seed; see README, 'Running on a cluster').",
+    ),
     truth_replications: int = typer.Option(
         _DEFAULTS.truth_replications,
         "--truth-replications",
@@ -121,33 +130,38 @@ def command(
     """Compare policies with DM, IPS, SNIPS and DR estimates and 95 % bootstrap intervals."""
     from retryopt.commands.train import store_or_data
 
-    with store_or_data(data, store) as path:
-        _backtest(
-            path,
-            policy,
-            out,
-            simulate,
-            bootstrap,
-            seed,
-            truth,
-            bandwidth,
-            dm_model,
-            holdout,
-            dm_refits,
-            min_ess,
-            fx_rates,
-            reporting_currency,
-            truth_replications,
-            {
-                "cost_per_attempt": cost_per_attempt,
-                "daily_cancel_hazard": daily_cancel_hazard,
-                "annual_interest_rate": annual_interest_rate,
-            },
-        )
+    options = (
+        policy,
+        out,
+        simulate,
+        bootstrap,
+        seed,
+        truth,
+        bandwidth,
+        dm_model,
+        holdout,
+        dm_refits,
+        min_ess,
+        fx_rates,
+        reporting_currency,
+        truth_replications,
+        {
+            "cost_per_attempt": cost_per_attempt,
+            "daily_cancel_hazard": daily_cancel_hazard,
+            "annual_interest_rate": annual_interest_rate,
+        },
+    )
+    if dask is not None:
+        if data is None or store is not None:
+            raise typer.BadParameter("--dask backtests --data only", param_hint="--dask")
+        _backtest(data, *options, dask=dask)
+        return
+    with store_or_data(None if data is None else Path(data), store) as path:
+        _backtest(path, *options, dask=None)
 
 
 def _backtest(
-    data: Path,
+    data: Path | str,
     policy: list[str],
     out: Path,
     simulate: bool,
@@ -163,6 +177,8 @@ def _backtest(
     reporting_currency: str,
     truth_replications: int,
     objective: dict[str, float | None],
+    *,
+    dask: str | None,
 ) -> None:
     from retryopt.features.decisions import Constraints
     from retryopt.features.objective import Objective
@@ -188,16 +204,36 @@ def _backtest(
                 )
             ),
         )
-        run = run_files(
-            data,
-            policy,
-            out,
-            config=config,
-            truth=truth,
-            dm_model=dm_model,
-            fx_rates=fx_rates,
-            progress=_progress,
-        )
+        if dask is None:
+            run = run_files(
+                data,
+                policy,
+                out,
+                config=config,
+                truth=truth,
+                dm_model=dm_model,
+                fx_rates=fx_rates,
+                progress=_progress,
+            )
+        else:
+            from retryopt.training.cluster import connect
+            from retryopt.training.cluster_backtest import (
+                check_cluster_options,
+                run_files_on_cluster,
+            )
+
+            check_cluster_options(policy, config)
+            with connect(dask) as client:
+                run = run_files_on_cluster(
+                    client,
+                    data,
+                    policy,
+                    out,
+                    config=config,
+                    dm_model=dm_model,
+                    fx_rates=fx_rates,
+                    progress=_progress,
+                )
     except (SpecError, FileNotFoundError, ValueError) as exc:
         typer.secho(f"error: {exc}", fg="red", err=True)
         raise typer.Exit(2) from None

@@ -23,13 +23,13 @@ import pandas as pd
 
 from retryopt.features.columns import AttemptColumns
 from retryopt.features.decisions import DecisionBatch, PolicyDecisions
+from retryopt.features.keyed_random import keyed_uniforms
 from retryopt.features.localtime import NAT_INT, NS_PER_HOUR
 from retryopt.serving.policies.base import Decision, PlannerConfig, _RulesPolicy, _stop_decision
 from retryopt.serving.policies.explain import _local_label
 from retryopt.serving.policies.rules import CardRef, Reason, RuleResult
 
 _NAT = np.datetime64("NaT", "ns")
-_MASK64 = 0xFFFFFFFFFFFFFFFF
 
 
 class FallbackPolicy(_RulesPolicy):
@@ -249,7 +249,7 @@ class UniformRandom(_GridBaseline):
 
     def _draws(self, rules: Sequence[RuleResult]) -> np.ndarray:
         used = np.fromiter((r.retries_used for r in rules), dtype=np.int64, count=len(rules))
-        return _keyed_uniforms(self.seed, [r.charge_id for r in rules], used)
+        return keyed_uniforms(self.seed, [r.charge_id for r in rules], used)
 
     def _pick(self, rule: RuleResult, u: float) -> tuple[int, float, str, str]:
         allowed = np.flatnonzero(rule.allowed)
@@ -275,22 +275,3 @@ class UniformRandom(_GridBaseline):
             if j < grid_ns.size and grid_ns[j] < t + step and r.allowed[j]:
                 out[i] = 1.0 / int(np.count_nonzero(r.allowed))
         return out
-
-
-def _mix(x: np.ndarray) -> np.ndarray:
-    """The SplitMix64 finaliser (uint64, wrapping)."""
-    x = x + np.uint64(0x9E3779B97F4A7C15)
-    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return x ^ (x >> np.uint64(31))
-
-
-def _keyed_uniforms(seed: int, charge_ids: Sequence[str], counter: np.ndarray) -> np.ndarray:
-    """Uniforms in ``[0, 1)`` keyed by (``seed``, charge id, ``counter``): stateless, so a
-    charge's draw does not depend on which other charges are decided with it."""
-    ids = pd.util.hash_array(np.asarray(charge_ids, dtype=object)).astype(np.uint64)
-    with np.errstate(over="ignore"):
-        x = np.full(ids.shape, seed & _MASK64, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
-        x = _mix(x ^ ids)
-        x = _mix(x ^ (np.asarray(counter, dtype=np.uint64) * np.uint64(0xD6E8FEB86659FD93)))
-    return (x >> np.uint64(11)).astype(np.float64) * (1.0 / 9007199254740992.0)

@@ -3,6 +3,12 @@
 :func:`fit_success_model` fits it on the logged retries of other customers (with model-error
 replicates on customer-bootstrap reweightings); :class:`DeclineTransitions` draws the next decline
 of a hypothetical failed retry in the DM roll-outs.
+
+Every random choice here is keyed (:func:`features.keyed_random.keyed_uniforms`): which
+customers are kept apart (:func:`split_customers`), which of them the DM learns from
+(:func:`pick_dm_customers`) and the roll-outs' next declines depend on the seed and the
+customer or charge id only, never on which other ids are processed with them, so a backtest
+split over a cluster's partitions draws exactly what one process draws.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import pandas as pd
 from retryopt.features import contract as c
 from retryopt.features.decisions import DecisionBatch
 from retryopt.features.examples import build_training_examples
+from retryopt.features.keyed_random import keyed_uniforms
 from retryopt.features.online import build_candidate_features
 from retryopt.features.spec import FeatureSpec, encode_features, fit_feature_spec
 from retryopt.serving.policies import CandidateScores
@@ -22,6 +29,13 @@ from retryopt.training.backtest.charges import member
 
 if TYPE_CHECKING:
     import lightgbm as lgb
+
+SPLIT_STREAM = 1
+"""Keyed stream of the customer split (:func:`split_customers`)."""
+PICK_STREAM = 2
+"""Keyed stream of the DM customers' order under the example cap (:func:`pick_dm_customers`)."""
+TRANSITION_STREAM = 3
+"""Keyed stream of the roll-outs' next declines (:meth:`DeclineTransitions.sample`)."""
 
 
 class DeclineTransitions:
@@ -57,10 +71,13 @@ class DeclineTransitions:
                 table[key] = (code[idx], adv[idx])
         return cls(table)
 
-    def sample(
-        self, previous: np.ndarray, rng: np.random.Generator
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Draw the next ``(decline_code, network_advice_code)`` per previous decline code."""
+    def sample(self, previous: np.ndarray, uniforms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Draw the next ``(decline_code, network_advice_code)`` per previous decline code.
+
+        ``uniforms`` (one in ``[0, 1)`` per row, keyed by the charge and retry number) pick the
+        row's observed transition, so a row's draw does not depend on the other rows.
+        """
+        u = np.asarray(uniforms, dtype=np.float64)
         prev = np.asarray(previous, dtype=object).astype(str)
         code = np.asarray(previous, dtype=object).copy()
         adv = np.full(len(prev), None, dtype=object)
@@ -70,7 +87,7 @@ class DeclineTransitions:
             codes, advs = self.table.get(key, pooled)
             if not len(codes):
                 continue
-            pick = rng.integers(0, len(codes), size=len(rows))
+            pick = np.minimum((u[rows] * len(codes)).astype(np.int64), len(codes) - 1)
             code[rows] = codes[pick]
             adv[rows] = advs[pick]
         return code, adv
@@ -121,7 +138,9 @@ def fit_success_model(
     Parameters
     ----------
     attempts
-        Canonical attempts of the charges/customers kept apart from the evaluation.
+        Canonical attempts of the charges/customers kept apart from the evaluation, in any row
+        order (they are put in :func:`canonical_order` first, so rows gathered from a cluster's
+        partitions fit the same model as one process).
     seed
         LightGBM seed (deterministic, single thread).
     num_boost_round
@@ -133,6 +152,7 @@ def fit_success_model(
     """
     import lightgbm as lgb
 
+    attempts = canonical_order(attempts)
     ex = build_training_examples(attempts)
     if len(ex.label) < 50:
         raise ValueError(
@@ -171,31 +191,60 @@ def fit_success_model(
     return main
 
 
-def dm_customers(
-    attempts: pd.DataFrame, candidates: np.ndarray, *, max_examples: int, seed: int
-) -> np.ndarray:
-    """Whole customers (a seeded random subset of ``candidates``) with <= ``max_examples`` retries.
+def canonical_order(attempts: pd.DataFrame) -> pd.DataFrame:
+    """Rows ordered by customer, charge, time and attempt id (a total order on valid data)."""
+    keys = [c.CUSTOMER_ID, c.CHARGE_ID, c.ATTEMPTED_AT, c.ATTEMPT_ID]
+    return attempts.sort_values(keys, kind="stable").reset_index(drop=True)
+
+
+def retry_counts(attempts: pd.DataFrame, customers: np.ndarray) -> pd.Series:
+    """Logged retries per customer of ``customers`` (index: customer id; 0 when none).
 
     A retry is an attempt that is not its charge's first; this is the number of examples
-    ``features.examples.build_training_examples`` makes, so the DM fit stays bounded (~300k
-    examples fit in well under a minute) whatever the size of the history.
+    ``features.examples.build_training_examples`` makes for the customer.
     """
-    cand = np.asarray(candidates, dtype=object)
+    cand = np.asarray(customers, dtype=object)
     rows = attempts[member(attempts[c.CUSTOMER_ID], cand)]
     per_customer = (
         rows.groupby(c.CUSTOMER_ID, sort=False).size()
         - rows.groupby(c.CUSTOMER_ID, sort=False)[c.CHARGE_ID].nunique()
     )
-    counts = per_customer.reindex(pd.Index(cand)).fillna(0).to_numpy(dtype=np.int64)
-    if counts.sum() <= max_examples:
-        return cand
-    order = np.random.default_rng(seed).permutation(len(cand))
-    keep = order[np.cumsum(counts[order]) <= max_examples]
-    return cand[np.sort(keep)]
+    per_customer.index = per_customer.index.astype(object)
+    return per_customer.reindex(pd.Index(cand, dtype=object)).fillna(0).astype(np.int64)
+
+
+def pick_dm_customers(counts: pd.Series, *, max_examples: int, seed: int) -> np.ndarray:
+    """Whole customers with at most ``max_examples`` retries in all, in a keyed random order.
+
+    ``counts``: retries per candidate customer (:func:`retry_counts`, in any order, possibly
+    concatenated from partitions). Customers are taken in the order of their keyed uniform
+    (ties by id) while the running total stays within the cap, so the DM fit stays bounded
+    (~300k examples fit in well under a minute) whatever the size of the history.
+    """
+    ids = counts.index.to_numpy(dtype=object).astype(str).astype(object)
+    order = np.argsort(ids, kind="stable")
+    ids, n = ids[order], counts.to_numpy(dtype=np.int64)[order]
+    if n.sum() <= max_examples:
+        return ids
+    ranked = np.argsort(keyed_uniforms(seed, ids, 0, stream=PICK_STREAM), kind="stable")
+    keep = ranked[np.cumsum(n[ranked]) <= max_examples]
+    return ids[np.sort(keep)]
+
+
+def dm_customers(
+    attempts: pd.DataFrame, candidates: np.ndarray, *, max_examples: int, seed: int
+) -> np.ndarray:
+    """Whole customers (a keyed random subset of ``candidates``), <= ``max_examples`` retries."""
+    return pick_dm_customers(
+        retry_counts(attempts, candidates), max_examples=max_examples, seed=seed
+    )
 
 
 def split_customers(customer_ids: np.ndarray, *, share: float, seed: int) -> np.ndarray:
-    """Deterministic customer-level split: True for customers in the ``share`` part."""
-    uniq, inv = np.unique(np.asarray(customer_ids, dtype=str), return_inverse=True)
-    rng = np.random.default_rng(seed)
-    return (rng.random(len(uniq)) < share)[inv]
+    """Customer-level split: True for customers in the ``share`` part.
+
+    Keyed by the customer id (:data:`SPLIT_STREAM`): a customer's side does not depend on the
+    other customers, so each partition of a cluster splits its own customers as one process.
+    """
+    ids = np.asarray(customer_ids, dtype=object)
+    return np.asarray(keyed_uniforms(seed, ids, 0, stream=SPLIT_STREAM) < share)

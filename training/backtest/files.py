@@ -29,7 +29,12 @@ from retryopt.training.backtest.ground_truth import GroundTruth
 from retryopt.training.backtest.report import write_outputs
 from retryopt.training.backtest.result import BacktestResult
 from retryopt.training.backtest.runner import run_backtest
-from retryopt.training.backtest.specs import build_policies, parse_spec, unique_labels
+from retryopt.training.backtest.specs import (
+    PolicySpec,
+    build_policies,
+    parse_spec,
+    unique_labels,
+)
 from retryopt.training.progress import Progress, quiet
 from retryopt.training.simulate import SimulatedWorld, WorldConfig, simulate_world
 
@@ -82,6 +87,13 @@ def bundle_holdout_months(models: Sequence[str]) -> list[str]:
         months = set(split.get("test_months", [])) | set(split.get("merged_partial_months", []))
         common = months if common is None else common & months
     return sorted(common or ())
+
+
+def holdout_months(parsed: Sequence[PolicySpec], config: BacktestConfig) -> list[str]:
+    """The months to evaluate: with ``config.holdout``, the model bundles' held-out months
+    (:func:`bundle_holdout_months`); empty = every month."""
+    models = [p.model for p in parsed if p.model]
+    return bundle_holdout_months(models) if config.holdout and models else []
 
 
 def load_fx(fx_rates: str | Path | None, reporting_currency: str) -> FxRates:
@@ -140,15 +152,13 @@ def run_files(
         world = load_world(data, truth)
     parsed, policies = build_policies(specs, seed=cfg.seed, world=world)
     eval_charges = None
-    models = [p.model for p in parsed if p.model]
-    if cfg.holdout and models:
-        months = bundle_holdout_months(models)
-        if months:
-            eval_charges = charges_in_months(attempts, months)
-            progress(
-                f"evaluating the {len(eval_charges)} failed charges of the models' held-out "
-                f"months {', '.join(months)}"
-            )
+    months = holdout_months(parsed, cfg)
+    if months:
+        eval_charges = charges_in_months(attempts, months)
+        progress(
+            f"evaluating the {len(eval_charges)} failed charges of the models' held-out "
+            f"months {', '.join(months)}"
+        )
     dm = None if dm_model is None else BundleSuccessModel(resolve_model(dm_model))
     ground_truth = None
     if cfg.simulate and world is not None:

@@ -5,10 +5,15 @@ and written by :mod:`.files` and the command line):
 
 1. :func:`.charges.prepare_charges` finds the failed charges and their logged retries;
 2. the direct-method model is given or fitted on customers kept apart (:mod:`.dm`);
-3. :func:`.estimate.estimate_policy` gives every policy's DM, IPS, SNIPS and DR per-charge
-   contributions;
-4. :func:`run_backtest` bootstraps them by charge into estimates, uplifts and breakdowns with 95 %
-   intervals (:class:`.result.BacktestResult`).
+3. :mod:`.estimate` gives every policy's DM, IPS, SNIPS and DR per-charge contributions;
+4. they are bootstrapped by charge into estimates, uplifts and breakdowns with 95 % intervals
+   (:class:`.result.BacktestResult`).
+
+:func:`run_backtest_parts` runs these steps over customer partitions (:mod:`.parts`): the
+per-charge steps where each partition lives, the DM fit, the weights and the bootstrap on the
+merged charges in one process's order. :func:`run_backtest` is the one-process case (one
+partition: the whole history); a Dask cluster runs the same function
+(:mod:`training.cluster_backtest`), so both give the same result for the same seed.
 """
 
 from __future__ import annotations
@@ -21,31 +26,38 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from retryopt.features import contract as c
 from retryopt.features.currency import FxRates
 from retryopt.features.decisions import Constraints, RetryPolicy
-from retryopt.features.localtime import NS_PER_HOUR
-from retryopt.features.taxonomy import classify_codes
 from retryopt.serving.policies import SuccessModel
-from retryopt.training.backtest.charges import (
-    ChargeData,
-    chunks,
-    member,
-    prepare_charges,
-    state_batch,
-)
 from retryopt.training.backtest.config import BacktestConfig
-from retryopt.training.backtest.dm import dm_customers, fit_success_model, split_customers
-from retryopt.training.backtest.estimate import estimate_policy
-from retryopt.training.backtest.estimators import MetricSet, bootstrap_means, objective_for
+from retryopt.training.backtest.dm import fit_success_model, pick_dm_customers
+from retryopt.training.backtest.estimate import PolicyTerms, combine_estimates, weigh
+from retryopt.training.backtest.estimators import (
+    MetricSet,
+    StepLog,
+    bootstrap_means,
+    objective_for,
+)
 from retryopt.training.backtest.metrics import (
     breakdown_table,
     curve_table,
     estimates_table,
     join_key,
     retry_number_table,
-    rule_checks,
     uplift_table,
+)
+from retryopt.training.backtest.parts import (
+    ChargeMerge,
+    Executor,
+    FailedPart,
+    InProcess,
+    calibration_part,
+    dr_part,
+    eval_part,
+    failed_part,
+    part_shape,
+    policy_part,
+    rows_of_customers,
 )
 from retryopt.training.backtest.result import BacktestResult
 from retryopt.training.progress import Progress, quiet
@@ -86,7 +98,8 @@ def run_backtest(
         The metrics estimated (default :class:`.estimators.MetricSet`).
     truth
         Optional per-policy ``(n_charges, m)`` true contributions on the same charges (simulated
-        worlds), reported as the estimator ``truth``.
+        worlds, in the evaluated charges' order: by charge id), reported as the estimator
+        ``truth``.
     truth_fn
         Alternative to ``truth``: called with the evaluated charge ids (after the DM split) and
         returning their true contributions in that order.
@@ -100,6 +113,42 @@ def run_backtest(
     -------
     BacktestResult
     """
+    return run_backtest_parts(
+        InProcess(),
+        [attempts],
+        policies,
+        config=config,
+        dm_model=dm_model,
+        eval_charges=eval_charges,
+        metrics=metrics,
+        truth=truth,
+        truth_fn=truth_fn,
+        fx=fx,
+        progress=progress,
+    )
+
+
+def run_backtest_parts(
+    executor: Executor,
+    parts: Sequence[Any],
+    policies: Mapping[str, RetryPolicy | None],
+    *,
+    config: BacktestConfig | None = None,
+    dm_model: SuccessModel | None = None,
+    eval_charges: np.ndarray | None = None,
+    eval_months: Sequence[str] | None = None,
+    metrics: MetricSet | None = None,
+    truth: Mapping[str, np.ndarray] | None = None,
+    truth_fn: Callable[[np.ndarray], Mapping[str, np.ndarray]] | None = None,
+    fx: FxRates | None = None,
+    progress: Progress = quiet,
+) -> BacktestResult:
+    """:func:`run_backtest` over customer partitions of the attempts (handles of ``executor``).
+
+    Every customer's attempts must be in one partition. ``eval_months`` (``YYYY-MM``) restricts
+    the evaluation to failed charges first failing in those months, found per partition
+    (:func:`.charges.charges_in_months`); the other parameters are :func:`run_backtest`'s.
+    """
     cfg = config or BacktestConfig()
     rates = fx or FxRates(reporting=cfg.reporting_currency)
     cons, own_metrics = objective_for(cfg.constraints or Constraints(), rates)
@@ -110,49 +159,79 @@ def run_backtest(
         )
     seed, min_ess = cfg.seed, cfg.min_ess
     started = time.perf_counter()
-    all_failed = prepare_charges(attempts, charge_ids=eval_charges, keep_history=False, fx=rates)
-    ids = all_failed.charge_ids
+    fit_dm = dm_model is None and cfg.fit_dm
+    failed = executor.map(
+        failed_part,
+        parts,
+        eval_charges=None if eval_charges is None else executor.share(eval_charges),
+        eval_months=None if eval_months is None else list(eval_months),
+        fx=rates,
+        fit_dm=fit_dm,
+        dm_share=cfg.dm_share,
+        seed=seed,
+    )
     model = dm_model
-    if model is None and cfg.fit_dm:
-        fit_part = split_customers(
-            all_failed.attrs["customer_id"].to_numpy(), share=cfg.dm_share, seed=seed
-        )
-        fit_ids = ids[fit_part]
-        ids = ids[~fit_part]
-        # the DM may learn from every customer that is not evaluated (capped), not only the
-        # kept-apart half of the evaluated period's customers
-        evaluated = pd.Index(pd.unique(all_failed.attrs["customer_id"].to_numpy()[~fit_part]))
-        everyone = pd.unique(attempts[c.CUSTOMER_ID].astype(str).to_numpy(dtype=object))
-        others = everyone[evaluated.get_indexer(everyone) < 0]
-        fit_customers = dm_customers(attempts, others, max_examples=cfg.dm_max_examples, seed=seed)
-        fit_rows = attempts[member(attempts[c.CUSTOMER_ID], fit_customers)]
-        progress(
-            f"fitting the direct-method model on {len(fit_customers)} customers kept apart "
-            f"({len(fit_rows)} attempts; {len(fit_ids)} failed charges in the split)"
-        )
-        model = fit_success_model(fit_rows, seed=seed, refits=cfg.dm_refits)
-        progress("direct-method model fitted")
-    data = prepare_charges(attempts, charge_ids=ids, fx=rates)
-    progress(f"evaluating {data.n} failed charges with {len(data.steps.step)} logged retries")
+    if fit_dm:
+        model = _fit_dm(executor, parts, executor.gather(failed), cfg, progress)
+    evaluated = executor.map(eval_part, parts, failed, fx=rates)
+    merge = ChargeMerge(executor.gather(executor.map(part_shape, evaluated)))
+    steps = merge.steps
+    progress(f"evaluating {merge.n} failed charges with {len(steps.step)} logged retries")
+    shared_model = None if model is None else executor.share(model)
     numerators: dict[str, np.ndarray] = {}
     denominators: dict[str, np.ndarray | None] = {}
     overlap: dict[str, dict[str, Any]] = {}
     rules: dict[str, dict[str, int]] = {}
     warnings: list[str] = []
-    hard_state = _hard_states(data)
     for label, policy in policies.items():
         t0 = time.perf_counter()
-        est = estimate_policy(
-            data,
-            label,
-            policy,
-            metrics=mset,
-            constraints=cons,
-            model=model,
-            bandwidth_hours=cfg.bandwidth_hours,
-            min_ess=min_ess,
-            progress=progress,
-        )
+        terms, weighing, dr = None, None, None
+        if policy is not None:
+            shared_policy = executor.share(policy)
+            done = executor.gather(
+                executor.map(
+                    policy_part,
+                    evaluated,
+                    label=label,
+                    policy=shared_policy,
+                    metrics=mset,
+                    constraints=cons,
+                    model=shared_model,
+                )
+            )
+            terms = _merge_terms(merge, [d[0] for d in done])
+            rules[label] = {k: sum(d[1][k] for d in done) for k in done[0][1]} if done else {}
+            progress(f"{label}: decisions and direct method on {merge.n} charges")
+            weighing = weigh(
+                steps,
+                merge.n,
+                label,
+                terms,
+                metrics=mset,
+                bandwidth_hours=cfg.bandwidth_hours,
+                min_ess=min_ess,
+                progress=progress,
+            )
+            rows = weighing.dr_rows()
+            if model is not None and weighing.ips is not None:
+                local = merge.split_rows(rows)
+                results = executor.gather(
+                    executor.map(
+                        dr_part,
+                        evaluated,
+                        local,
+                        policy=shared_policy,
+                        model=shared_model,
+                        metrics=mset,
+                        constraints=cons,
+                    )
+                )
+                dr = (
+                    merge.place_rows(rows, [r[0] for r in results]),
+                    merge.place_rows(rows, [r[1] for r in results]),
+                )
+                progress(f"{label}: doubly robust corrections on {len(rows)} matched retries")
+        est = combine_estimates(label, steps, merge.n, terms, weighing, dr, metrics=mset)
         for name, num in est.numerators.items():
             numerators[join_key(label, name)] = num
             denominators[join_key(label, name)] = est.denominators[name]
@@ -160,20 +239,20 @@ def run_backtest(
             overlap[label] = est.overlap.to_dict()
         if est.warning and est.warning not in warnings:
             warnings.append(est.warning)
-        if est.target_hours is not None:
-            rules[label] = _rules_for(data, hard_state, est.target_hours)
         progress(f"{label}: done in {time.perf_counter() - t0:.1f} s")
     if truth_fn is not None:
-        truth = {**(truth or {}), **truth_fn(data.charge_ids)}
+        truth = {**(truth or {}), **truth_fn(merge.charge_ids)}
     if truth:
         for label, contrib in truth.items():
             numerators[join_key(label, "truth")] = contrib
             denominators[join_key(label, "truth")] = None
     groups: dict[str, tuple[np.ndarray, Sequence[str]]] = {}
     for g in BREAKDOWNS:
-        codes, levels = pd.factorize(data.attrs[g].to_numpy(), sort=True)
+        codes, levels = pd.factorize(merge.attrs[g].to_numpy(), sort=True)
         groups[g] = (codes, tuple(str(v) for v in levels))
-    progress(f"bootstrap: {cfg.n_boot} resamples of {data.n} charges x {len(numerators)} estimates")
+    progress(
+        f"bootstrap: {cfg.n_boot} resamples of {merge.n} charges x {len(numerators)} estimates"
+    )
     res = bootstrap_means(
         numerators,
         denominators,
@@ -183,7 +262,10 @@ def run_backtest(
         group_codes=groups,
     )
     baseline = next(iter(policies)) if policies else ""
-    calib = _calibration(data, model) if model is not None else pd.DataFrame()
+    calib = pd.DataFrame()
+    if model is not None:
+        predicted = executor.gather(executor.map(calibration_part, evaluated, model=shared_model))
+        calib = calibration_table(merge.rows(predicted), steps)
     return BacktestResult(
         estimates=estimates_table(res, mset),
         uplift=uplift_table(res, mset, baseline=baseline),
@@ -195,8 +277,8 @@ def run_backtest(
         calibration=calib,
         warnings=warnings,
         meta={
-            "n_charges": data.n,
-            "n_logged_retries": len(data.steps.step),
+            "n_charges": merge.n,
+            "n_logged_retries": len(steps.step),
             "n_boot": cfg.n_boot,
             "seed": seed,
             "baseline": baseline,
@@ -213,43 +295,56 @@ def run_backtest(
     )
 
 
-def _hard_states(data: ChargeData) -> np.ndarray:
-    """Per logged retry row: whether the decline before it is hard (never retry)."""
-    att = data.attempts
-    info = classify_codes(att[c.DECLINE_CODE], att[c.NETWORK_ADVICE_CODE])
-    hard = info["hard"].to_numpy(dtype=bool) & (att[c.OUTCOME].astype(str) == c.FAILED).to_numpy()
-    key = att["_charge"].to_numpy().astype(np.int64) * 1000 + att["_step"].to_numpy()
-    lookup = pd.Series(hard, index=key)
-    want = data.steps.charge.astype(np.int64) * 1000 + data.steps.step - 1
-    return lookup.reindex(want).fillna(False).to_numpy(dtype=bool)
+def _fit_dm(
+    executor: Executor,
+    parts: Sequence[Any],
+    failed: Sequence[FailedPart],
+    cfg: BacktestConfig,
+    progress: Progress,
+) -> SuccessModel:
+    """The DM fitted on customers kept apart, gathered from the partitions (capped)."""
+    # the DM may learn from every customer that is not evaluated (capped), not only the
+    # kept-apart half of the evaluated period's customers
+    candidates = pd.concat([f.dm_candidates for f in failed if f.dm_candidates is not None])
+    customers = pick_dm_customers(candidates, max_examples=cfg.dm_max_examples, seed=cfg.seed)
+    shared = executor.share(customers)
+    rows = executor.gather(executor.map(rows_of_customers, parts, customers=shared))
+    fit_rows = pd.concat(rows, ignore_index=True)
+    kept_apart = sum(f.n_kept_apart for f in failed)
+    progress(
+        f"fitting the direct-method model on {len(customers)} customers kept apart "
+        f"({len(fit_rows)} attempts; {kept_apart} failed charges in the split)"
+    )
+    model = fit_success_model(fit_rows, seed=cfg.seed, refits=cfg.dm_refits)
+    progress("direct-method model fitted")
+    return model
 
 
-def _rules_for(data: ChargeData, hard_state: np.ndarray, target: np.ndarray) -> dict[str, int]:
-    steps = data.steps
-    k_max = int(steps.step.max()) if len(steps.step) else 0
-    hours = np.full((data.n, k_max + 1), np.nan)
-    hours[:, 0] = 0.0  # the first failure
-    hours[steps.charge, steps.step] = steps.logged_hours
-    prior = hours[steps.charge]
-    prior[np.arange(k_max + 1)[None, :] >= steps.step[:, None]] = np.nan  # attempts before it
-    return rule_checks(hard_state=hard_state, target_hours=target, attempt_hours_by_row=prior)
+def _merge_terms(merge: ChargeMerge, terms: Sequence[PolicyTerms]) -> PolicyTerms:
+    """One policy's terms of every partition, in the canonical order."""
+    probs = [t.probability for t in terms]
+    dms = [t.dm for t in terms]
+    dm = None
+    if dms and all(d is not None for d in dms):
+        arrays = [np.asarray(d) for d in dms]
+        dm = merge.charges(arrays, axis=arrays[0].ndim - 2)
+    return PolicyTerms(
+        target=merge.rows([t.target for t in terms]),
+        probability=None if any(p is None for p in probs) else merge.rows(probs),  # type: ignore[arg-type]
+        dm=dm,
+    )
 
 
-def _calibration(data: ChargeData, model: SuccessModel, *, n_bins: int = 10) -> pd.DataFrame:
-    """Reliability of the DM model on the evaluated charges' first logged retries."""
-    steps = data.steps
+def calibration_table(predicted: np.ndarray, steps: StepLog, *, n_bins: int = 10) -> pd.DataFrame:
+    """Reliability of the DM model on the evaluated charges' first logged retries.
+
+    ``predicted``: per logged retry, the DM's success probability (:func:`.parts.calibration_part`,
+    set at the first logged retries).
+    """
     rows = np.flatnonzero(steps.step == 1)
     if not rows.size:
         return pd.DataFrame(columns=["bin", "mean_predicted", "observed", "n"])
-    ch = steps.charge[rows]
-    at = data.first_failure[ch] + (steps.logged_hours[rows] * NS_PER_HOUR).astype("timedelta64[ns]")
-    preds = []
-    for part in chunks(len(rows), 5000):
-        batch = state_batch(
-            data, ch[part], np.zeros(len(part), dtype=np.int64), constraints=Constraints()
-        )
-        preds.append(np.asarray(model.predict_candidates(batch, at[part][:, None]).proba)[:, 0])
-    p = np.concatenate(preds)
+    p = predicted[rows]
     y = steps.success[rows].astype(float)
     edges = np.unique(np.quantile(p, np.linspace(0, 1, n_bins + 1)))
     b = np.clip(np.searchsorted(edges, p, side="right") - 1, 0, max(len(edges) - 2, 0))
