@@ -1,4 +1,4 @@
-"""The closed loop (training.loop) on a small world against a real server with a SQLite store.
+"""The closed loop (training.loop) on a small world against a real server, on both store backends.
 
 History imported over HTTP, three months served by the running server through the billing
 client, exported, retrained and deployed after each, and the next model backtested on each
@@ -50,11 +50,11 @@ def test_outcome_reports_carry_the_charge_facts(world: object) -> None:
     assert {"brand", "funding", "country", "added_at", "exp_month", "exp_year"} <= set(out["card"])
 
 
-def test_three_months_of_the_closed_loop(world: object, tmp_path: Path) -> None:
+def test_three_months_of_the_closed_loop(world: object, store_url: str, tmp_path: Path) -> None:
+    """The whole loop on a SQLite file and on a real PostgreSQL server (``store_url`` fixture)."""
     from retryopt.training.simulate import SimulatedWorld
 
     assert isinstance(world, SimulatedWorld)
-    store_url = f"sqlite:///{tmp_path / 'store.db'}"
     models = tmp_path / "models"
     settings = Settings(model=None, store_url=store_url, models_root=str(models))
     cfg = LoopConfig(warmup_months=3, served_months=3, bootstrap=30, truth_replications=1)

@@ -5,10 +5,10 @@ subcommand a user would run, through its public command-line contract, so the de
 that the commands fit together.
 
 ``retryopt demo --loop`` closes the loop instead (:mod:`retryopt.training.loop`): a
-``retryopt serve`` process with a SQLite store decides the world's failed charges month after
-month, called over HTTP by a billing client that reports every attempt back; after each month
-the store is exported, a model retrained, backtested on the month's log against the world's
-truth, and deployed with ``/admin/reload``.
+``retryopt serve`` process with a SQLite store (or the empty store given by ``--store``) decides
+the world's failed charges month after month, called over HTTP by a billing client that reports
+every attempt back; after each month the store is exported, a model retrained, backtested on
+the month's log against the world's truth, and deployed with ``/admin/reload``.
 """
 
 from __future__ import annotations
@@ -65,11 +65,20 @@ def command(
     loop_months: int = typer.Option(
         3, "--loop-months", min=1, max=24, help="With --loop: months served by the server."
     ),
+    store: str | None = typer.Option(
+        None,
+        "--store",
+        help="With --loop: an empty store (sqlite:///PATH or postgresql://...) for the server; "
+        "default: a fresh SQLite file under OUT_DIR/loop.",
+    ),
 ) -> None:
     """Run the whole pipeline on a simulated world and print where the report is."""
+    if store is not None and not loop:
+        raise typer.BadParameter("--store is used with --loop only", param_hint="--store")
     out_dir.mkdir(parents=True, exist_ok=True)
     if loop:
         _closed_loop(
+            store_url=_empty_store(store) if store is not None else None,
             customers=customers,
             served_months=loop_months,
             seed=seed,
@@ -127,6 +136,31 @@ def command(
     typer.secho(f"Backtest report: {(report_dir / 'report.html').resolve()}", bold=True)
 
 
+def _empty_store(url: str) -> str:
+    """``url`` when it names a reachable store holding no decisions, outcomes or charges.
+
+    The loop starts from the world's imported history, so a store that already holds a log
+    would mix two histories; it is refused rather than emptied.
+    """
+    from retryopt.serving.store import StoreError, open_store, redact_url
+
+    try:
+        opened = open_store(url)
+    except (ValueError, StoreError) as exc:
+        raise typer.BadParameter(str(exc), param_hint="--store") from None
+    try:
+        held = {table: opened.count(table) for table in ("decisions", "outcomes", "charges")}
+    finally:
+        opened.close()
+    if any(held.values()):
+        rows = ", ".join(f"{n} {table}" for table, n in held.items() if n)
+        raise typer.BadParameter(
+            f"{redact_url(url)} is not empty ({rows}); the loop needs an empty store",
+            param_hint="--store",
+        )
+    return url
+
+
 def _free_port() -> int:
     import socket
 
@@ -137,6 +171,7 @@ def _free_port() -> int:
 
 def _closed_loop(
     *,
+    store_url: str | None,
     customers: int,
     served_months: int,
     seed: int,
@@ -150,6 +185,7 @@ def _closed_loop(
 
     import httpx
 
+    from retryopt.serving.store import redact_url
     from retryopt.training.billing_client import HttpBillingClient
     from retryopt.training.loop import LoopConfig, run_loop
     from retryopt.training.simulate.config import WorldConfig
@@ -161,10 +197,10 @@ def _closed_loop(
     world = simulate_world(WorldConfig(), customers=customers, months=months, seed=seed)
     loop_dir = out_dir / "loop"
     loop_dir.mkdir(parents=True, exist_ok=True)
-    store = (loop_dir / "store.db").resolve()
-    for leftover in loop_dir.glob("store.db*"):
-        leftover.unlink()  # a fresh store: the loop starts from the imported history
-    store_url = f"sqlite:///{store}"
+    if store_url is None:
+        for leftover in loop_dir.glob("store.db*"):
+            leftover.unlink()  # a fresh store: the loop starts from the imported history
+        store_url = f"sqlite:///{(loop_dir / 'store.db').resolve()}"
     models = (models_dir / "loop").resolve()
     models.mkdir(parents=True, exist_ok=True)
     port = _free_port()
@@ -216,7 +252,6 @@ def _closed_loop(
     overlap.to_csv(loop_dir / "overlap.csv", index=False)
     typer.secho("\nOverlap (IPS, SNIPS and DR need an effective sample size >= 30)", bold=True)
     typer.echo(overlap.to_string(index=False, float_format=lambda x: f"{x:.1f}"))
-    typer.secho(
-        f"\nStore: {store_url}  (retryopt export --store {store_url} --out FILE)", bold=True
-    )
+    shown = redact_url(store_url)
+    typer.secho(f"\nStore: {shown}  (retryopt export --store {shown} --out FILE)", bold=True)
     typer.secho(f"Tables: {loop_dir.resolve()}/months.csv, estimates.csv, overlap.csv", bold=True)
