@@ -36,11 +36,63 @@ from retryopt.features.localtime import NS_PER_DAY, NS_PER_HOUR
 from retryopt.features.spec import MISSING_LEVEL, OTHER_LEVEL, FeatureSpec
 from retryopt.features.taxonomy import classify_decline
 
-__all__ = ["advance_after_failures", "fit_next_decline_codes", "planned_within"]
+__all__ = [
+    "advance_after_failures",
+    "count_decline_transitions",
+    "fit_next_decline_codes",
+    "next_decline_codes_from_counts",
+    "planned_within",
+]
 
 _WINDOW_24H: Final = NS_PER_DAY / NS_PER_HOUR
 _WINDOW_30D: Final = 30 * NS_PER_DAY / NS_PER_HOUR
 _SEQUENCE_SEPARATOR: Final = ">"
+
+
+def count_decline_transitions(
+    charge_id: pd.Series | np.ndarray,
+    retry_number: pd.Series | np.ndarray,
+    last_decline_code: pd.Series | np.ndarray,
+) -> pd.Series:
+    """Counts of (decline code before retry ``r``, decline code before retry ``r + 1``).
+
+    One value per retry example (``TrainingExamples.meta`` / ``.features``). Counts of rows that
+    hold whole charges add up (``a.add(b, fill_value=0)``), so a history partitioned by customer
+    is counted part by part; :func:`next_decline_codes_from_counts` reads the sum.
+
+    Returns
+    -------
+    pandas.Series
+        ``n`` indexed by ``(from, to)`` (missing codes as the spec's missing level).
+    """
+    frame = pd.DataFrame(
+        {
+            "charge": np.asarray(charge_id, dtype=object),
+            "r": np.asarray(retry_number, dtype=np.float64),
+            "code": pd.Series(np.asarray(last_decline_code, dtype=object)).fillna(MISSING_LEVEL),
+        }
+    ).sort_values(["charge", "r"], kind="stable")
+    same = frame["charge"].to_numpy()[1:] == frame["charge"].to_numpy()[:-1]
+    codes = frame["code"].to_numpy(dtype=object)
+    pairs = pd.DataFrame({"from": codes[:-1][same], "to": codes[1:][same]}, dtype=object)
+    return pairs.groupby(["from", "to"], sort=True).size().rename("n")
+
+
+def next_decline_codes_from_counts(transitions: pd.Series, *, min_count: int) -> dict[str, str]:
+    """The most frequent next code per code (ties: the first code in sort order).
+
+    ``transitions`` is :func:`count_decline_transitions` (or a sum of them); a code with fewer
+    than ``min_count`` transitions gets no entry.
+    """
+    if transitions.empty:
+        return {}
+    counts = transitions.rename("n").rename_axis(["from", "to"]).reset_index()
+    totals = counts.groupby("from")["n"].transform("sum")
+    counts = counts[totals >= min_count]
+    best = counts.sort_values(["from", "n", "to"], ascending=[True, False, True]).drop_duplicates(
+        "from"
+    )
+    return {str(a): str(b) for a, b in zip(best["from"], best["to"], strict=True)}
 
 
 def fit_next_decline_codes(
@@ -67,25 +119,10 @@ def fit_next_decline_codes(
     dict
         ``code -> next code`` (only codes seen at least ``min_count`` times as a "from" code).
     """
-    frame = pd.DataFrame(
-        {
-            "charge": np.asarray(charge_id, dtype=object),
-            "r": np.asarray(retry_number, dtype=np.float64),
-            "code": pd.Series(np.asarray(last_decline_code, dtype=object)).fillna(MISSING_LEVEL),
-        }
-    ).sort_values(["charge", "r"], kind="stable")
-    same = frame["charge"].to_numpy()[1:] == frame["charge"].to_numpy()[:-1]
-    codes = frame["code"].to_numpy(dtype=object)
-    pairs = pd.DataFrame({"from": codes[:-1][same], "to": codes[1:][same]})
-    if pairs.empty:
-        return {}
-    counts = pairs.groupby(["from", "to"], sort=True).size().rename("n").reset_index()
-    totals = counts.groupby("from")["n"].transform("sum")
-    counts = counts[totals >= min_count]
-    best = counts.sort_values(["from", "n", "to"], ascending=[True, False, True]).drop_duplicates(
-        "from"
+    return next_decline_codes_from_counts(
+        count_decline_transitions(charge_id, retry_number, last_decline_code),
+        min_count=min_count,
     )
-    return {str(a): str(b) for a, b in zip(best["from"], best["to"], strict=True)}
 
 
 @dataclass(frozen=True)

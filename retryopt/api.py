@@ -37,7 +37,7 @@ from retryopt.training.backtest.runner import run_backtest
 from retryopt.training.backtest.specs import build_policies
 from retryopt.training.cluster import connect
 from retryopt.training.cluster_backtest import backtest_on_cluster
-from retryopt.training.cluster_train import run_training_on_cluster
+from retryopt.training.cluster_train import check_cluster_config, run_training_on_cluster
 from retryopt.training.mlflow_tracking import DEFAULT_EXPERIMENT, DEFAULT_REGISTERED_NAME
 from retryopt.training.progress import Progress, quiet
 from retryopt.training.simulate import SimulatedWorld, WorldConfig, simulate_world
@@ -147,6 +147,7 @@ def train(
     else:
         cfg = load_config(config, seed=seed)
     if dask is not None:
+        check_cluster_config(cfg)
         with connect(dask) as client:
             return run_training_on_cluster(
                 client,

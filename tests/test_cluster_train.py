@@ -17,9 +17,11 @@ import pytest
 from typer.testing import CliRunner
 
 from retryopt.cli import app
+from retryopt.features.advance import fit_next_decline_codes, next_decline_codes_from_counts
 from retryopt.features.examples import build_training_examples
 from retryopt.features.spec import feature_spec_from_counts, fit_feature_spec, level_counts
 from retryopt.features.validation import validate_attempts
+from retryopt.model.adjust import code_bounds_from_counts, fit_code_bounds
 from retryopt.model.bundle import load_bundle
 from retryopt.training.cluster import ClusterError, connect, parse_address
 from retryopt.training.cluster_train import (
@@ -28,6 +30,7 @@ from retryopt.training.cluster_train import (
     cluster_fingerprint,
     train_on_cluster,
 )
+from retryopt.training.planning_fit import PlanningCounts
 from retryopt.training.simulate.config import WorldConfig
 from retryopt.training.simulate.world import simulate_world
 from retryopt.training.train import (
@@ -108,6 +111,40 @@ def test_split_and_spec_from_summed_counts_equal_one_process(
     assert feature_spec_from_counts(names, levels, min_level_count=20) == spec
 
 
+def test_planning_counts_of_customer_parts_add_up_to_one_process(
+    history: tuple[pd.DataFrame, Path],
+) -> None:
+    """The rare-code bounds and the next-code map from summed per-part counts are exactly the
+    ones fitted on every row (what ``train --dask`` sums on the client)."""
+    attempts = validate_attempts(history[0]).clean
+    whole = build_training_examples(attempts)
+    codes = whole.features["last_decline_code"].to_numpy(dtype=object)
+    parts = [build_training_examples(p) for p in _parts(attempts, 3)]
+    counts = [PlanningCounts.count(p.features, p.meta, p.label) for p in parts]
+    summed = sum(counts[1:], start=counts[0])
+    assert int(summed.code_retries["retries"].sum()) == sum(isinstance(c, str) for c in codes)
+    levels = sorted({c for c in codes if isinstance(c, str)})
+    # a code that never succeeds, so the bounds are not empty
+    label = np.where(codes == levels[0], 0, whole.label)
+    never = [np.where(p.features["last_decline_code"] == levels[0], 0, p.label) for p in parts]
+    summed_never = sum(
+        (
+            PlanningCounts.count(p.features, p.meta, y)
+            for p, y in zip(parts[1:], never[1:], strict=True)
+        ),
+        start=PlanningCounts.count(parts[0].features, parts[0].meta, never[0]),
+    )
+    expected = fit_code_bounds(codes, label, levels=levels, confidence=0.95)
+    assert levels[0] in expected
+    got = code_bounds_from_counts(summed_never.code_retries, levels=levels, confidence=0.95)
+    assert got == expected
+    next_codes = fit_next_decline_codes(
+        whole.meta["charge_id"], whole.meta["retry_number"], codes, min_count=5
+    )
+    assert len(next_codes) > 3
+    assert next_decline_codes_from_counts(summed.transitions, min_count=5) == next_codes
+
+
 def test_the_fingerprint_ignores_row_order_and_partitioning(
     history: tuple[pd.DataFrame, Path],
 ) -> None:
@@ -145,9 +182,15 @@ def test_bad_cluster_options_end_with_a_message(
     history: tuple[pd.DataFrame, Path], tmp_path: Path
 ) -> None:
     root = history[1]
+    shrinking = tmp_path / "shrinking.toml"
+    shrinking.write_text(TRAIN_TOML + "[planning]\ntiming_shrinkage = true\n")
     for options, message in (
         (["--data", str(root / "attempts"), "--dask", "local:0"], "positive worker count"),
         (["--store", "sqlite:///x.db", "--dask", "local"], "--data only"),
+        (
+            ["--data", str(root / "attempts"), "--dask", "local:2", "--config", str(shrinking)],
+            "planning.timing_shrinkage is not supported with --dask",
+        ),
     ):
         result = RUNNER.invoke(app, ["train", "--out", str(tmp_path / "m"), *options])
         assert result.exit_code == 2, result.output
@@ -199,6 +242,9 @@ def test_a_cluster_trains_a_model_as_good_as_one_process(
     assert bundle.feature_spec == reference.feature_spec
     ours, theirs = bundle.metrics, reference.metrics
     assert ours["split"] == theirs["split"]
+    # counted on the workers over every training row: the same planner tables as one process
+    for key in ("rare_code_bounds", "next_decline_code"):
+        assert ours["planning"][key] == theirs["planning"][key], key
     assert ours["cluster"]["workers"] == 2 and ours["cluster"]["partitions"] >= 2
     m, r = ours["test"]["model"], theirs["test"]["model"]
     assert abs(m["roc_auc"] - r["roc_auc"]) <= AUC_TOLERANCE, (m, r)

@@ -9,11 +9,14 @@ small summaries travel to the client:
   :func:`training.train.split_months`), then the split's row masks per partition;
 - level counts of the categorical features on the training rows (summed: the same
   :class:`FeatureSpec`, :func:`features.spec.feature_spec_from_counts`);
+- the planner's counts of the training rows (retries and successes per decline code for the
+  rare-code bounds, decline-code transitions for the next-code map; summed:
+  :class:`training.planning_fit.PlanningCounts`, the same bounds and map as one process);
 - the **validation and test months in full** (early stopping, calibration, evaluation need every
   row: about 2 / (number of months) of the examples), and a **seeded sample of customers'**
   training rows with at most ``evaluation.baseline_max_rows`` (500,000) rows for the baselines
-  (logistic regression, historical rate) and the planner's next-decline-code map; one process
-  uses every training row for the historical rate and the code map.
+  (logistic regression, historical rate); one process uses every training row for the
+  historical rate.
 
 LightGBM trains data-parallel with ``lightgbm.dask`` on the workers' encoded training rows.
 ``lightgbm.dask`` has no early stopping, so the booster grows in chunks of
@@ -50,6 +53,7 @@ from retryopt.training.cluster import (
     validated_partition,
     worker_count,
 )
+from retryopt.training.planning_fit import PlanningCounts
 from retryopt.training.progress import Progress
 from retryopt.training.train import (
     EvaluationData,
@@ -97,7 +101,8 @@ def _split(examples: TrainingExamples, chosen: SplitMonths, config: TrainConfig)
 
 
 def _summary(examples: TrainingExamples, split: TimeSplit) -> dict[str, Any]:
-    """Row and positive counts per split, embargoed rows, known propensities, level counts."""
+    """Row and positive counts per split, embargoed rows, known propensities, level counts and
+    the planner's counts of the training rows."""
     label = np.asarray(examples.label, dtype=np.int64)
     train = split.train
     return {
@@ -113,6 +118,9 @@ def _summary(examples: TrainingExamples, split: TimeSplit) -> dict[str, Any]:
         "embargoed": split.embargoed,
         "propensity_known": int(np.isfinite(examples.propensity[train]).sum()),
         "levels": level_counts(examples.features[train]),
+        "planning": PlanningCounts.count(
+            examples.features[train], examples.meta[train], label[train]
+        ),
     }
 
 
@@ -327,13 +335,13 @@ def train_on_cluster(
     ------
     TrainingDataError
         As :func:`training.train.train_from_attempts` (no retries, too few months, a split with
-        a single outcome), or ``training.timing_weights`` (not supported on a cluster).
+        a single outcome), or ``training.timing_weights`` or ``planning.timing_shrinkage`` (not
+        supported on a cluster; both are off by default).
     training.cluster.OfflineInputError
         The history breaks the data contract (the report names rows within a partition).
     """
     say = progress or (lambda _msg: None)
-    if config.timing_weights:
-        raise TrainingDataError("training.timing_weights is not supported with --dask")
+    check_cluster_config(config)
     source = os.fspath(data)
     say(f"reading {source} and partitioning it by customer")
     frame = partition_by_customer(
@@ -441,6 +449,9 @@ def train_on_cluster(
             test=test,
             train=sample,
             encoded_validation=encoded_validation,
+            train_counts=sum(
+                (s["planning"] for s in summaries[1:]), start=summaries[0]["planning"]
+            ),
         ),
         best_iteration=best_iteration,
         fit_seconds=fit_seconds,
@@ -461,6 +472,25 @@ def train_on_cluster(
         "rounds_per_chunk": rounds_per_chunk,
     }
     return outcome, fingerprint
+
+
+def check_cluster_config(config: TrainConfig) -> None:
+    """Refuse the options a cluster does not support (before connecting to one).
+
+    Raises
+    ------
+    TrainingDataError
+        ``training.timing_weights`` or ``planning.timing_shrinkage`` is on (both are off by
+        default).
+    """
+    if config.timing_weights:
+        raise TrainingDataError("training.timing_weights is not supported with --dask")
+    if config.timing_shrinkage:
+        # Its fit scores every candidate time of sampled validation decisions from the raw
+        # attempts of those charges, which stay on the workers (planning_fit.decision_centers).
+        raise TrainingDataError(
+            "planning.timing_shrinkage is not supported with --dask (it is off by default)"
+        )
 
 
 def run_training_on_cluster(

@@ -2,6 +2,10 @@
 
 - :func:`fit_code_bounds` (re-exported): rare decline codes whose logged retries never
   succeeded get the zero-success upper bound, fitted on the training and validation months.
+- :class:`PlanningCounts`: what the count-based fits (the rare-code bounds and the planner's
+  next-decline-code map, :func:`features.advance.next_decline_codes_from_counts`) read from the
+  training rows. Counts of disjoint customers add up, so a cluster counts its customer
+  partitions on the workers (:mod:`training.cluster_train`) and fits what one process fits.
 - :func:`fit_timing_shrinkage`: the optimiser's-curse correction, fitted on the validation
   months. For a seeded sample of validation decisions the model scores the decision at every
   ``step_hours`` from the decision to the end of the retry window (the planner's default window
@@ -16,6 +20,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -23,16 +28,62 @@ import pandas as pd
 from scipy.optimize import minimize_scalar
 
 from retryopt.features import contract as ct
+from retryopt.features.advance import count_decline_transitions
 from retryopt.features.decisions import Constraints, DecisionBatch
 from retryopt.features.encoder import CandidateEncoder
 from retryopt.features.localtime import NS_PER_HOUR
 from retryopt.features.spec import FeatureSpec
-from retryopt.model.adjust import CODE_FEATURE, Adjustment, fit_code_bounds, logit
+from retryopt.model.adjust import (
+    CODE_FEATURE,
+    Adjustment,
+    count_code_retries,
+    fit_code_bounds,
+    logit,
+)
 from retryopt.model.calibration import Calibrator
 from retryopt.serving.policies import PlannerConfig
 from retryopt.training.timing import timing_weights
 
-__all__ = ["decision_centers", "fit_code_bounds", "fit_shrinkage_beta", "fit_timing_shrinkage"]
+__all__ = [
+    "PlanningCounts",
+    "decision_centers",
+    "fit_code_bounds",
+    "fit_shrinkage_beta",
+    "fit_timing_shrinkage",
+]
+
+
+@dataclass(frozen=True)
+class PlanningCounts:
+    """Retries and successes per decline code, and decline-code transitions, of some examples.
+
+    ``code_retries`` is :func:`model.adjust.count_code_retries` and ``transitions``
+    :func:`features.advance.count_decline_transitions`; ``a + b`` counts both sets of rows
+    (which must not share a charge).
+    """
+
+    code_retries: pd.DataFrame
+    transitions: pd.Series
+
+    @classmethod
+    def count(cls, features: pd.DataFrame, meta: pd.DataFrame, label: np.ndarray) -> PlanningCounts:
+        """The counts of retry examples (features, meta columns and labels, row by row)."""
+        codes = features[CODE_FEATURE].to_numpy(dtype=object)
+        return cls(
+            code_retries=count_code_retries(codes, label),
+            transitions=count_decline_transitions(
+                meta["charge_id"].to_numpy(dtype=object),
+                meta["retry_number"].to_numpy(dtype=np.float64),
+                codes,
+            ),
+        )
+
+    def __add__(self, other: PlanningCounts) -> PlanningCounts:
+        return PlanningCounts(
+            code_retries=self.code_retries.add(other.code_retries, fill_value=0).astype(np.int64),
+            transitions=self.transitions.add(other.transitions, fill_value=0).astype(np.int64),
+        )
+
 
 _BLOCK = 65_536
 _DEFAULT_WINDOW_NS = int(Constraints().window_hours * NS_PER_HOUR)

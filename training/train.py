@@ -32,11 +32,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from retryopt.features.advance import fit_next_decline_codes
+from retryopt.features.advance import next_decline_codes_from_counts
 from retryopt.features.examples import build_training_examples
 from retryopt.features.spec import FeatureSpec, encode_features, fit_feature_spec
 from retryopt.features.validation import load_attempts
-from retryopt.model.adjust import CODE_FEATURE, Adjustment
+from retryopt.model.adjust import (
+    CODE_FEATURE,
+    Adjustment,
+    code_bounds_from_counts,
+    count_code_retries,
+)
 from retryopt.model.bundle import write_bundle
 from retryopt.model.calibration import Calibrator, choose_calibrator
 from retryopt.training.evaluation import (
@@ -49,8 +54,8 @@ from retryopt.training.evaluation import (
 )
 from retryopt.training.mlflow_tracking import log_training_run
 from retryopt.training.planning_fit import (
+    PlanningCounts,
     decision_centers,
-    fit_code_bounds,
     fit_timing_shrinkage,
     served_predictor,
 )
@@ -397,7 +402,11 @@ class ExampleRows:
 class EvaluationData:
     """What the steps after the fit read: the spec, the validation and test examples in full
     and the training rows the baselines are fitted on (all of them in one process; a sample of
-    customers on a cluster), with their encodings when already built."""
+    customers on a cluster), with their encodings when already built.
+
+    ``train_counts`` are the planning counts of *every* training row (on a cluster, summed over
+    the workers' partitions); None: counted from ``train``.
+    """
 
     spec: FeatureSpec
     validation: ExampleRows
@@ -405,6 +414,7 @@ class EvaluationData:
     train: ExampleRows
     encoded_train: pd.DataFrame | None = None
     encoded_validation: pd.DataFrame | None = None
+    train_counts: PlanningCounts | None = None
 
 
 def finish_training(
@@ -458,8 +468,12 @@ def finish_training(
         seed=config.seed,
     )
     calibrator = choice.calibrator
+    train_counts = data.train_counts or PlanningCounts.count(
+        data.train.features, data.train.meta, data.train.label
+    )
     planning = _fit_adjustments(
         data,
+        train_counts,
         shrinkage_inputs,
         (booster, calibrator),
         (raw_va, X_va[CODE_FEATURE].cat.codes.to_numpy()),
@@ -514,11 +528,8 @@ def finish_training(
     say(f"feature importance (gain, mean |SHAP| on {sample:,} test rows)")
     importance = feature_importance(booster, X_te.iloc[sample_rows])
 
-    next_codes = fit_next_decline_codes(
-        data.train.meta["charge_id"].to_numpy(dtype=object),
-        data.train.meta["retry_number"].to_numpy(dtype=np.float64),
-        data.train.features["last_decline_code"].to_numpy(dtype=object),
-        min_count=config.min_level_count,
+    next_codes = next_decline_codes_from_counts(
+        train_counts.transitions, min_count=config.min_level_count
     )
     metrics: dict[str, Any] = {
         "split": dict(split),
@@ -558,6 +569,7 @@ def finish_training(
 
 def _fit_adjustments(
     data: EvaluationData,
+    train_counts: PlanningCounts,
     shrinkage_inputs: tuple[pd.DataFrame, np.ndarray] | None,
     model: tuple[Any, Calibrator],
     validation: tuple[np.ndarray, np.ndarray],
@@ -566,7 +578,7 @@ def _fit_adjustments(
 ) -> dict[str, Any]:
     """The planner's adjustments (:mod:`retryopt.model.adjust`), never fitted on the test months.
 
-    Rare-code bounds from the training (on a cluster: sampled) and validation rows; the timing
+    Rare-code bounds from the training (``train_counts``) and validation rows; the timing
     shrinkage on a seeded sample of at most ``shrinkage_decisions`` validation decisions
     (:mod:`.planning_fit`), when ``shrinkage_inputs`` (attempts, validation propensities) are
     given. ``model`` is the booster and calibrator, ``validation`` the validation rows' raw
@@ -574,14 +586,11 @@ def _fit_adjustments(
     """
     booster, calibrator = model
     spec = data.spec
-    codes: Any = pd.concat(  # a Series (pandas-stubs cannot type na_value=None)
-        [data.train.features[CODE_FEATURE], data.validation.features[CODE_FEATURE]],
-        ignore_index=True,
+    held = count_code_retries(
+        data.validation.features[CODE_FEATURE].to_numpy(dtype=object), data.validation.label
     )
-    labels = np.concatenate([data.train.label, data.validation.label]).astype(np.int8)
-    bounds = fit_code_bounds(
-        codes.to_numpy(dtype=object, na_value=None),
-        labels,
+    bounds = code_bounds_from_counts(
+        train_counts.code_retries.add(held, fill_value=0),
         levels=spec.levels.get(CODE_FEATURE, ()),
         confidence=config.rare_code_confidence,
     )

@@ -32,9 +32,12 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 import numpy as np
+import pandas as pd
 
 __all__ = [
     "Adjustment",
+    "code_bounds_from_counts",
+    "count_code_retries",
     "fit_code_bounds",
     "logit",
     "shrink_timing",
@@ -52,6 +55,53 @@ def zero_success_upper_bound(n: int, confidence: float) -> float:
     if n < 1 or not 0 < confidence < 1:
         raise ValueError(f"need n >= 1 and confidence in (0, 1), got {n}, {confidence}")
     return float(1.0 - (1.0 - confidence) ** (1.0 / n))
+
+
+def count_code_retries(codes: Sequence[object] | np.ndarray, labels: np.ndarray) -> pd.DataFrame:
+    """Logged retries and their successes per decline code before the retry.
+
+    Counts of disjoint rows add up (``a.add(b, fill_value=0)``), so a history partitioned by
+    customer is counted part by part; :func:`code_bounds_from_counts` reads the sum.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``retries`` and ``successes`` indexed by code (missing codes are skipped).
+    """
+    y = np.asarray(labels, dtype=np.int64)
+    values = np.asarray(codes, dtype=object)
+    present = np.array([isinstance(v, str) for v in values.tolist()], dtype=bool)
+    frame = pd.DataFrame({"code": values[present].astype(str), "y": y[present]})
+    grouped = frame.groupby("code", sort=True)["y"]
+    return pd.DataFrame(
+        {"retries": grouped.size(), "successes": grouped.sum()}, dtype=np.int64
+    ).rename_axis("code")
+
+
+def code_bounds_from_counts(
+    counts: pd.DataFrame, *, levels: Sequence[str], confidence: float
+) -> dict[str, dict[str, float]]:
+    """Upper bounds of the codes (levels of the spec) whose counted retries never succeeded.
+
+    ``counts`` is :func:`count_code_retries` (or a sum of them); ``levels`` are the spec's levels
+    of ``last_decline_code`` (``"other"`` and ``"missing"`` are skipped); ``confidence`` is the
+    bound's one-sided confidence (0.95: the rule of three). Returns
+    ``code -> {"retries": n, "upper_bound": u}``, sorted by code.
+    """
+    wanted = {str(lv) for lv in levels} - {"other", "missing"}
+    out: dict[str, dict[str, float]] = {}
+    for code, n, k in zip(
+        map(str, counts.index),
+        counts["retries"].tolist(),
+        counts["successes"].tolist(),
+        strict=True,
+    ):
+        if code in wanted and k == 0 and n >= 1 and _SAFE_CODE.match(code):
+            out[code] = {
+                "retries": float(n),
+                "upper_bound": zero_success_upper_bound(int(n), confidence),
+            }
+    return dict(sorted(out.items()))
 
 
 def fit_code_bounds(
@@ -79,25 +129,9 @@ def fit_code_bounds(
     dict
         ``code -> {"retries": n, "upper_bound": u}``, sorted by code.
     """
-    y = np.asarray(labels, dtype=np.int64)
-    values = np.asarray(codes, dtype=object)
-    wanted = {str(lv) for lv in levels} - {"other", "missing"}
-    out: dict[str, dict[str, float]] = {}
-    if values.size == 0:
-        return out
-    present = np.array([isinstance(v, str) and v in wanted for v in values.tolist()], dtype=bool)
-    if not present.any():
-        return out
-    keys, inverse = np.unique(values[present].astype(str), return_inverse=True)
-    retries = np.bincount(inverse, minlength=keys.size)
-    successes = np.bincount(inverse, weights=y[present], minlength=keys.size)
-    for code, n, k in zip(keys.tolist(), retries.tolist(), successes.tolist(), strict=True):
-        if k == 0 and n >= 1 and _SAFE_CODE.match(code):
-            out[code] = {
-                "retries": float(n),
-                "upper_bound": zero_success_upper_bound(n, confidence),
-            }
-    return dict(sorted(out.items()))
+    return code_bounds_from_counts(
+        count_code_retries(codes, labels), levels=levels, confidence=confidence
+    )
 
 
 def logit(p: np.ndarray) -> np.ndarray:
