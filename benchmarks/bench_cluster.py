@@ -8,8 +8,8 @@ each in a fresh child process:
   evaluation, bundle write), with its peak RSS;
 - **cluster**: ``training.cluster_train.train_on_cluster`` on a ``distributed.LocalCluster`` of
   2 worker processes x 1 thread, each limited to ``--worker-memory`` GiB (Dask pauses a worker
-  at 80 % and restarts it at 95 % of its limit), with every worker's peak RSS (``ru_maxrss``
-  read on the worker) and the client's.
+  at 80 % and restarts it at 95 % of its limit), with every worker's peak RSS (``VmHWM``, read
+  on the worker: :mod:`peak_memory`) and the client's.
 
 Run (2 shared cores; a few minutes)::
 
@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 from bench_train import CACHE, ROOT, _dataset
+from peak_memory import peak_rss_gib
 
 HERE = Path(__file__).resolve().parent
 
@@ -47,10 +47,6 @@ def _partitioned(data: Path, files: int) -> Path:
     return folder
 
 
-def _peak_rss_gib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-
-
 def _cluster_worker(folder: Path, memory_gib: float) -> None:
     """Child process: train on a 2-worker local cluster; one JSON line with times and peaks."""
     from retryopt.training.cluster import connect
@@ -68,7 +64,7 @@ def _cluster_worker(folder: Path, memory_gib: float) -> None:
             progress=lambda m: marks.append((time.perf_counter(), m)),
         )
         trained = time.perf_counter()
-        peaks = client.run(_peak_rss_gib)
+        peaks = client.run(peak_rss_gib)
     test = outcome.metrics["test"]["model"]
     fit_start = next(t for t, m in marks if m.startswith("fitting LightGBM"))
     print(
@@ -85,8 +81,8 @@ def _cluster_worker(folder: Path, memory_gib: float) -> None:
                 "test_auc": test["roc_auc"],
                 "test_log_loss": test["log_loss"],
                 "test_ece": test["ece"],
-                "worker_peak_rss_gib": sorted(peaks.values()),
-                "client_peak_rss_gib": _peak_rss_gib(),
+                "workerpeak_rss_gib": sorted(peaks.values()),
+                "clientpeak_rss_gib": peak_rss_gib(),
                 "partitions": outcome.metrics["cluster"]["partitions"],
             }
         ),
@@ -114,12 +110,20 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--skip-single", action="store_true", help="cluster run only")
     parser.add_argument("--cluster-worker", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--prepare", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.cluster_worker is not None:
         _cluster_worker(args.cluster_worker, args.worker_memory)
         return
-    data = _dataset(args.attempts, seed=args.seed)
-    folder = _partitioned(data, args.files)
+    data_args = ["--attempts", str(args.attempts), "--files", str(args.files)]
+    data_args += ["--seed", str(args.seed)]
+    if args.prepare:
+        data = _dataset(args.attempts, seed=args.seed)
+        print(json.dumps({"data": str(data), "folder": str(_partitioned(data, args.files))}))
+        return
+    # Generated and partitioned in a child: this process stays small while the runs use memory.
+    prepared = _run([str(Path(__file__).resolve()), "--prepare", *data_args])
+    data, folder = Path(str(prepared["data"])), Path(str(prepared["folder"]))
     single = None
     if not args.skip_single:
         print(f"== one process, {args.attempts:,} attempts", flush=True)
@@ -143,12 +147,12 @@ def main() -> None:
             f"{'one process (2 threads)':<24}{single['attempts']:>11,}{single['total_s']:>7.0f}s"
             f"{single['test_auc']:>8.4f}{single['test_ece']:>8.4f}  {single['peak_rss_gib']:.2f}"
         )
-    peaks = ", ".join(f"{p:.2f}" for p in cluster["worker_peak_rss_gib"])  # type: ignore[attr-defined]
+    peaks = ", ".join(f"{p:.2f}" for p in cluster["workerpeak_rss_gib"])  # type: ignore[attr-defined]
     label = f"2 workers x {args.worker_memory} GiB"
     print(
         f"{label:<24}{cluster['attempts']:>11,}{cluster['total_s']:>7.0f}s"
         f"{cluster['test_auc']:>8.4f}{cluster['test_ece']:>8.4f}  workers {peaks}; "
-        f"client {cluster['client_peak_rss_gib']:.2f}"
+        f"client {cluster['clientpeak_rss_gib']:.2f}"
     )
 
 

@@ -9,7 +9,7 @@ Usage::
 Batch: ``build_training_examples`` on a synthetic canonical frame of ``--rows`` attempts
 (generated with numpy by ``tests/synthetic_attempts.py``; generation time is not counted), then
 ``fit_feature_spec`` + ``encode_features``. Peak RSS is the whole process (generation
-included), read from ``resource.getrusage``.
+included), read by :mod:`peak_memory`.
 
 Online: the frame path ``build_candidate_features`` + ``encode_features`` and the serving path
 ``CandidateEncoder`` (numpy columns in, float64 matrix out: construction + ``matrix`` of the
@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import resource
 import sys
 import time
 from pathlib import Path
@@ -35,6 +34,7 @@ import pandas as pd
 
 # The synthetic frame generator is test code: it lives in tests/, outside the package.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from peak_memory import peak_rss_gib
 from synthetic_attempts import synthetic_attempts
 
 from retryopt.features.columns import AttemptColumns
@@ -48,10 +48,6 @@ MONTHS = 12
 ATTEMPTS_PER_CHARGE = 1.29  # measured mean of the generator
 
 
-def _peak_rss_gib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
-
-
 def bench_batch(rows: int, seed: int) -> pd.DataFrame:
     customers = max(1, round(rows / (MONTHS * ATTEMPTS_PER_CHARGE)))
     t0 = time.perf_counter()
@@ -59,7 +55,7 @@ def bench_batch(rows: int, seed: int) -> pd.DataFrame:
     t_gen = time.perf_counter() - t0
     print(
         f"generated {len(df):,} attempts ({customers:,} customers x {MONTHS} months) "
-        f"in {t_gen:.1f} s; peak RSS so far {_peak_rss_gib():.2f} GiB"
+        f"in {t_gen:.1f} s; peak RSS so far {peak_rss_gib():.2f} GiB"
     )
     t0 = time.perf_counter()
     c0 = time.process_time()
@@ -68,7 +64,7 @@ def bench_batch(rows: int, seed: int) -> pd.DataFrame:
     c_build = time.process_time() - c0
     print(
         f"build_training_examples: {len(ex.label):,} examples from {len(df):,} attempts in "
-        f"{t_build:.1f} s wall ({c_build:.1f} s CPU); peak RSS {_peak_rss_gib():.2f} GiB"
+        f"{t_build:.1f} s wall ({c_build:.1f} s CPU); peak RSS {peak_rss_gib():.2f} GiB"
     )
     t0 = time.perf_counter()
     spec = fit_feature_spec(ex.features)
@@ -76,7 +72,7 @@ def bench_batch(rows: int, seed: int) -> pd.DataFrame:
     t_enc = time.perf_counter() - t0
     print(
         f"fit_feature_spec + encode_features: {X.shape} in {t_enc:.1f} s; "
-        f"peak RSS {_peak_rss_gib():.2f} GiB"
+        f"peak RSS {peak_rss_gib():.2f} GiB"
     )
     return df
 

@@ -2,10 +2,10 @@
 
 For each size the attempts come from the synthetic world (``training.simulate``), generated once
 and cached as Parquet under ``benchmarks/.cache/``. Each size runs in a fresh child process so its
-peak RSS (``ru_maxrss``) is its own: load + validate, build the retry examples and features, fit
-LightGBM with early stopping, calibrate, evaluate against both baselines, and write the bundle.
-MLflow logging is left out (``--no-mlflow`` path; it does not depend on the data size apart from
-copying the bundle).
+peak RSS (``VmHWM``, :mod:`peak_memory`) is its own: load + validate, build the retry examples and
+features, fit LightGBM with early stopping, calibrate, evaluate against both baselines, and write
+the bundle. MLflow logging is left out (``--no-mlflow`` path; it does not depend on the data size
+apart from copying the bundle).
 
 Run (the lead can re-run this later on an idle machine)::
 
@@ -21,12 +21,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import resource
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from peak_memory import peak_rss_gib
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / "benchmarks" / ".cache"
@@ -106,7 +107,7 @@ def _worker(data: Path, threads: int) -> None:
                 "test_ece": test["model"]["ece"],
                 "logistic_auc": test["logistic"]["roc_auc"],
                 "historical_auc": test["historical_rate"]["roc_auc"],
-                "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+                "peak_rss_gib": peak_rss_gib(),
             }
         ),
         flush=True,
