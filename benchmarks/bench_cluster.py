@@ -81,8 +81,8 @@ def _cluster_worker(folder: Path, memory_gib: float) -> None:
                 "test_auc": test["roc_auc"],
                 "test_log_loss": test["log_loss"],
                 "test_ece": test["ece"],
-                "workerpeak_rss_gib": sorted(peaks.values()),
-                "clientpeak_rss_gib": peak_rss_gib(),
+                "worker_peak_rss_gib": sorted(peaks.values()),
+                "client_peak_rss_gib": peak_rss_gib(),
                 "partitions": outcome.metrics["cluster"]["partitions"],
             }
         ),
@@ -147,12 +147,12 @@ def main() -> None:
             f"{'one process (2 threads)':<24}{single['attempts']:>11,}{single['total_s']:>7.0f}s"
             f"{single['test_auc']:>8.4f}{single['test_ece']:>8.4f}  {single['peak_rss_gib']:.2f}"
         )
-    peaks = ", ".join(f"{p:.2f}" for p in cluster["workerpeak_rss_gib"])  # type: ignore[attr-defined]
+    peaks = ", ".join(f"{p:.2f}" for p in cluster["worker_peak_rss_gib"])  # type: ignore[attr-defined]
     label = f"2 workers x {args.worker_memory} GiB"
     print(
         f"{label:<24}{cluster['attempts']:>11,}{cluster['total_s']:>7.0f}s"
         f"{cluster['test_auc']:>8.4f}{cluster['test_ece']:>8.4f}  workers {peaks}; "
-        f"client {cluster['clientpeak_rss_gib']:.2f}"
+        f"client {cluster['client_peak_rss_gib']:.2f}"
     )
 
 
