@@ -29,6 +29,7 @@ from retryopt.features.decisions import Constraints
 from retryopt.features.io import write_table_atomic
 from retryopt.features.objective import FREE_OBJECTIVE
 from retryopt.model.adjust import (
+    GAP_EDGES_HOURS,
     Adjustment,
     fit_code_bounds,
     shrink_timing,
@@ -279,6 +280,25 @@ def test_a_code_that_never_succeeds_is_bounded_and_not_worth_an_attempt(
     unbounded = dataclasses.replace(bundle, adjustment=Adjustment())
     again = {d["charge_id"]: d for d in retryopt.decide(requests, model=unbounded)}
     assert again[f"ch_{HOPELESS}"]["action"] == "retry"
+
+
+def test_the_bundle_carries_the_gap_support_fit(hopeless_bundle: Path) -> None:
+    bundle = load_bundle(hopeless_bundle)
+    support = bundle.metrics["planning"]["gap_support"]
+    assert len(support) == len(GAP_EDGES_HOURS) + 1
+    assert (
+        sum(e["retries"] for e in support)
+        == bundle.metrics["split"]["train_rows"] + (bundle.metrics["split"]["validation_rows"])
+    )
+    # The logging policy's ladder (days apart) is well logged; its bucket keeps most credit.
+    busiest = max(support, key=lambda e: e["retries"])
+    assert busiest["from_hours"] >= 24 and busiest["factor"] > 0.7
+    assert all(0.0 <= e["factor"] <= 1.0 for e in support)
+    assert bundle.adjustment.gap_factors == tuple(e["factor"] for e in support)
+    assert BundleSuccessModel(bundle).gap_table is not None
+    assert "gap support" in summary_table(bundle.metrics)
+    flat = flat_metrics(bundle.metrics)
+    assert flat[f"planning.gap_support.{busiest['from_hours']:g}h.factor"] == busiest["factor"]
 
 
 def test_both_scoring_paths_apply_the_bound(hopeless_bundle: Path) -> None:

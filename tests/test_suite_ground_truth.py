@@ -158,21 +158,16 @@ def test_every_policy_was_measured(results: list[WorldResult]) -> None:
 @pytest.mark.slow
 @pytest.mark.xfail(
     strict=True,
-    reason="measured 2026-12-05 at this size: planner - best fixed, USD per failed charge: "
-    "+0.01 (501), +0.11 (502), -0.31 (503), -0.65 (511), -1.18 (512), -0.72 (513), +0.00 "
-    "(no-timing-521, interval [0, 0]); below the best fixed schedule in 4 of 7 worlds",
+    reason="measured 2026-12-06 at this size (gap support): planner - best fixed, USD per "
+    "failed charge: +0.35 (501), +0.29 (502), -0.26 (503), -0.14 (511), -0.79 (512), -0.56 "
+    "(513), +0.00 (no-timing-521, interval [0, 0]); below the best fixed schedule in 4 of 7 "
+    "worlds (intervals excluding 0 in 512 and 513)",
 )
 def test_planner_recovers_at_least_the_best_fixed_schedule(results: list[WorldResult]) -> None:
     assert _failing(results, "usd_at_least_best_fixed") == []
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="measured 2026-12-05 at this size: retries per failed charge, best fixed -> planner: "
-    "2.38 -> 2.36, 2.48 -> 2.43, 2.43 -> 2.39, 2.41 -> 2.41, 2.37 -> 2.38, 2.56 -> 2.56, "
-    "2.78 -> 2.78: no fewer in the dunning worlds and the world without timing signal",
-)
 def test_planner_spends_no_more_retries_than_the_best_fixed_schedule(
     results: list[WorldResult],
 ) -> None:
@@ -182,7 +177,7 @@ def test_planner_spends_no_more_retries_than_the_best_fixed_schedule(
 @pytest.mark.slow
 @pytest.mark.xfail(
     strict=True,
-    reason="measured 2026-12-05 at this size: median day of recovery, planner 2-5 against the "
+    reason="measured 2026-12-06 at this size: median day of recovery, planner 4-9 against the "
     "oracle's 1 in all 7 worlds (best fixed schedules: 2-6)",
 )
 def test_planner_collects_no_later_than_the_oracle(results: list[WorldResult]) -> None:
@@ -192,7 +187,7 @@ def test_planner_collects_no_later_than_the_oracle(results: list[WorldResult]) -
 @pytest.mark.slow
 @pytest.mark.xfail(
     strict=True,
-    reason="measured 2026-12-05 at this size: 21-34 % of the planner's retries have a true "
+    reason="measured 2026-12-06 at this size: 20-34 % of the planner's retries have a true "
     "success probability under 1 % in all 7 worlds (the fixed schedules' are as hopeless)",
 )
 def test_hopeless_retries_are_rare(results: list[WorldResult]) -> None:
@@ -202,9 +197,10 @@ def test_hopeless_retries_are_rare(results: list[WorldResult]) -> None:
 @pytest.mark.slow
 @pytest.mark.xfail(
     strict=True,
-    reason="measured 2026-12-05 at this size: bias / ECE at the chosen times +0.009/0.034, "
-    "+0.099/0.099, -0.004/0.013, +0.033/0.036, +0.023/0.024, +0.057/0.057, +0.042/0.042; "
-    "only payday-weak-night-strong-503 meets both",
+    reason="measured 2026-12-06 at this size (gap support): bias / ECE at the chosen times "
+    "-0.009/0.025, +0.031/0.034, -0.017/0.020, +0.001/0.014, -0.009/0.026, +0.001/0.028, "
+    "+0.020/0.021; payday-weak-night-strong-502 misses both, no-timing-521 the bias by a hair "
+    "(before gap support: only 503 met both)",
 )
 def test_planner_is_calibrated_at_its_chosen_times(results: list[WorldResult]) -> None:
     assert _failing(results, "bias_within_2pts") == []
@@ -214,9 +210,9 @@ def test_planner_is_calibrated_at_its_chosen_times(results: list[WorldResult]) -
 @pytest.mark.slow
 @pytest.mark.xfail(
     strict=True,
-    reason="measured 2026-12-05 at this size: mean share of the fixed-to-oracle gap closed "
-    "-26.5 % in discounted value (-29.2 % in recovered USD); per world -3, +11, -32, -29, "
-    "-75, -53, -4 % (in the suite's order)",
+    reason="measured 2026-12-06 at this size (gap support): mean share of the fixed-to-oracle "
+    "gap closed -17.2 % in discounted value (-11.1 % in recovered USD); per world +19, +26, "
+    "-39, -10, -56, -44, -16 % (in the suite's order; before gap support -26.5 %)",
 )
 def test_planner_closes_most_of_the_gap_on_average(results: list[WorldResult]) -> None:
     assert judge_suite(results)["mean_gap_closed_at_least_60pct"]

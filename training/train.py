@@ -38,9 +38,11 @@ from retryopt.features.spec import FeatureSpec, encode_features, fit_feature_spe
 from retryopt.features.validation import load_attempts
 from retryopt.model.adjust import (
     CODE_FEATURE,
+    GAP_FEATURE,
     Adjustment,
     code_bounds_from_counts,
     count_code_retries,
+    fit_gap_support,
 )
 from retryopt.model.bundle import write_bundle
 from retryopt.model.calibration import Calibrator, choose_calibrator
@@ -479,6 +481,7 @@ def finish_training(
         (raw_va, X_va[CODE_FEATURE].cat.codes.to_numpy()),
         config,
         say,
+        train_rows=(X_tr, np.asarray(y_tr)),
     )
     adjustment = Adjustment.from_planning(planning)
     code_table = adjustment.level_bounds(spec.levels.get(CODE_FEATURE, ()))
@@ -575,10 +578,15 @@ def _fit_adjustments(
     validation: tuple[np.ndarray, np.ndarray],
     config: TrainConfig,
     say: Progress,
+    *,
+    train_rows: tuple[pd.DataFrame, np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """The planner's adjustments (:mod:`retryopt.model.adjust`), never fitted on the test months.
 
-    Rare-code bounds from the training (``train_counts``) and validation rows; the timing
+    Rare-code bounds from the training (``train_counts``) and validation rows; the gap support
+    from the validation rows and ``train_rows`` (encoded training rows and labels: every one in
+    one process, the client's customer sample on a cluster; in-sample, so their ratio errs toward
+    the model's own level, never away from it); the timing
     shrinkage on a seeded sample of at most ``shrinkage_decisions`` validation decisions
     (:mod:`.planning_fit`), when ``shrinkage_inputs`` (attempts, validation propensities) are
     given. ``model`` is the booster and calibrator, ``validation`` the validation rows' raw
@@ -600,6 +608,30 @@ def _fit_adjustments(
     }
     if bounds:
         say(f"rare decline codes bounded (never succeeded when retried): {', '.join(bounds)}")
+    if config.gap_support and GAP_FEATURE in data.validation.features.columns:
+        table = Adjustment.from_planning(out).level_bounds(spec.levels.get(CODE_FEATURE, ()))
+        # (gap hours, raw prediction, code level index, label) of each row set.
+        rows = [(data.validation.features[GAP_FEATURE], *validation, data.validation.label)]
+        if train_rows is not None:
+            X_fit, y_fit = train_rows
+            raw_fit = np.asarray(booster.predict(X_fit, num_threads=config.num_threads))
+            codes_fit = X_fit[CODE_FEATURE].cat.codes.to_numpy()
+            rows.insert(0, (X_fit[GAP_FEATURE], raw_fit, codes_fit, y_fit))
+        out["gap_support"] = fit_gap_support(
+            np.concatenate([np.asarray(g, dtype=np.float64) for g, _, _, _ in rows]),
+            np.concatenate([np.asarray(y) for _, _, _, y in rows]),
+            np.concatenate(
+                [
+                    Adjustment.bound_levels(calibrator.apply(raw), np.asarray(codes), table)
+                    for _, raw, codes, _ in rows
+                ]
+            ),
+            confidence=config.rare_code_confidence,
+        )
+        say(
+            "gap support (factor per hours since the previous attempt): "
+            + ", ".join(f"{e['from_hours']:g}h {e['factor']:.2f}" for e in out["gap_support"])
+        )
     if not config.timing_shrinkage or shrinkage_inputs is None:
         out["timing_shrinkage"] = 1.0  # none (stated, so reports and MLflow show it)
         return out
@@ -681,6 +713,10 @@ def flat_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
         flat["planning.timing_shrinkage"] = float(planning["timing_shrinkage"])
     for key, value in planning.get("timing_shrinkage_fit", {}).items():
         flat[f"planning.timing_shrinkage_fit.{key}"] = float(value)
+    for entry in planning.get("gap_support", []):
+        key = f"planning.gap_support.{entry['from_hours']:g}h"
+        flat[f"{key}.factor"] = float(entry["factor"])
+        flat[f"{key}.retries"] = float(entry["retries"])
     for key, value in metrics.get("timing_weights", {}).items():
         flat[f"timing_weights.{key}"] = float(value)
     return flat
@@ -732,6 +768,14 @@ def summary_table(metrics: Mapping[str, Any]) -> str:
             f"timing shrinkage (optimiser's curse): beta {fit['beta']:.3f} on "
             f"{fit['decisions']:,.0f} validation decisions (cross-fitted log loss "
             f"{fit['oof_log_loss_unshrunk']:.4f} -> {fit['oof_log_loss_shrunk']:.4f})"
+        )
+    support = planning.get("gap_support", [])
+    if support:
+        lines.append(
+            "gap support (hours since the previous attempt: factor, logged retries): "
+            + ", ".join(
+                f"{e['from_hours']:g}h {e['factor']:.2f} ({e['retries']:.0f})" for e in support
+            )
         )
     top = metrics.get("feature_importance", [])[:5]
     if top:

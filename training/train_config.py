@@ -41,6 +41,7 @@ class TrainConfig:
     rare_code_confidence: float = 0.95
     timing_shrinkage: bool = False
     shrinkage_decisions: int = 20_000
+    gap_support: bool = True
 
     def __post_init__(self) -> None:
         checks = {
@@ -101,6 +102,7 @@ class TrainConfig:
                 "rare_code_confidence": self.rare_code_confidence,
                 "timing_shrinkage": self.timing_shrinkage,
                 "shrinkage_decisions": self.shrinkage_decisions,
+                "gap_support": self.gap_support,
             },
         }
 
@@ -130,6 +132,7 @@ class TrainConfig:
             "planning.rare_code_confidence": ("rare_code_confidence", "float"),
             "planning.timing_shrinkage": ("timing_shrinkage", "bool"),
             "planning.shrinkage_decisions": ("shrinkage_decisions", "int"),
+            "planning.gap_support": ("gap_support", "bool"),
         }
         kwargs: dict[str, Any] = {}
         for key, value in data.items():

@@ -21,6 +21,19 @@ bundle by its manifest) and read once at load (:func:`model.bundle.load_bundle`)
   ``p'(t) = sigmoid(l_bar + beta * (l(t) - l_bar))`` (:func:`shrink_timing`), with ``beta`` the
   maximum-likelihood slope of the validation outcomes on the timing component
   (``training.planning_fit``).
+- **Gap support** (``planning.gap_support``): retry logs are thin along the hours since the
+  previous attempt, because billing systems retry on fixed ladders (days apart) and explore
+  little; where the log is thin the model extrapolates its level from the well-logged gaps, and a
+  planner that maximises over times picks exactly those unsupported gaps (an hour after an
+  insufficient-funds decline, say). Per bucket of that gap (:data:`GAP_EDGES_HOURS`) the
+  validation months' logged retries give the observed successes ``O`` and the model's expected
+  ``E`` (the calibrated predictions); the planner multiplies its predictions at that gap by
+  ``min(1, L / E)``, ``L`` the exact one-sided lower confidence bound of a Poisson mean with ``O``
+  events (Garwood, "Fiducial limits for the Poisson distribution", Biometrika 28, 1936). A
+  well-logged gap keeps about its level; a gap the log never or rarely tried gets little or no
+  credit: the planner stays where the history vouches for the model (pessimism in offline
+  decision making: Jin, Yang and Wang, "Is pessimism provably efficient for offline RL?", ICML
+  2021). The confidence is the rare-code bounds' (``planning.rare_code_confidence``).
 """
 
 from __future__ import annotations
@@ -35,18 +48,29 @@ import numpy as np
 import pandas as pd
 
 __all__ = [
+    "GAP_EDGES_HOURS",
+    "GAP_FEATURE",
     "Adjustment",
     "code_bounds_from_counts",
     "count_code_retries",
     "fit_code_bounds",
+    "fit_gap_support",
+    "gap_bucket",
     "logit",
+    "poisson_lower_bound",
     "shrink_timing",
     "zero_success_upper_bound",
 ]
 
 CODE_FEATURE: Final = "last_decline_code"
 """The feature whose levels the rare-code bounds are keyed by."""
+GAP_FEATURE: Final = "hours_since_prev_attempt"
+"""The feature whose buckets the gap support is fitted on."""
 _EPS: Final = 1e-6
+GAP_EDGES_HOURS: Final = (1.0, 3.0, 6.0, 12.0, 24.0, 48.0, 96.0, 168.0, 336.0)
+"""Bucket edges of the hours since the previous attempt (gap support): roughly doubling, so the
+first hours, where retry ladders never go, are told apart from the days where they always go."""
+_GAP_TABLE_HOURS: Final = 24 * 60  # integer-hour lookup table of the factors (beyond: last)
 _SAFE_CODE = re.compile(r"^[A-Za-z0-9_.\- ]{1,64}$")
 
 
@@ -134,6 +158,75 @@ def fit_code_bounds(
     )
 
 
+def gap_bucket(gap_hours: np.ndarray) -> np.ndarray:
+    """Bucket index (0 .. ``len(GAP_EDGES_HOURS)``) of hours since the previous attempt."""
+    return np.searchsorted(np.asarray(GAP_EDGES_HOURS), np.asarray(gap_hours), side="right")
+
+
+def poisson_lower_bound(events: np.ndarray, confidence: float) -> np.ndarray:
+    """Exact one-sided lower confidence bound of a Poisson mean with ``events`` counted (Garwood).
+
+    ``chi2.ppf(1 - confidence, 2 k) / 2``, 0 for ``k = 0``.
+    """
+    from scipy.stats import chi2
+
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    k = np.asarray(events, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        low = chi2.ppf(1.0 - confidence, 2.0 * np.maximum(k, 1e-300)) / 2.0
+    return np.asarray(np.where(k > 0, low, 0.0))
+
+
+def fit_gap_support(
+    gap_hours: np.ndarray, labels: np.ndarray, proba: np.ndarray, *, confidence: float
+) -> list[dict[str, float]]:
+    """Per gap bucket: logged retries, successes, the model's expected successes and the factor.
+
+    Parameters
+    ----------
+    gap_hours
+        Hours since the previous attempt of each logged retry (NaN rows are skipped).
+    labels
+        1 = the retry succeeded.
+    proba
+        The model's calibrated prediction of each retry.
+    confidence
+        One-sided confidence of the lower bound of the successes.
+
+    Returns
+    -------
+    list of dict
+        One entry per bucket, in order: ``from_hours``, ``to_hours`` (inf for the last),
+        ``retries``, ``successes``, ``expected`` and ``factor = min(1, L / expected)`` (0 when
+        the bucket has no retry).
+    """
+    gap = np.asarray(gap_hours, dtype=np.float64)
+    y = np.asarray(labels, dtype=np.float64)
+    p = np.asarray(proba, dtype=np.float64)
+    keep = ~np.isnan(gap) & ~np.isnan(p)
+    bucket = gap_bucket(gap[keep])
+    size = len(GAP_EDGES_HOURS) + 1
+    retries = np.bincount(bucket, minlength=size)
+    successes = np.bincount(bucket, weights=y[keep], minlength=size)
+    expected = np.bincount(bucket, weights=p[keep], minlength=size)
+    low = poisson_lower_bound(successes, confidence)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        factor = np.where(expected > 0, np.minimum(1.0, low / expected), 0.0)
+    edges = (0.0, *GAP_EDGES_HOURS, math.inf)
+    return [
+        {
+            "from_hours": edges[b],
+            "to_hours": edges[b + 1],
+            "retries": float(retries[b]),
+            "successes": float(successes[b]),
+            "expected": round(float(expected[b]), 3),
+            "factor": round(float(factor[b]), 4),
+        }
+        for b in range(size)
+    ]
+
+
 def logit(p: np.ndarray) -> np.ndarray:
     """``log(p / (1 - p))`` with ``p`` clipped to ``[1e-6, 1 - 1e-6]`` (NaN stays NaN)."""
     q = np.clip(np.asarray(p, dtype=np.float64), _EPS, 1.0 - _EPS)
@@ -188,10 +281,21 @@ class Adjustment:
         ``code -> upper bound`` of the success probability after that code.
     timing_shrinkage
         ``beta`` of :func:`shrink_timing` (1 = none: bundles written before it).
+    gap_factors
+        Gap-support factor per bucket of :data:`GAP_EDGES_HOURS` (empty = none: bundles
+        written before it).
     """
 
     code_bounds: Mapping[str, float] = field(default_factory=dict)
     timing_shrinkage: float = 1.0
+    gap_factors: tuple[float, ...] = ()
+
+    def gap_table(self) -> np.ndarray | None:
+        """Factor per whole hour since the previous attempt (index = hours, clipped), or None."""
+        if not self.gap_factors:
+            return None
+        hours = np.arange(_GAP_TABLE_HOURS + 1, dtype=np.float64)
+        return np.asarray(self.gap_factors, dtype=np.float64)[gap_bucket(hours)]
 
     @classmethod
     def from_planning(cls, planning: object) -> Adjustment:
@@ -220,7 +324,23 @@ class Adjustment:
             beta = beta.get("beta", 1.0)
         if not _probability(beta):
             raise ValueError(f"planning.timing_shrinkage must be in [0, 1], got {beta!r}")
-        return cls(code_bounds=bounds, timing_shrinkage=float(beta))
+        support = planning.get("gap_support", [])
+        factors = tuple(
+            entry.get("factor") if isinstance(entry, Mapping) else None
+            for entry in (support if isinstance(support, list) else [None])
+        )
+        if factors and (
+            len(factors) != len(GAP_EDGES_HOURS) + 1 or not all(_probability(f) for f in factors)
+        ):
+            raise ValueError(
+                f"planning.gap_support must list {len(GAP_EDGES_HOURS) + 1} buckets, each with "
+                "a factor in [0, 1]"
+            )
+        return cls(
+            code_bounds=bounds,
+            timing_shrinkage=float(beta),
+            gap_factors=tuple(float(f or 0.0) for f in factors),
+        )
 
     def level_bounds(self, levels: Sequence[str]) -> np.ndarray | None:
         """Bound per level index of ``levels`` plus a final 1.0 (NaN / unknown), or None."""
@@ -230,6 +350,13 @@ class Adjustment:
         for i, level in enumerate(levels):
             out[i] = self.code_bounds.get(str(level), 1.0)
         return None if bool((out == 1.0).all()) else out
+
+    @staticmethod
+    def gap_factor(gap_hours: np.ndarray, table: np.ndarray) -> np.ndarray:
+        """The factor of :meth:`gap_table` at each gap (hours; NaN -> the last bucket's)."""
+        hours = np.nan_to_num(np.asarray(gap_hours, dtype=np.float64), nan=float(table.size - 1))
+        index = np.clip(hours, 0, table.size - 1).astype(np.int64)
+        return np.asarray(table[index])
 
     @staticmethod
     def bound_levels(p: np.ndarray, codes: np.ndarray, table: np.ndarray | None) -> np.ndarray:

@@ -110,11 +110,13 @@ class BundleSuccessModel:
         self.next_decline_code = planning_knobs(bundle).next_decline_code
         # Learned at training time (retryopt.model.adjust): the rare-code bounds, applied to
         # every probability scored here (the next retry and the later steps alike), and the
-        # timing shrinkage the planner applies per decision.
+        # timing shrinkage and gap support the planner applies per decision.
         adjustment = getattr(bundle, "adjustment", None)
         self.timing_shrinkage = (
             adjustment.timing_shrinkage if isinstance(adjustment, Adjustment) else 1.0
         )
+        # Gap support: factor per whole hour since the previous attempt (None = none).
+        self.gap_table = adjustment.gap_table() if isinstance(adjustment, Adjustment) else None
         table = getattr(bundle, "code_bound_table", None)
         self._code_table = table() if callable(table) else None
         self._code_column = list(names).index(CODE_FEATURE) if CODE_FEATURE in names else -1

@@ -52,7 +52,7 @@ from retryopt.features.columns import AttemptColumns
 from retryopt.features.decisions import Constraints, DecisionBatch
 from retryopt.features.encoder import CandidateEncoder
 from retryopt.features.localtime import NS_PER_DAY, NS_PER_HOUR
-from retryopt.model.adjust import shrink_timing
+from retryopt.model.adjust import Adjustment, shrink_timing
 from retryopt.serving.policies.base import (
     Alternative,
     Decision,
@@ -228,25 +228,47 @@ class PlannerPolicy(_RulesPolicy):
         v_hi = np.take_along_axis(values, np.broadcast_to(hi, shape), axis=2)
         return np.asarray(v_lo + w[None] * (v_hi - v_lo))
 
-    def _shrink(
-        self, proba: np.ndarray, later: np.ndarray | None, allowed: np.ndarray
+    def _adjust(
+        self,
+        proba: np.ndarray,
+        later: np.ndarray | None,
+        allowed: np.ndarray,
+        grid: np.ndarray,
+        batch: DecisionBatch,
+        rules: list[RuleResult],
     ) -> tuple[np.ndarray, np.ndarray | None]:
-        """The model's timing shrinkage (:func:`retryopt.model.adjust.shrink_timing`).
+        """The model's timing shrinkage, then its gap support (:mod:`retryopt.model.adjust`).
 
-        Each charge's logits (next retry and every later step) are pulled toward their mean
-        over the allowed points of the coarse sub-grid (the same points in both searches) by
-        the slope fitted at training time against the optimiser's curse; unchanged for a model
-        without one.
+        Shrinkage: each charge's logits (next retry and every later step) are pulled toward
+        their mean over the allowed points of the coarse sub-grid (the same points in both
+        searches) by the slope fitted at training time against the optimiser's curse. Gap
+        support: the next retry's probability is multiplied by the factor of its hours since
+        the charge's last attempt, a later step's by the factor of the planned gap. Unchanged
+        for a model without either.
         """
         beta = float(getattr(self.model, "timing_shrinkage", 1.0))
-        if beta >= 1.0:
+        if beta < 1.0:
+            m = proba.shape[1]
+            center = allowed & (np.arange(m) % self.config.coarse_step == 0)[None, :]
+            proba = shrink_timing(proba, center, beta)
+            later = None if later is None else shrink_timing(later, center, beta)
+        table = getattr(self.model, "gap_table", None)
+        if table is None or proba.size == 0:
             return proba, later
-        m = proba.shape[1]
-        center = allowed & (np.arange(m) % self.config.coarse_step == 0)[None, :]
-        return (
-            shrink_timing(proba, center, beta),
-            None if later is None else shrink_timing(later, center, beta),
+        last = np.array(
+            [
+                np.nan
+                if r.last_attempt is None
+                else float(r.last_attempt.astype("datetime64[ns]").view(np.int64))
+                for r in rules
+            ]
         )
+        gap = (grid.view(np.int64) - last[:, None]) / NS_PER_HOUR
+        proba = proba * Adjustment.gap_factor(gap, table)
+        if later is not None:
+            planned = Adjustment.gap_factor(self._gap_hours(batch, rules), table)
+            later = later * planned[None, :, None]
+        return proba, later
 
     def _score(
         self,
@@ -327,7 +349,9 @@ class PlannerPolicy(_RulesPolicy):
         if state_encoder is None:
             state_encoder = self._state_encoder(batch, rules, columns)
         later_points = self._later_points(grid, coarse, proba, batch, rules, state_encoder)
-        shrunk, later = self._shrink(proba, self._later_proba(later_points), allowed)
+        shrunk, later = self._adjust(
+            proba, self._later_proba(later_points), allowed, grid, batch, rules
+        )
         values = self._values(shrunk, coarse, grid, batch, rules, later=later)
         p_rank = np.where(coarse, np.nan_to_num(proba, nan=-1.0), -np.inf)
         k = min(cfg.refine_top, m)
@@ -369,7 +393,9 @@ class PlannerPolicy(_RulesPolicy):
             scores = self._score(batch, grid, columns, encoder=state_encoder)
             proba = scores.proba
             later_points = self._later_points(grid, allowed, proba, batch, rules, state_encoder)
-        proba, later = self._shrink(proba, self._later_proba(later_points), rule_allowed)
+        proba, later = self._adjust(
+            proba, self._later_proba(later_points), rule_allowed, grid, batch, rules
+        )
         values = self._values(proba, allowed, grid, batch, rules, later=later)
         spacing = max(1, round(self.config.alternative_spacing_hours / self.config.grid_hours))
         cost = batch.constraints.objective.cost_per_attempt
