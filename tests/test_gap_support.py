@@ -107,10 +107,19 @@ def test_adjustment_parses_the_fit_and_refuses_a_malformed_one() -> None:
     assert Adjustment.from_planning({}).gap_table() is None  # bundles written before it
     with pytest.raises(ValueError, match="gap_support"):
         Adjustment.from_planning({"gap_support": fit[:3]})
-    broken = [dict(e) for e in fit]
-    broken[2]["factor"] = 1.5
-    with pytest.raises(ValueError, match="gap_support"):
-        Adjustment.from_planning({"gap_support": broken})
+    hostile: list[object] = [
+        [dict(e, factor=1.5) for e in fit],
+        [dict(e, factor="0.5") for e in fit],
+        [dict(e, factor=True) for e in fit],
+        [dict(e, factor=float("nan")) for e in fit],
+        ["0.5"] * len(fit),
+        {"factor": 0.5},
+        [[e] for e in fit],
+        fit * 1000,
+    ]
+    for bad in hostile:
+        with pytest.raises(ValueError, match="gap_support"):
+            Adjustment.from_planning({"gap_support": bad})
 
 
 def _early_peak(hours: np.ndarray) -> np.ndarray:
