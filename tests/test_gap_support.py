@@ -1,4 +1,6 @@
-"""Gap support (model.adjust): the planner's pessimism where the history never tried a gap.
+"""Gap support: the planner's pessimism where the history never tried a gap.
+
+``model.adjust`` (the bundle's factors) and ``training.planning_fit`` (their fit).
 
 - units: the exact Poisson lower bound (Garwood), the fit per bucket of hours since the previous
   attempt, the bundle's ``planning.gap_support`` parsed and refused when malformed, the hourly
@@ -25,15 +27,10 @@ from test_rules import FAIL, T0, Z, request
 
 from retryopt.features.decisions import Constraints
 from retryopt.features.objective import FREE_OBJECTIVE
-from retryopt.model.adjust import (
-    GAP_EDGES_HOURS,
-    Adjustment,
-    fit_gap_support,
-    gap_bucket,
-    poisson_lower_bound,
-)
+from retryopt.model.adjust import GAP_EDGES_HOURS, Adjustment, gap_bucket
 from retryopt.serving.policies import PlannerPolicy
 from retryopt.serving.schemas import to_batch
+from retryopt.training.planning_fit import fit_gap_support, poisson_lower_bound
 
 N_BUCKETS = len(GAP_EDGES_HOURS) + 1
 

@@ -6,6 +6,8 @@
   next-decline-code map, :func:`features.advance.next_decline_codes_from_counts`) read from the
   training rows. Counts of disjoint customers add up, so a cluster counts its customer
   partitions on the workers (:mod:`training.cluster_train`) and fits what one process fits.
+- :func:`fit_gap_support`: the gap support's factor per bucket of hours since the previous
+  attempt (``model.adjust``), from logged retries and the model's served predictions.
 - :func:`fit_timing_shrinkage`: the optimiser's-curse correction, fitted on the validation
   months. For a seeded sample of validation decisions the model scores the decision at every
   ``step_hours`` from the decision to the end of the retry window (the planner's default window
@@ -20,12 +22,14 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from scipy.optimize import minimize_scalar
+from scipy.stats import chi2
 
 from retryopt.features import contract as ct
 from retryopt.features.advance import count_decline_transitions
@@ -35,9 +39,11 @@ from retryopt.features.localtime import NS_PER_HOUR
 from retryopt.features.spec import FeatureSpec
 from retryopt.model.adjust import (
     CODE_FEATURE,
+    GAP_EDGES_HOURS,
     Adjustment,
     count_code_retries,
     fit_code_bounds,
+    gap_bucket,
     logit,
 )
 from retryopt.model.calibration import Calibrator
@@ -48,8 +54,10 @@ __all__ = [
     "PlanningCounts",
     "decision_centers",
     "fit_code_bounds",
+    "fit_gap_support",
     "fit_shrinkage_beta",
     "fit_timing_shrinkage",
+    "poisson_lower_bound",
 ]
 
 
@@ -185,6 +193,68 @@ def decision_centers(
         counts = np.bincount(dec, minlength=idx.size)
         out[idx] = sums / np.maximum(counts, 1)
     return out
+
+
+def poisson_lower_bound(events: np.ndarray, confidence: float) -> np.ndarray:
+    """Exact one-sided lower confidence bound of a Poisson mean with ``events`` counted (Garwood).
+
+    ``chi2.ppf(1 - confidence, 2 k) / 2``, 0 for ``k = 0``.
+    """
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    k = np.asarray(events, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        low = chi2.ppf(1.0 - confidence, 2.0 * np.maximum(k, 1e-300)) / 2.0
+    return np.asarray(np.where(k > 0, low, 0.0))
+
+
+def fit_gap_support(
+    gap_hours: np.ndarray, labels: np.ndarray, proba: np.ndarray, *, confidence: float
+) -> list[dict[str, float]]:
+    """Per gap bucket: logged retries, successes, the model's expected successes and the factor.
+
+    Parameters
+    ----------
+    gap_hours
+        Hours since the previous attempt of each logged retry (NaN rows are skipped).
+    labels
+        1 = the retry succeeded.
+    proba
+        The model's calibrated prediction of each retry.
+    confidence
+        One-sided confidence of the lower bound of the successes.
+
+    Returns
+    -------
+    list of dict
+        One entry per bucket, in order: ``from_hours``, ``to_hours`` (inf for the last),
+        ``retries``, ``successes``, ``expected`` and ``factor = min(1, L / expected)`` (0 when
+        the bucket has no retry).
+    """
+    gap = np.asarray(gap_hours, dtype=np.float64)
+    y = np.asarray(labels, dtype=np.float64)
+    p = np.asarray(proba, dtype=np.float64)
+    keep = ~np.isnan(gap) & ~np.isnan(p)
+    bucket = gap_bucket(gap[keep])
+    size = len(GAP_EDGES_HOURS) + 1
+    retries = np.bincount(bucket, minlength=size)
+    successes = np.bincount(bucket, weights=y[keep], minlength=size)
+    expected = np.bincount(bucket, weights=p[keep], minlength=size)
+    low = poisson_lower_bound(successes, confidence)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        factor = np.where(expected > 0, np.minimum(1.0, low / expected), 0.0)
+    edges = (0.0, *GAP_EDGES_HOURS, math.inf)
+    return [
+        {
+            "from_hours": edges[b],
+            "to_hours": edges[b + 1],
+            "retries": float(retries[b]),
+            "successes": float(successes[b]),
+            "expected": round(float(expected[b]), 3),
+            "factor": round(float(factor[b]), 4),
+        }
+        for b in range(size)
+    ]
 
 
 def fit_timing_shrinkage(

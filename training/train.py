@@ -42,7 +42,6 @@ from retryopt.model.adjust import (
     Adjustment,
     code_bounds_from_counts,
     count_code_retries,
-    fit_gap_support,
 )
 from retryopt.model.bundle import write_bundle
 from retryopt.model.calibration import Calibrator, choose_calibrator
@@ -58,6 +57,7 @@ from retryopt.training.mlflow_tracking import log_training_run
 from retryopt.training.planning_fit import (
     PlanningCounts,
     decision_centers,
+    fit_gap_support,
     fit_timing_shrinkage,
     served_predictor,
 )

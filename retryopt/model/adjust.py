@@ -26,8 +26,10 @@ bundle by its manifest) and read once at load (:func:`model.bundle.load_bundle`)
   little; where the log is thin the model extrapolates its level from the well-logged gaps, and a
   planner that maximises over times picks exactly those unsupported gaps (an hour after an
   insufficient-funds decline, say). Per bucket of that gap (:data:`GAP_EDGES_HOURS`) the
-  validation months' logged retries give the observed successes ``O`` and the model's expected
-  ``E`` (the calibrated predictions); the planner multiplies its predictions at that gap by
+  training and validation months' logged retries give the observed successes ``O`` and the
+  model's expected ``E`` (the calibrated predictions; fitted by
+  :func:`training.planning_fit.fit_gap_support`); the planner multiplies its predictions at that
+  gap by
   ``min(1, L / E)``, ``L`` the exact one-sided lower confidence bound of a Poisson mean with ``O``
   events (Garwood, "Fiducial limits for the Poisson distribution", Biometrika 28, 1936). A
   well-logged gap keeps about its level; a gap the log never or rarely tried gets little or no
@@ -54,10 +56,8 @@ __all__ = [
     "code_bounds_from_counts",
     "count_code_retries",
     "fit_code_bounds",
-    "fit_gap_support",
     "gap_bucket",
     "logit",
-    "poisson_lower_bound",
     "shrink_timing",
     "zero_success_upper_bound",
 ]
@@ -161,70 +161,6 @@ def fit_code_bounds(
 def gap_bucket(gap_hours: np.ndarray) -> np.ndarray:
     """Bucket index (0 .. ``len(GAP_EDGES_HOURS)``) of hours since the previous attempt."""
     return np.searchsorted(np.asarray(GAP_EDGES_HOURS), np.asarray(gap_hours), side="right")
-
-
-def poisson_lower_bound(events: np.ndarray, confidence: float) -> np.ndarray:
-    """Exact one-sided lower confidence bound of a Poisson mean with ``events`` counted (Garwood).
-
-    ``chi2.ppf(1 - confidence, 2 k) / 2``, 0 for ``k = 0``.
-    """
-    from scipy.stats import chi2
-
-    if not 0 < confidence < 1:
-        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
-    k = np.asarray(events, dtype=np.float64)
-    with np.errstate(invalid="ignore"):
-        low = chi2.ppf(1.0 - confidence, 2.0 * np.maximum(k, 1e-300)) / 2.0
-    return np.asarray(np.where(k > 0, low, 0.0))
-
-
-def fit_gap_support(
-    gap_hours: np.ndarray, labels: np.ndarray, proba: np.ndarray, *, confidence: float
-) -> list[dict[str, float]]:
-    """Per gap bucket: logged retries, successes, the model's expected successes and the factor.
-
-    Parameters
-    ----------
-    gap_hours
-        Hours since the previous attempt of each logged retry (NaN rows are skipped).
-    labels
-        1 = the retry succeeded.
-    proba
-        The model's calibrated prediction of each retry.
-    confidence
-        One-sided confidence of the lower bound of the successes.
-
-    Returns
-    -------
-    list of dict
-        One entry per bucket, in order: ``from_hours``, ``to_hours`` (inf for the last),
-        ``retries``, ``successes``, ``expected`` and ``factor = min(1, L / expected)`` (0 when
-        the bucket has no retry).
-    """
-    gap = np.asarray(gap_hours, dtype=np.float64)
-    y = np.asarray(labels, dtype=np.float64)
-    p = np.asarray(proba, dtype=np.float64)
-    keep = ~np.isnan(gap) & ~np.isnan(p)
-    bucket = gap_bucket(gap[keep])
-    size = len(GAP_EDGES_HOURS) + 1
-    retries = np.bincount(bucket, minlength=size)
-    successes = np.bincount(bucket, weights=y[keep], minlength=size)
-    expected = np.bincount(bucket, weights=p[keep], minlength=size)
-    low = poisson_lower_bound(successes, confidence)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        factor = np.where(expected > 0, np.minimum(1.0, low / expected), 0.0)
-    edges = (0.0, *GAP_EDGES_HOURS, math.inf)
-    return [
-        {
-            "from_hours": edges[b],
-            "to_hours": edges[b + 1],
-            "retries": float(retries[b]),
-            "successes": float(successes[b]),
-            "expected": round(float(expected[b]), 3),
-            "factor": round(float(factor[b]), 4),
-        }
-        for b in range(size)
-    ]
 
 
 def logit(p: np.ndarray) -> np.ndarray:

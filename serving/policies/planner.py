@@ -255,15 +255,10 @@ class PlannerPolicy(_RulesPolicy):
         table = getattr(self.model, "gap_table", None)
         if table is None or proba.size == 0:
             return proba, later
-        last = np.array(
-            [
-                np.nan
-                if r.last_attempt is None
-                else float(r.last_attempt.astype("datetime64[ns]").view(np.int64))
-                for r in rules
-            ]
+        last = _last_attempts(rules)
+        gap = np.where(
+            last[:, None] > 0, (grid.view(np.int64) - last[:, None]) / NS_PER_HOUR, np.nan
         )
-        gap = (grid.view(np.int64) - last[:, None]) / NS_PER_HOUR
         proba = proba * Adjustment.gap_factor(gap, table)
         if later is not None:
             planned = Adjustment.gap_factor(self._gap_hours(batch, rules), table)
@@ -509,12 +504,7 @@ class PlannerPolicy(_RulesPolicy):
         uniforms = state_uniforms(
             [r.charge_id for r in rules],
             [r.retries_used for r in rules],
-            [
-                0
-                if r.last_attempt is None
-                else int(r.last_attempt.astype("datetime64[ns]").view(np.int64))
-                for r in rules
-            ],
+            _last_attempts(rules).tolist(),
             seed=self.config.exploration_seed,
         )
         return near_best_draw(values, uniforms, tolerance, share)
@@ -547,6 +537,19 @@ class PlannerPolicy(_RulesPolicy):
         )
 
     _reason = Reason.MODEL_OPTIMUM
+
+
+def _last_attempts(rules: list[RuleResult]) -> np.ndarray:
+    """``(n,)`` last attempt time per charge (int64 ns; 0 when unknown)."""
+    return np.array(
+        [
+            0
+            if r.last_attempt is None
+            else int(r.last_attempt.astype("datetime64[ns]").view(np.int64))
+            for r in rules
+        ],
+        dtype=np.int64,
+    )
 
 
 def _first_failures(batch: DecisionBatch, rules: list[RuleResult]) -> np.ndarray:
