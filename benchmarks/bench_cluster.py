@@ -11,9 +11,19 @@ each in a fresh child process:
   at 80 % and restarts it at 95 % of its limit), with every worker's peak RSS (``VmHWM``, read
   on the worker: :mod:`peak_memory`) and the client's.
 
+With ``--shards K`` the history is ``K`` independently simulated worlds (seeds ``seed`` ...
+``seed + K - 1``, the customers split evenly, every id prefixed with its shard), each simulated in
+its own child and written straight into the partitioned dataset. No process then ever holds the
+whole history except a one-process run, which reads the folder: this is how histories larger than
+one simulator process can build (about 20 M attempts in 23 GiB) are measured. The shards are
+customers of one merchant over the same months, so the time split, the features and the model see
+one history (customer ids never collide across shards).
+
 Run (2 shared cores; a few minutes)::
 
     .venv/bin/python benchmarks/bench_cluster.py --attempts 1000000 --worker-memory 1.0
+    .venv/bin/python benchmarks/bench_cluster.py --attempts 30000000 --shards 2 \
+        --worker-memory 10 --files 32
 """
 
 from __future__ import annotations
@@ -25,7 +35,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench_train import CACHE, ROOT, _dataset
+from bench_train import ATTEMPTS_PER_CUSTOMER_MONTH, CACHE, MONTHS, ROOT, _dataset
 from peak_memory import peak_rss_gib
 
 HERE = Path(__file__).resolve().parent
@@ -43,6 +53,78 @@ def _partitioned(data: Path, files: int) -> Path:
     tmp.mkdir(parents=True, exist_ok=True)
     for part in range(files):
         attempts.iloc[part::files].to_parquet(tmp / f"part-{part:03d}.parquet", index=False)
+    tmp.rename(folder)
+    return folder
+
+
+ID_COLUMNS = ("attempt_id", "charge_id", "customer_id", "card_id")
+"""Columns prefixed with the shard's name, so two shards never share a customer, card or charge."""
+
+
+def _sharded_folder(attempts: int, files: int, shards: int, seed: int) -> Path:
+    return CACHE / f"attempts_{attempts}_{MONTHS}m_seed{seed}_{shards}shards_{files}parts"
+
+
+def _make_shard(
+    folder: Path, shard: int, attempts: int, files: int, shards: int, seed: int
+) -> None:
+    """Child process: simulate shard ``shard`` and write its ``files / shards`` Parquet files."""
+    from retryopt.training.simulate.config import WorldConfig
+    from retryopt.training.simulate.world import simulate_world
+
+    customers = max(1_000, int(attempts / shards / (MONTHS * ATTEMPTS_PER_CUSTOMER_MONTH)))
+    started = time.perf_counter()
+    frame = simulate_world(
+        WorldConfig(), customers=customers, months=MONTHS, seed=seed + shard
+    ).attempts
+    frame["currency"] = frame["currency"].str.lower()  # the contract wants lower-case ISO 4217
+    for column in ID_COLUMNS:
+        frame[column] = f"s{shard}_" + frame[column].astype(str)
+    per_shard = max(1, files // shards)
+    for part in range(per_shard):
+        frame.iloc[part::per_shard].to_parquet(
+            folder / f"part-{shard:02d}-{part:03d}.parquet", index=False
+        )
+    print(
+        json.dumps(
+            {
+                "shard": shard,
+                "attempts": len(frame),
+                "customers": customers,
+                "seconds": round(time.perf_counter() - started, 1),
+                "peak_rss_gib": peak_rss_gib(),
+            }
+        ),
+        flush=True,
+    )
+
+
+def _sharded(attempts: int, files: int, shards: int, seed: int) -> Path:
+    """The sharded partitioned dataset (cached): one child process per shard, in turn."""
+    folder = _sharded_folder(attempts, files, shards, seed)
+    if folder.exists():
+        return folder
+    tmp = folder.with_name(folder.name + ".tmp")
+    tmp.mkdir(parents=True, exist_ok=True)
+    for shard in range(shards):
+        made = _run(
+            [
+                str(Path(__file__).resolve()),
+                "--make-shard",
+                str(shard),
+                "--shard-folder",
+                str(tmp),
+                "--attempts",
+                str(attempts),
+                "--files",
+                str(files),
+                "--shards",
+                str(shards),
+                "--seed",
+                str(seed),
+            ]
+        )
+        print("  generated " + json.dumps(made), flush=True)
     tmp.rename(folder)
     return folder
 
@@ -108,12 +190,20 @@ def main() -> None:
     parser.add_argument("--worker-memory", type=float, default=1.0, help="GiB per worker")
     parser.add_argument("--files", type=int, default=8)
     parser.add_argument("--seed", type=int, default=11)
+    parser.add_argument("--shards", type=int, default=1, help="simulate the history in K worlds")
     parser.add_argument("--skip-single", action="store_true", help="cluster run only")
+    parser.add_argument("--make-shard", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--shard-folder", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--cluster-worker", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--prepare", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.cluster_worker is not None:
         _cluster_worker(args.cluster_worker, args.worker_memory)
+        return
+    if args.make_shard is not None:
+        _make_shard(
+            args.shard_folder, args.make_shard, args.attempts, args.files, args.shards, args.seed
+        )
         return
     data_args = ["--attempts", str(args.attempts), "--files", str(args.files)]
     data_args += ["--seed", str(args.seed)]
@@ -121,9 +211,13 @@ def main() -> None:
         data = _dataset(args.attempts, seed=args.seed)
         print(json.dumps({"data": str(data), "folder": str(_partitioned(data, args.files))}))
         return
-    # Generated and partitioned in a child: this process stays small while the runs use memory.
-    prepared = _run([str(Path(__file__).resolve()), "--prepare", *data_args])
-    data, folder = Path(str(prepared["data"])), Path(str(prepared["folder"]))
+    if args.shards > 1:  # no single file: the one-process run reads the folder
+        folder = _sharded(args.attempts, args.files, args.shards, args.seed)
+        data = folder
+    else:
+        # Generated and partitioned in a child: this process stays small while runs use memory.
+        prepared = _run([str(Path(__file__).resolve()), "--prepare", *data_args])
+        data, folder = Path(str(prepared["data"])), Path(str(prepared["folder"]))
     single = None
     if not args.skip_single:
         print(f"== one process, {args.attempts:,} attempts", flush=True)

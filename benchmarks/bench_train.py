@@ -26,8 +26,12 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from peak_memory import peak_rss_gib
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / "benchmarks" / ".cache"
@@ -60,16 +64,26 @@ def _dataset(n_attempts: int, *, seed: int) -> Path:
     return path
 
 
+def _load(data: Path) -> pd.DataFrame:
+    """The validated attempts of a Parquet file or of a folder of Parquet files (shards)."""
+    import pandas as pd
+
+    from retryopt.features.validation import load_attempts, validate_attempts
+
+    if data.is_dir():
+        return validate_attempts(pd.read_parquet(data)).clean
+    return load_attempts(data)
+
+
 def _worker(data: Path, threads: int) -> None:
     """Child process: time each phase and report peak RSS as one JSON line."""
-    from retryopt.features.validation import load_attempts
     from retryopt.model.bundle import write_bundle
     from retryopt.training.train import train_from_attempts
     from retryopt.training.train_config import load_config
 
     marks: list[tuple[float, str]] = []
     t0 = time.perf_counter()
-    attempts = load_attempts(data)
+    attempts = _load(data)
     t_load = time.perf_counter() - t0
     config = dataclasses.replace(load_config(), num_threads=threads)
     t1 = time.perf_counter()
