@@ -35,7 +35,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench_train import ATTEMPTS_PER_CUSTOMER_MONTH, CACHE, MONTHS, ROOT, _dataset
+from bench_train import CACHE, MONTHS, ROOT, _dataset, simulated_attempts
 from peak_memory import peak_rss_gib
 
 HERE = Path(__file__).resolve().parent
@@ -61,23 +61,12 @@ ID_COLUMNS = ("attempt_id", "charge_id", "customer_id", "card_id")
 """Columns prefixed with the shard's name, so two shards never share a customer, card or charge."""
 
 
-def _sharded_folder(attempts: int, files: int, shards: int, seed: int) -> Path:
-    return CACHE / f"attempts_{attempts}_{MONTHS}m_seed{seed}_{shards}shards_{files}parts"
-
-
 def _make_shard(
     folder: Path, shard: int, attempts: int, files: int, shards: int, seed: int
 ) -> None:
     """Child process: simulate shard ``shard`` and write its ``files / shards`` Parquet files."""
-    from retryopt.training.simulate.config import WorldConfig
-    from retryopt.training.simulate.world import simulate_world
-
-    customers = max(1_000, int(attempts / shards / (MONTHS * ATTEMPTS_PER_CUSTOMER_MONTH)))
     started = time.perf_counter()
-    frame = simulate_world(
-        WorldConfig(), customers=customers, months=MONTHS, seed=seed + shard
-    ).attempts
-    frame["currency"] = frame["currency"].str.lower()  # the contract wants lower-case ISO 4217
+    frame, customers = simulated_attempts(attempts // shards, seed=seed + shard)
     for column in ID_COLUMNS:
         frame[column] = f"s{shard}_" + frame[column].astype(str)
     per_shard = max(1, files // shards)
@@ -101,7 +90,7 @@ def _make_shard(
 
 def _sharded(attempts: int, files: int, shards: int, seed: int) -> Path:
     """The sharded partitioned dataset (cached): one child process per shard, in turn."""
-    folder = _sharded_folder(attempts, files, shards, seed)
+    folder = CACHE / f"attempts_{attempts}_{MONTHS}m_seed{seed}_{shards}shards_{files}parts"
     if folder.exists():
         return folder
     tmp = folder.with_name(folder.name + ".tmp")

@@ -39,6 +39,18 @@ MONTHS = 12
 ATTEMPTS_PER_CUSTOMER_MONTH = 0.85  # measured on the default world (renewals, retries, churn)
 
 
+def simulated_attempts(n_attempts: int, *, seed: int) -> tuple[pd.DataFrame, int]:
+    """About ``n_attempts`` simulated attempts (default world, contract casing), customers."""
+    from retryopt.training.simulate.config import WorldConfig
+    from retryopt.training.simulate.world import simulate_world
+
+    customers = max(1_000, int(n_attempts / (MONTHS * ATTEMPTS_PER_CUSTOMER_MONTH)))
+    attempts = simulate_world(WorldConfig(), customers=customers, months=MONTHS, seed=seed).attempts
+    # The simulator writes upper-case ISO 4217 codes; the contract wants lower case.
+    attempts["currency"] = attempts["currency"].str.lower()
+    return attempts, customers
+
+
 def _dataset(n_attempts: int, *, seed: int) -> Path:
     """Simulated attempts of about ``n_attempts`` rows, cached as Parquet."""
     CACHE.mkdir(parents=True, exist_ok=True)
@@ -46,18 +58,12 @@ def _dataset(n_attempts: int, *, seed: int) -> Path:
     if path.exists():
         return path
     from retryopt.features.io import write_table_atomic
-    from retryopt.training.simulate.config import WorldConfig
-    from retryopt.training.simulate.world import simulate_world
 
-    customers = max(1_000, int(n_attempts / (MONTHS * ATTEMPTS_PER_CUSTOMER_MONTH)))
     started = time.perf_counter()
-    world = simulate_world(WorldConfig(), customers=customers, months=MONTHS, seed=seed)
-    attempts = world.attempts
-    # The simulator writes upper-case ISO 4217 codes; the contract wants lower case.
-    attempts["currency"] = attempts["currency"].str.lower()
+    attempts, customers = simulated_attempts(n_attempts, seed=seed)
     write_table_atomic(attempts, path)
     print(
-        f"  generated {len(world.attempts):,} attempts ({customers:,} customers x {MONTHS} "
+        f"  generated {len(attempts):,} attempts ({customers:,} customers x {MONTHS} "
         f"months) in {time.perf_counter() - started:.0f} s -> {path}",
         flush=True,
     )
