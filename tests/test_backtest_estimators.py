@@ -203,6 +203,37 @@ def test_ips_snips_dr_are_unbiased_and_dm_depends_on_its_model() -> None:
     assert est["observed"]["retries_per_failed_charge"].value > retries + 0.3
     ov = est["overlap"]
     assert 0 < ov.ess < syn.n and 0 < ov.matched_share < 1 and ov.support_share == 1.0
+    # every first retry of the target (18 h) lies where the log explores (the next 48 hours)
+    assert ov.first_retry_support == pytest.approx(1.0, abs=0.05)
+
+
+@pytest.mark.parametrize(("target", "kernel_hours"), [(36.0, 6), (46.0, 5), (100.0, 0)])
+def test_first_retry_support_is_the_share_the_log_could_have_made(
+    target: float, kernel_hours: int
+) -> None:
+    """A log exploring hours 24-47 only: the target's own hour is in it or not, while a 6 h
+    kernel around it is covered in part (``kernel_hours`` of 6)."""
+    rng = np.random.default_rng(11)
+    n = 40_000
+    log = StepLog(
+        charge=np.arange(n),
+        step=np.ones(n, dtype=np.int64),
+        logged_hours=rng.integers(24, 48, n).astype(float),
+        success=rng.random(n) < 0.3,
+        propensity=np.full(n, 1.0 / 24),
+        target_hours=np.full(n, target),
+        amount=np.ones(n),
+    )
+    kernel = step_weights(log, bandwidth_hours=6.0)
+    exact = step_weights(log, bandwidth_hours=1.0)
+    rho = trajectory_weights(log, cumulative_weights(log, kernel), n)
+    by_kernel = overlap_diagnostics(log, kernel, rho, warning=None)
+    assert by_kernel.first_retry_support == pytest.approx(kernel_hours / 6, abs=0.03)
+    ov = overlap_diagnostics(log, kernel, rho, warning=None, support_weights=exact)
+    in_log = 24 <= target < 48
+    assert ov.first_retry_support == pytest.approx(float(in_log), abs=0.1)
+    assert ov.to_dict()["first_retry_support"] == ov.first_retry_support
+    assert (ov.first_retry_support_se > 0) == in_log and ov.first_retry_support_se < 0.05
 
 
 def test_intervals_cover_the_truth_at_about_the_nominal_rate() -> None:

@@ -95,5 +95,9 @@ def test_three_months_of_the_closed_loop(world: object, store_url: str, tmp_path
     assert est["truth"].notna().all()
     overlap = result.overlap()
     assert len(overlap) == 6 and overlap["ess"].notna().all()
+    # the log explored around the served model's choices: it supports all of its first retries
+    served_policy = overlap[overlap["policy"] == "served model, no exploration"]
+    gap = (served_policy["first_retry_support"] - 1.0).abs()
+    assert (gap <= 4 * served_policy["first_retry_support_se"] + 0.05).all(), served_policy
     for m in result.months:
         assert m.logged_propensities > 0 and 0 < m.explored_share <= 1

@@ -154,8 +154,7 @@ class MonthResult:
     explored_share: float
     logged_propensities: int
     estimates: pd.DataFrame  # policy, estimator, statistic, value, ci_low, ci_high, truth, covers
-    ess: dict[str, float | None]  # per evaluated policy
-    estimators_available: dict[str, bool]  # IPS, SNIPS and DR, per evaluated policy
+    overlap: dict[str, dict[str, Any]]  # the backtest's overlap diagnostics per evaluated policy
 
 
 @dataclass(kw_only=True)
@@ -184,17 +183,20 @@ class LoopResult:
         )
 
     def overlap(self) -> pd.DataFrame:
-        """Per month and evaluated policy: effective sample size, IPS/SNIPS/DR available."""
+        """Per month and evaluated policy: effective sample size, the log's support of its first
+        retries (mean first-retry weight, 1 = full) and whether IPS/SNIPS/DR are available."""
         return pd.DataFrame(
             [
                 {
                     "month": m.month,
                     "policy": label,
-                    "ess": m.ess[label],
-                    "weighted_estimators": m.estimators_available[label],
+                    "ess": overlap.get("effective_sample_size"),
+                    "first_retry_support": overlap.get("first_retry_support"),
+                    "first_retry_support_se": overlap.get("first_retry_support_se"),
+                    "weighted_estimators": overlap.get("weighted_estimators") == "available",
                 }
                 for m in self.months
-                for label in m.ess
+                for label, overlap in m.overlap.items()
             ]
         )
 
@@ -224,7 +226,7 @@ def backtest_month(
     next_bundle: str,
     served_bundle: str,
     config: LoopConfig,
-) -> tuple[pd.DataFrame, dict[str, float | None], dict[str, bool]]:
+) -> tuple[pd.DataFrame, dict[str, dict[str, Any]]]:
     """IPS, SNIPS, DR and DM on a month's log, with the world's truth, of two policies.
 
     - the retrained model (``next model``): its training held the month out (the last month of
@@ -235,7 +237,8 @@ def backtest_month(
     The direct method uses the model that served the month (trained before it); the truth plays
     each policy on the same charges in the world. Returns the estimates (one row per policy,
     estimator and statistic, with the truth and whether the interval covers it), and per
-    policy the effective sample size and whether IPS, SNIPS and DR are available.
+    policy the overlap diagnostics (effective sample size, support, whether IPS, SNIPS and DR
+    are available).
     """
     policies: dict[str, RetryPolicy | None] = {
         NEXT_MODEL: PlannerPolicy(BundleSuccessModel(load_bundle(next_bundle))),
@@ -260,15 +263,9 @@ def backtest_month(
         eval_charges=ids,
         truth_fn=truth,
     )
-    ess: dict[str, float | None] = {}
-    available: dict[str, bool] = {}
-    for label in policies:
-        overlap = result.overlap.get(label, {})
-        value = overlap.get("effective_sample_size")
-        ess[label] = None if value is None else float(value)
-        available[label] = overlap.get("weighted_estimators") == "available"
     frames = [_estimates(result, label).assign(policy=label) for label in policies]
-    return pd.concat(frames, ignore_index=True), ess, available
+    overlap = {label: dict(result.overlap.get(label, {})) for label in policies}
+    return pd.concat(frames, ignore_index=True), overlap
 
 
 def export_log(store_url: str) -> pd.DataFrame:
@@ -332,7 +329,7 @@ def run_loop(
         prop = prop[~np.isnan(prop)]
         next_bundle = train_on(logged, models, config=cfg.training, seed=cfg.seed + k)
         progress(f"{label}: {len(ids)} failed charges served; retrained: {next_bundle}")
-        est, ess, ok = backtest_month(
+        est, overlap = backtest_month(
             world, logged, ids, next_bundle=next_bundle, served_bundle=bundle, config=cfg
         )
         months.append(
@@ -345,12 +342,17 @@ def run_loop(
                 explored_share=float((prop < 1).mean()) if prop.size else 0.0,
                 logged_propensities=int(prop.size),
                 estimates=est,
-                ess=ess,
-                estimators_available=ok,
+                overlap=overlap,
             )
         )
         client.deploy(next_bundle)
         bundle = next_bundle
         bundles.append(bundle)
-        progress(f"{label}: next model deployed (backtest ESS {ess}, available {ok})")
+        summary = "; ".join(
+            f"{policy}: ESS {o.get('effective_sample_size', float('nan')):.1f}, first-retry "
+            f"support {o.get('first_retry_support', float('nan')):.2f}, "
+            f"{o.get('weighted_estimators')}"
+            for policy, o in overlap.items()
+        )
+        progress(f"{label}: next model deployed (backtest {summary})")
     return LoopResult(months=months, bundles=bundles)

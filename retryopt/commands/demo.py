@@ -251,7 +251,7 @@ def _closed_loop(
     overlap = result.overlap()
     overlap.to_csv(loop_dir / "overlap.csv", index=False)
     typer.secho("\nOverlap (IPS, SNIPS and DR need an effective sample size >= 30)", bold=True)
-    typer.echo(overlap.to_string(index=False, float_format=lambda x: f"{x:.1f}"))
+    typer.echo(overlap.to_string(index=False, float_format=lambda x: f"{x:.2f}"))
     shown = redact_url(store_url)
     typer.secho(f"\nStore: {shown}  (retryopt export --store {shown} --out FILE)", bold=True)
     typer.secho(f"Tables: {loop_dir.resolve()}/months.csv, estimates.csv, overlap.csv", bold=True)

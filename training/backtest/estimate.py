@@ -48,6 +48,7 @@ from retryopt.training.backtest.estimators import (
     observed_contributions,
     overlap_diagnostics,
     select_weights,
+    step_weights,
     trajectory_weights,
 )
 from retryopt.training.progress import Progress, quiet
@@ -359,13 +360,26 @@ def weigh(
     )
     W = cumulative_weights(log, w)
     rho = trajectory_weights(log, W, n_charges)
-    overlap = overlap_diagnostics(log, w, rho, warning=None, method=method, min_ess=min_ess)
+    # support at the target's own hour: exact-slot weights, or the exact ratios of a stochastic
+    # target (the kernel's weights would also count the hours around it)
+    exact = (
+        w
+        if method != "kernel"
+        else step_weights(log, bandwidth_hours=slot_hours, slot_hours=slot_hours)
+    )
+    overlap = overlap_diagnostics(
+        log, w, rho, warning=None, method=method, min_ess=min_ess, support_weights=exact
+    )
     if not overlap.supported:
         warning = (
             f"{label}: IPS, SNIPS and DR unavailable: {INSUFFICIENT_OVERLAP} ({method} "
             f"weights: effective sample size {overlap.ess:.1f} (minimum {min_ess:g}), mean "
             f"trajectory weight {overlap.mean_weight:.2f} (expected 1); "
-            f"{overlap.matched_share:.1%} of its retry decisions matched by the log)"
+            f"{overlap.matched_share:.1%} of its retry decisions matched by the log; "
+            f"first-retry support {overlap.first_retry_support:.2f} +- "
+            f"{overlap.first_retry_support_se:.2f}: the mean exact-slot weight of its first "
+            "retries, 1 when the log could have made each at its hour, below 1 when they lie "
+            "outside what the log explored)"
         )
         progress(warning)
         return Weighing(log=log, W=W, ips=None, rho=None, overlap=overlap, warning=warning)

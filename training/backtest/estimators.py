@@ -249,6 +249,8 @@ class Overlap:
     min_ess: float = MIN_ESS
     mean_weight: float = 1.0
     n_informative: int = 0
+    first_retry_support: float = 1.0
+    first_retry_support_se: float = 0.0
 
     def to_dict(self) -> dict[str, object]:
         """Plain-dict form for JSON."""
@@ -266,6 +268,8 @@ class Overlap:
             "weights": self.method,
             "mean_trajectory_weight": self.mean_weight,
             "charges_with_target_retries": self.n_informative,
+            "first_retry_support": self.first_retry_support,
+            "first_retry_support_se": self.first_retry_support_se,
             "min_effective_sample_size": self.min_ess,
             "weighted_estimators": "available"
             if self.supported
@@ -518,12 +522,21 @@ def overlap_diagnostics(
     warning: str | None,
     method: str = "kernel",
     min_ess: float = MIN_ESS,
+    support_weights: np.ndarray | None = None,
 ) -> Overlap:
     """Effective sample size and the share of target decisions the logging policy could make.
 
     A target *retry* decision is supported when the logging policy randomised at that state
     (``retry_propensity < 1``) or its logged time matches the target's (non-zero weight). Stops
     need no support (their value is known: nothing more is collected).
+
+    ``first_retry_support`` is the mean of ``support_weights`` (default ``w``) over the target's
+    first retry decisions, with its standard error. Given exact-slot weights (or exact ratios
+    for a stochastic target) its expectation is the share of those retries the logging policy
+    could have made at the hour the target picks: 1 when it could have made all of them, so a
+    value well below 1 says the target's retries lie outside what the log explored, which no
+    amount of volume repairs, and a value near 1 with a small ESS says the weights are merely
+    spread. (Kernel weights would also count the kernel's hours the log never explores.)
     """
     n = len(rho)
     target = np.asarray(log.target_hours, dtype=np.float64)
@@ -532,6 +545,8 @@ def overlap_diagnostics(
     supported = retries & ((np.nan_to_num(p, nan=1.0) < 1.0) | (w > 0))
     n_ret = int(retries.sum())
     ess, mean_w, ok = weight_support(log, rho, min_ess=min_ess)
+    first = retries & (np.asarray(log.step) == 1)
+    first_w = np.asarray(w if support_weights is None else support_weights)[first]
     n_info = int(informative_charges(log, n).sum())
     return Overlap(
         exploration=warning is None,
@@ -549,6 +564,10 @@ def overlap_diagnostics(
         min_ess=min_ess,
         mean_weight=mean_w,
         n_informative=n_info,
+        first_retry_support=float(first_w.mean()) if first_w.size else 1.0,
+        first_retry_support_se=float(first_w.std() / np.sqrt(first_w.size))
+        if first_w.size
+        else 0.0,
     )
 
 
