@@ -234,6 +234,9 @@ def test_first_retry_support_is_the_share_the_log_could_have_made(
     assert ov.first_retry_support == pytest.approx(float(in_log), abs=0.1)
     assert ov.to_dict()["first_retry_support"] == ov.first_retry_support
     assert (ov.first_retry_support_se > 0) == in_log and ov.first_retry_support_se < 0.05
+    # without propensities the support cannot be measured: unknown, not 0
+    blind = overlap_diagnostics(log, np.zeros(n), np.ones(n), warning=NO_EXPLORATION_WARNING)
+    assert np.isnan(blind.first_retry_support) and np.isnan(blind.first_retry_support_se)
 
 
 def test_intervals_cover_the_truth_at_about_the_nominal_rate() -> None:

@@ -45,6 +45,7 @@ IPS, SNIPS and DR are then reported as unavailable, never as numbers.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
@@ -536,7 +537,8 @@ def overlap_diagnostics(
     could have made at the hour the target picks: 1 when it could have made all of them, so a
     value well below 1 says the target's retries lie outside what the log explored, which no
     amount of volume repairs, and a value near 1 with a small ESS says the weights are merely
-    spread. (Kernel weights would also count the kernel's hours the log never explores.)
+    spread. (Kernel weights would also count the kernel's hours the log never explores.) NaN
+    without exploration (``warning``): the propensities that would measure it are missing.
     """
     n = len(rho)
     target = np.asarray(log.target_hours, dtype=np.float64)
@@ -547,6 +549,12 @@ def overlap_diagnostics(
     ess, mean_w, ok = weight_support(log, rho, min_ess=min_ess)
     first = retries & (np.asarray(log.step) == 1)
     first_w = np.asarray(w if support_weights is None else support_weights)[first]
+    if warning is not None:  # no propensities: what the log could have made is unknown
+        support, support_se = math.nan, math.nan
+    elif first_w.size:
+        support, support_se = float(first_w.mean()), float(first_w.std() / np.sqrt(first_w.size))
+    else:  # no first retry to support
+        support, support_se = 1.0, 0.0
     n_info = int(informative_charges(log, n).sum())
     return Overlap(
         exploration=warning is None,
@@ -564,10 +572,8 @@ def overlap_diagnostics(
         min_ess=min_ess,
         mean_weight=mean_w,
         n_informative=n_info,
-        first_retry_support=float(first_w.mean()) if first_w.size else 1.0,
-        first_retry_support_se=float(first_w.std() / np.sqrt(first_w.size))
-        if first_w.size
-        else 0.0,
+        first_retry_support=support,
+        first_retry_support_se=support_se,
     )
 
 
